@@ -1,0 +1,29 @@
+# The two set-up commands are `make demo` and `make test`; both create/update .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.vidret-installed
+
+.PHONY: demo test venv lint clean
+
+venv: $(STAMP)
+
+# Reinstall whenever the dependency list or the pinned versions change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -U pip
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/vidret quickstart --config configs/synthetic.yaml
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check platform tests benchmarks jobs
+
+test: $(STAMP) lint
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

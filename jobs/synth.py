@@ -1,0 +1,8 @@
+"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/synth.py --config configs/synthetic.yaml`."""
+
+import sys
+
+from vidret.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main(["synth", *sys.argv[1:]]))

@@ -1,0 +1,1 @@
+"""Corpora, annotations, decoding and the Ray Data pipeline."""

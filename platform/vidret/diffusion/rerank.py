@@ -1,0 +1,269 @@
+"""Candidate selection and score fusion, shared by training and evaluation (method §3.2, §4).
+
+Shape legend: B batch, Q queries, N gallery items, K candidates, F frames, D width.
+
+Everything is vectorised: selection is ``topk`` + ``gather``, fusion is ``scatter_add_``. DDIM runs over
+all queries at once; ``chunk`` only bounds memory. The initial noise of a query depends on
+(seed, query id) only, so a re-ranked matrix does not depend on chunking or worker count.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from vidret.config import DiffusionConfig
+from vidret.diffusion.denoiser import T2VDenoiser, V2TDenoiser
+from vidret.diffusion.process import GaussianDiffusion, seeded_noise
+
+
+def hard_negatives(sim_BN: Tensor, positive_mask_BN: Tensor, num: int, row_offset: int = 0) -> Tensor:
+    """Candidate lists for training: idx_BK with K = num + 1 (method §3.2).
+
+    Row b's own item (column ``b + row_offset``; the diagonal of a square batch) is at index 0, followed
+    by the ``num`` most similar columns, descending, excluding every positive (``positive_mask``, e.g.
+    same video id, and the row's own column). ``row_offset`` places a shard of local rows inside the
+    gathered columns. Unlike the upstream, positives are never used as filler: a ``num`` that leaves too
+    few negatives is a ValueError.
+    """
+    if sim_BN.ndim != 2 or positive_mask_BN.shape != sim_BN.shape:
+        raise ValueError(
+            f"hard_negatives: expected sim (B, N) and a positive mask of the same shape, got "
+            f"{tuple(sim_BN.shape)} and {tuple(positive_mask_BN.shape)}"
+        )
+    rows, cols = sim_BN.shape
+    if not 0 <= row_offset <= cols - rows:
+        raise ValueError(f"hard_negatives: row_offset {row_offset} puts rows outside the {cols} columns")
+    own_B = torch.arange(rows, device=sim_BN.device) + row_offset
+    excluded = positive_mask_BN.bool().clone()
+    excluded[torch.arange(rows, device=sim_BN.device), own_B] = True
+    available = cols - int(excluded.sum(dim=1).max())
+    if num < 1 or num > available:
+        raise ValueError(
+            f"diffusion.num = {num}: expected 1 <= num <= {available} for a batch of {cols} with at most "
+            f"{cols - 1 - available} other same-video positives per row (num must be <= batch size - 1 "
+            f"minus the duplicates; lower diffusion.num or raise train.batch_size)"
+        )
+    masked = sim_BN.detach().masked_fill(excluded, float("-inf"))
+    neg_BM = masked.topk(num, dim=1, largest=True, sorted=True).indices
+    return torch.cat([own_B[:, None], neg_BM], dim=1)
+
+
+def topk_candidates(sim_QN: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` highest-scoring gallery items of each query, descending: (cand_QK, scores_QK)."""
+    if not 1 <= k <= sim_QN.shape[1]:
+        raise ValueError(f"topk_candidates: expected 1 <= k <= {sim_QN.shape[1]} (gallery size), got {k}")
+    scores, cand = sim_QN.topk(k, dim=1, largest=True, sorted=True)
+    return cand, scores
+
+
+def fuse(sim_QN: Tensor, cand_QK: Tensor, x0_QK: Tensor, alpha: float, temp: float) -> Tensor:
+    """A new matrix with sim[q, cand[q, k]] += alpha * softmax_k(temp * x0[q])_k (method §4.5).
+
+    The input is not modified. Candidates of a row must be distinct (``topk`` guarantees it).
+    """
+    if cand_QK.shape != x0_QK.shape or cand_QK.shape[0] != sim_QN.shape[0]:
+        raise ValueError(
+            f"fuse: expected cand and x0 of shape (Q, K) with Q = {sim_QN.shape[0]}, got "
+            f"{tuple(cand_QK.shape)} and {tuple(x0_QK.shape)}"
+        )
+    boost_QK = alpha * (temp * x0_QK.to(sim_QN.dtype)).softmax(dim=1)
+    return sim_QN.clone().scatter_add_(1, cand_QK, boost_QK)
+
+
+def _k_for(k: int, gallery: int, key: str) -> int:
+    if k > gallery:
+        warnings.warn(
+            f"{key} = {k} exceeds the gallery of {gallery}; re-ranking all {gallery} items", stacklevel=3
+        )
+        return gallery
+    return k
+
+
+def _query_ids(query_ids_Q: Tensor | None, q: int) -> Tensor:
+    if query_ids_Q is None:
+        return torch.arange(q)
+    if query_ids_Q.shape != (q,):
+        raise ValueError(f"query_ids: expected shape ({q},), got {tuple(query_ids_Q.shape)}")
+    return query_ids_Q
+
+
+def _sample_chunks(
+    denoiser: T2VDenoiser | V2TDenoiser,
+    diffusion: GaussianDiffusion,
+    cand_QK: Tensor,
+    ids_Q: Tensor,
+    cond_of: Callable[[slice, Tensor], dict[str, Tensor]],
+    like: Tensor,
+    *,
+    seed: int,
+    chunk: int,
+    clip_denoised: bool,
+    num_steps: int | None,
+) -> Tensor:
+    """DDIM x0 scores (Q, K) for all queries, ``chunk`` queries at a time, from per-query seeded noise."""
+    if chunk < 1:
+        raise ValueError(f"chunk: expected an integer >= 1, got {chunk}")
+    x0 = []
+    for s in range(0, cand_QK.shape[0], chunk):
+        rows = slice(s, s + chunk)
+        c_CK = cand_QK[rows]
+        noise_CK = seeded_noise(ids_Q[rows], c_CK.shape[1], seed, device=like.device).to(like.dtype)
+        # the text-frame attention does not depend on the step: encode once, denoise T times
+        x0.append(
+            diffusion.ddim_sample(
+                denoiser.denoise,
+                c_CK.shape,
+                cond_of(rows, c_CK),
+                noise=noise_CK,
+                clip_denoised=clip_denoised,
+                num_steps=num_steps,
+            )
+        )
+    return torch.cat(x0)
+
+
+@torch.no_grad()
+def t2v_candidate_scores(
+    sim_QN: Tensor,
+    text_QD: Tensor,
+    video_NFD: Tensor,
+    video_mask_NF: Tensor,
+    denoiser: T2VDenoiser,
+    diffusion: GaussianDiffusion,
+    k: int,
+    *,
+    seed: int,
+    query_ids_Q: Tensor | None = None,
+    chunk: int = 1024,
+    clip_denoised: bool = True,
+    num_steps: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Text-to-video: top-k videos per text query and their DDIM x0 scores, (cand_QK, x0_QK).
+
+    ``sim_QN`` is texts x videos; ``text_QD`` the query EOT features; ``video_NFD`` / ``video_mask_NF`` the
+    gallery frames. ``query_ids_Q`` (default 0..Q-1) keys the seeded initial noise.
+    """
+    cand_QK, _ = topk_candidates(sim_QN, k)
+
+    def cond_of(rows: slice, c_CK: Tensor) -> dict[str, Tensor]:
+        return denoiser.encode(text_QD[rows], video_NFD[c_CK], video_mask_NF[c_CK])
+
+    x0_QK = _sample_chunks(
+        denoiser,
+        diffusion,
+        cand_QK,
+        _query_ids(query_ids_Q, sim_QN.shape[0]),
+        cond_of,
+        text_QD,
+        seed=seed,
+        chunk=chunk,
+        clip_denoised=clip_denoised,
+        num_steps=num_steps,
+    )
+    return cand_QK, x0_QK
+
+
+@torch.no_grad()
+def v2t_candidate_scores(
+    sim_QN: Tensor,
+    video_QFD: Tensor,
+    video_mask_QF: Tensor,
+    text_ND: Tensor,
+    denoiser: V2TDenoiser,
+    diffusion: GaussianDiffusion,
+    k: int,
+    *,
+    seed: int,
+    query_ids_Q: Tensor | None = None,
+    chunk: int = 1024,
+    clip_denoised: bool = True,
+    num_steps: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Video-to-text: top-k texts per video query and their DDIM x0 scores, (cand_QK, x0_QK).
+
+    ``sim_QN`` is videos x texts (the transpose of the t2v matrix); ``text_ND`` the gallery EOT features.
+    """
+    cand_QK, _ = topk_candidates(sim_QN, k)
+
+    def cond_of(rows: slice, c_CK: Tensor) -> dict[str, Tensor]:
+        return denoiser.encode(text_ND[c_CK], video_QFD[rows], video_mask_QF[rows])
+
+    x0_QK = _sample_chunks(
+        denoiser,
+        diffusion,
+        cand_QK,
+        _query_ids(query_ids_Q, sim_QN.shape[0]),
+        cond_of,
+        text_ND,
+        seed=seed,
+        chunk=chunk,
+        clip_denoised=clip_denoised,
+        num_steps=num_steps,
+    )
+    return cand_QK, x0_QK
+
+
+def rerank_t2v(
+    sim_QN: Tensor,
+    text_QD: Tensor,
+    video_NFD: Tensor,
+    video_mask_NF: Tensor,
+    denoiser: T2VDenoiser,
+    diffusion: GaussianDiffusion,
+    cfg: DiffusionConfig,
+    *,
+    query_ids_Q: Tensor | None = None,
+    chunk: int = 1024,
+) -> Tensor:
+    """Re-ranked text-to-video matrix (Q, N): top-``t2v_k`` -> DDIM -> fuse with ``t2v_alpha/t2v_temp``."""
+    k = _k_for(cfg.t2v_k, sim_QN.shape[1], "diffusion.t2v_k")
+    cand, x0 = t2v_candidate_scores(
+        sim_QN,
+        text_QD,
+        video_NFD,
+        video_mask_NF,
+        denoiser,
+        diffusion,
+        k,
+        seed=cfg.noise_seed,
+        query_ids_Q=query_ids_Q,
+        chunk=chunk,
+        clip_denoised=cfg.clip_denoised,
+        num_steps=cfg.sample_steps or None,
+    )
+    return fuse(sim_QN, cand, x0, cfg.t2v_alpha, cfg.t2v_temp)
+
+
+def rerank_v2t(
+    sim_QN: Tensor,
+    video_QFD: Tensor,
+    video_mask_QF: Tensor,
+    text_ND: Tensor,
+    denoiser: V2TDenoiser,
+    diffusion: GaussianDiffusion,
+    cfg: DiffusionConfig,
+    *,
+    query_ids_Q: Tensor | None = None,
+    chunk: int = 1024,
+) -> Tensor:
+    """Re-ranked video-to-text matrix (Q, N): top-``v2t_k`` -> DDIM -> fuse with ``v2t_alpha/v2t_temp``."""
+    k = _k_for(cfg.v2t_k, sim_QN.shape[1], "diffusion.v2t_k")
+    cand, x0 = v2t_candidate_scores(
+        sim_QN,
+        video_QFD,
+        video_mask_QF,
+        text_ND,
+        denoiser,
+        diffusion,
+        k,
+        seed=cfg.noise_seed,
+        query_ids_Q=query_ids_Q,
+        chunk=chunk,
+        clip_denoised=cfg.clip_denoised,
+        num_steps=cfg.sample_steps or None,
+    )
+    return fuse(sim_QN, cand, x0, cfg.v2t_alpha, cfg.v2t_temp)

@@ -1,0 +1,174 @@
+"""RetrievalModel: features, stage switching, the generation loss against a hand computation, re-ranking."""
+
+import math
+
+import pytest
+import torch
+
+from vidret.config import DiffusionConfig, ModelConfig
+from vidret.model.retrieval import SIMILARITY_KEYS, RetrievalModel
+from vidret.train.losses import symmetric_infonce
+
+B, L, F = 6, 8, 3
+
+
+@pytest.fixture
+def model() -> RetrievalModel:
+    torch.manual_seed(0)
+    return RetrievalModel.build(
+        ModelConfig(preset="debug", temporal_layers=1), DiffusionConfig(steps=10, num=3)
+    )
+
+
+def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(B, L, dtype=torch.long)
+    mask = torch.zeros(B, L, dtype=torch.long)
+    for b in range(B):
+        n = 3 + b % 4
+        ids[b, 0], ids[b, n - 1] = 49406, 49407
+        ids[b, 1 : n - 1] = torch.randint(300, 5000, (n - 2,), generator=g)
+        mask[b, :n] = 1
+    video_mask = torch.ones(B, F, dtype=torch.long)
+    video_mask[1, 2:] = 0
+    return {
+        "text_ids": ids,
+        "text_mask": mask,
+        "video_mask": video_mask,
+        "video": torch.randint(0, 256, (B, F, 32, 32, 3), generator=g, dtype=torch.uint8),
+        "video_index": torch.tensor([0, 1, 2, 0, 3, 4]),
+    }  # rows 0 and 3 are the same video
+
+
+def test_features_and_stage1_gradients(model: RetrievalModel) -> None:
+    feats = model(_batch())
+    assert feats["text"].shape == (B, L, 64) and feats["text_eot"].shape == (B, 64)
+    assert feats["video"].shape == (B, F, 64) and feats["video_weight"].shape == (B, F)
+    assert feats["video_weight"][1, 2] == 0 and torch.allclose(feats["text_weight"].sum(1), torch.ones(B))
+    assert "loss_generation" not in feats
+    loss = symmetric_infonce(
+        {k: feats[k] for k in SIMILARITY_KEYS}, model.similarity, logit_scale=feats["logit_scale"]
+    )
+    loss.backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(n.startswith("temporal.") for n in grads) and any(n.startswith("wti.") for n in grads)
+    assert any(n.startswith("backbone.clip.transformer.") for n in grads)
+    assert not any("denoiser" in n for n in grads)
+
+
+def test_stage_switch_freezes_the_right_parameters(model: RetrievalModel) -> None:
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "backbone.clip.visual.conv1.weight" not in trainable  # frozen in the method
+    assert any(n.startswith("wti.") for n in trainable) and any(n.startswith("temporal.") for n in trainable)
+    assert not any("denoiser" in n for n in trainable)
+    model.set_stage("generation")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("t2v_denoiser.", "v2t_denoiser.")) for n in trainable)
+    assert {n for n, _ in model.t2v_denoiser.named_parameters()} <= {n.split(".", 1)[1] for n in trainable}
+    model.set_stage("discrimination")
+    assert (
+        model.wti.text_weight_fc[0].weight.requires_grad
+        and not model.t2v_denoiser.q_proj.weight.requires_grad
+    )
+    with pytest.raises(ValueError, match="train.stage"):
+        model.set_stage("both")  # type: ignore[arg-type]
+
+
+def test_generation_forward_trains_only_denoisers(model: RetrievalModel) -> None:
+    model.set_stage("generation")
+    feats = model(_batch())
+    assert feats["loss_generation"].item() == pytest.approx(
+        feats["loss_t2v"].item() + feats["loss_v2t"].item()
+    )
+    feats["loss_generation"].backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert any(n.startswith("t2v_denoiser.") for n in grads) and any(
+        n.startswith("v2t_denoiser.") for n in grads
+    )
+    assert all(n.startswith(("t2v_denoiser.", "v2t_denoiser.")) for n in grads)
+
+
+def _hand_ce(logits: list[float]) -> float:
+    return -(logits[0] - math.log(sum(math.exp(x) for x in logits)))
+
+
+def test_generation_loss_equals_hand_computation(model: RetrievalModel) -> None:
+    with torch.no_grad():
+        f = model(_batch(1))
+    f = {k: v.detach() for k, v in f.items()}
+    ids = f["video_index"]
+    pos = ids[:, None] == ids[None, :]
+    t = torch.tensor([0, 9, 4, 4, 1, 7])
+    g = torch.Generator().manual_seed(5)
+    n1, n2 = torch.randn(B, 4, generator=g), torch.randn(B, 4, generator=g)
+    out = model.generation_loss(f, f, pos, t_B=t, noise_t2v_BK=n1, noise_v2t_BK=n2)
+    sim = model.similarity(f, f)
+    total = {"t2v": 0.0, "v2t": 0.0}
+    x0 = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    for b in range(B):
+        for direction, s in (("t2v", sim[b]), ("v2t", sim[:, b])):
+            negs = sorted((j for j in range(B) if not pos[b, j]), key=lambda j: -s[j].item())[:3]
+            cand = torch.tensor([b, *negs])
+            noise = (n1 if direction == "t2v" else n2)[b]
+            xt = model.diffusion.q_sample(x0[None], t[b : b + 1], noise[None])
+            with torch.no_grad():
+                if direction == "t2v":
+                    pred = model.t2v_denoiser(
+                        xt,
+                        t[b : b + 1],
+                        f["text_eot"][b : b + 1],
+                        f["video"][cand][None],
+                        f["video_mask"][cand][None],
+                    )
+                else:
+                    pred = model.v2t_denoiser(
+                        xt,
+                        t[b : b + 1],
+                        f["text_eot"][cand][None],
+                        f["video"][b : b + 1],
+                        f["video_mask"][b : b + 1],
+                    )
+            total[direction] += _hand_ce([100.0 * v for v in pred[0].tolist()]) / B
+    assert out["loss_t2v"].item() == pytest.approx(total["t2v"], rel=1e-4)
+    assert out["loss_v2t"].item() == pytest.approx(total["v2t"], rel=1e-4)
+
+
+def test_generation_loss_sharded_rows_average_to_full(model: RetrievalModel) -> None:
+    with torch.no_grad():
+        f = {k: v.detach() for k, v in model(_batch(2)).items() if k != "logit_scale"}
+    pos = f["video_index"][:, None] == f["video_index"][None, :]
+    t = torch.arange(B) % 10
+    g = torch.Generator().manual_seed(6)
+    n1, n2 = torch.randn(B, 4, generator=g), torch.randn(B, 4, generator=g)
+    full = model.generation_loss(f, f, pos, t_B=t, noise_t2v_BK=n1, noise_v2t_BK=n2)["loss_generation"]
+    parts = []
+    for rows in (slice(0, 3), slice(3, 6)):
+        local = {k: v[rows] for k, v in f.items()}
+        parts.append(
+            model.generation_loss(
+                local,
+                f,
+                pos[rows],
+                row_offset=rows.start,
+                t_B=t[rows],
+                noise_t2v_BK=n1[rows],
+                noise_v2t_BK=n2[rows],
+            )["loss_generation"]
+        )
+    assert ((parts[0] + parts[1]) / 2).item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_rerank_changes_only_topk_and_is_seeded(model: RetrievalModel) -> None:
+    with torch.no_grad():
+        f = model(_batch(3))
+    sim = model.similarity(f, f, block=4)
+    torch.testing.assert_close(sim, model.similarity(f, f))
+    cfg = DiffusionConfig(steps=10, t2v_k=2, v2t_k=3, t2v_alpha=1.0, v2t_alpha=0.5)
+    t2v, v2t = model.rerank(sim, f, f, cfg)
+    assert t2v.shape == (B, B) and v2t.shape == (B, B)
+    assert ((t2v != sim).sum(1) <= 2).all() and ((v2t != sim.T).sum(1) <= 3).all()
+    torch.testing.assert_close((v2t - sim.T).sum(1), torch.full((B,), 0.5), rtol=1e-5, atol=1e-5)
+    again, _ = model.rerank(sim, f, f, cfg, chunk=1)
+    torch.testing.assert_close(again, t2v)
+    with pytest.raises(ValueError, match="differ"):
+        model.rerank(sim, f, f, DiffusionConfig(steps=20))
