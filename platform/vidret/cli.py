@@ -165,6 +165,40 @@ def _existing_corpus(storage: Any, corpus: str, cfg: Config) -> dict[str, Any] |
     return summary if same else None
 
 
+# ----------------------------------------------------------------------------------------------- train
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vidret.train.trainer import run_training
+
+    cfg = _load(args, _flags(args, {"stage": "train.stage"}))
+    summary = run_training(cfg)
+    _print_json(summary)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- evaluate
+def _default_checkpoint(cfg: Config) -> str:
+    """The run's stage-2 weights if exported, else its stage-1 weights."""
+    from vidret.storage import Storage
+    from vidret.train.artifacts import checkpoint_exists
+    from vidret.train.trainer import stage_uri
+
+    storage = Storage(cfg.storage)
+    for stage in ("generation", "discrimination"):
+        if checkpoint_exists(stage_uri(cfg, stage), storage):
+            return stage_uri(cfg, stage)
+    raise ValueError(f"no exported weights under {cfg.run.out}/checkpoints: train first or pass --checkpoint")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from vidret.eval.job import run_evaluation
+
+    cfg = _load(args, _flags(args, {"checkpoint": "eval.checkpoint"}))
+    summary = run_evaluation(cfg, cfg.eval.checkpoint or _default_checkpoint(cfg))
+    print(summary.pop("table"))
+    _print_json(summary)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 Handler = Callable[[argparse.Namespace], int]
 
@@ -197,6 +231,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p.add_argument("--no-check-videos", action="store_true", help="do not list the videos folder")
     _add_common(p)
     handlers["manifest"] = _cmd_manifest
+
+    p = sub.add_parser("train", help="train a stage (discrimination or generation) on Ray Train")
+    p.add_argument("--stage", choices=["discrimination", "generation"])
+    _add_common(p)
+    handlers["train"] = _cmd_train
+
+    p = sub.add_parser("evaluate", help="evaluate exported weights: metrics, re-ranking, HTML report")
+    p.add_argument("--checkpoint", metavar="URI", help="exported weights (default: the run's latest stage)")
+    _add_common(p)
+    handlers["evaluate"] = _cmd_evaluate
 
     p = sub.add_parser("quickstart", help="the whole pipeline on the embedded default (generated corpus)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: run.out of the config)")

@@ -51,9 +51,9 @@ class StorageConfig:
     endpoint_url: str | None = None  # e.g. http://127.0.0.1:5555 for a local S3; None = AWS
     region: str | None = None
     anonymous: bool = False  # unsigned requests (public buckets, read only)
-    access_key_id: str | None = None  # never written out: redacted in saved configs
-    secret_access_key: str | None = None
-    session_token: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)  # redacted in saved configs, not in repr
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
     max_retries: int = 4  # attempts after the first on connection errors
     retry_backoff_s: float = 0.5  # base of the exponential backoff
 
@@ -106,6 +106,9 @@ class DataConfig:
     decode_cpus: float = 0.5  # per decode task; fractional so read tasks are never starved
     rows_per_block: int = 4
     augment: bool = False  # training-time augmentation (off in the method)
+    prepare_out: str = ""  # `vidret prepare` writes <out>/videos/*.mp4 and <out>/manifest/<split>.parquet
+    prepare_fps: float = 3.0  # frame rate of the prepared files (method 5.3)
+    prepare_short_side: int = 224  # short side of the prepared files (even, aspect kept)
 
     def __post_init__(self) -> None:
         _check(2 <= self.max_words <= 77, "data.max_words", "an integer in [2, 77]")
@@ -116,6 +119,9 @@ class DataConfig:
         _check(self.decode_timeout_s > 0, "data.decode_timeout_s", "a number > 0", self.decode_timeout_s)
         _check(self.decode_concurrency > 0, "data.decode_concurrency", "an integer > 0", self.decode_concurrency)
         _check(self.rows_per_block > 0, "data.rows_per_block", "an integer > 0", self.rows_per_block)
+        _check(self.prepare_fps > 0, "data.prepare_fps", "a number > 0", self.prepare_fps)
+        _check(self.prepare_short_side >= 2 and self.prepare_short_side % 2 == 0, "data.prepare_short_side",
+               "an even integer >= 2", self.prepare_short_side)
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,9 @@ class DiffusionConfig:
     steps: int = 50  # T
     schedule: Literal["cosine", "linear"] = "cosine"
     num: int = 127  # hard negatives per query in training (needs num <= global batch - 1)
+    negatives_fill: Literal["positives", "error"] = "positives"
+    """When a batch has fewer than ``num`` negatives (same-video duplicates): faithful ``positives`` fills the
+    list with the other same-video captions/videos as "negatives" (never the pair itself); ``error`` raises."""
     neg: float = 0.0  # value of the negatives in the clean target [1, neg, ..., neg]
     d_temp: float = 100.0  # multiplier on x0_hat inside the generation cross-entropy
     attn_temp: float = 1.0  # divisor of the text-frame attention logits inside the denoisers

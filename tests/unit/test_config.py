@@ -137,3 +137,8 @@ def test_secrets_are_redacted_when_dumped() -> None:
     assert "TOPSECRET-123" not in text and "AKIDXYZ" not in text
     assert to_dict(cfg)["storage"]["secret_access_key"] == "***"
     assert to_dict(cfg, redact=False)["storage"]["secret_access_key"] == "TOPSECRET-123"
+
+
+def test_secrets_absent_from_repr() -> None:
+    cfg = load_config(None, ["storage.secret_access_key=TOPSECRET-456", "storage.session_token=TOK-789"])
+    assert "TOPSECRET-456" not in repr(cfg) and "TOK-789" not in repr(cfg)

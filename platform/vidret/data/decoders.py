@@ -1,12 +1,12 @@
-"""Decoder back ends (PyAV and decord) behind one function shape, plus the one decode error type.
+"""The PyAV back end, the shape every back end shares, and the one decode error type.
 
 Shape legend: N sampled frames, S output side; frames are ``uint8`` RGB ``(N, S, S, 3)``.
 
-Both back ends take ``pick(num_frames, fps) -> indices`` (the sampling rule, :func:`vidret.data.decode.sample_indices`
-with its arguments bound) so the rule lives in one place, and return a :class:`Clip`.
-
-Frame numbering is presentation order: frame ``i`` is the ``i``-th frame the decoder outputs (PyAV) or the
-``i``-th frame in decord's pts-sorted index; both agree on regular files (checked in the tests).
+Back ends (``read_pyav`` here, ``read_decord`` in :mod:`vidret.data.decord_backend`) take
+``pick(num_frames, fps) -> indices`` (the sampling rule with its arguments bound, so the rule lives in one
+place) and return a :class:`Clip`. Frame ``i`` is the ``i``-th frame in presentation order: the ``i``-th
+smallest packet timestamp (PyAV fast path, decord) or the ``i``-th frame the decoder outputs (PyAV
+sequential path); they agree on regular files (checked in the tests).
 
 Errors: every failure becomes ``DecodeError(uri, reason, detail)``; the decoders' own exception types never
 escape. PyAV classifies failures best (``FileNotFoundError``, ``DecoderNotFoundError``, ``InvalidDataError``),
@@ -15,6 +15,7 @@ so when both back ends fail, the PyAV error is the one reported.
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 from collections.abc import Callable, Iterator
@@ -27,11 +28,8 @@ import numpy as np
 from vidret.data.transforms import (
     IDENTITY,
     DisplayTransform,
-    apply_display_transform,
     display_transform_from_matrix,
-    displayed_size,
     frame_to_square,
-    is_reflection,
     transform_from_rotation,
 )
 
@@ -67,7 +65,7 @@ class Clip:
 
 
 @contextmanager
-def _rewound(source: Source) -> Iterator[Any]:
+def rewound(source: Source) -> Iterator[Any]:
     """Yield something PyAV/decord can open; file objects are rewound to where they started afterwards."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         yield io.BytesIO(bytes(source))
@@ -89,7 +87,7 @@ def check_exists(source: Source, uri: str) -> None:
         raise DecodeError(uri, "missing", f"is a directory: {os.fspath(source)}")
 
 
-def _rate(value: Any) -> float:
+def as_rate(value: Any) -> float:
     try:
         rate = float(value) if value is not None else 0.0
     except (TypeError, ZeroDivisionError):
@@ -189,12 +187,12 @@ def _pts_rate(container: Any, stream: Any, packets: int = 64) -> float:
     gaps = np.diff(np.unique(np.array(pts, dtype=np.int64)))
     if gaps.size == 0 or not stream.time_base:
         return 0.0
-    return _rate(1.0 / (float(np.median(gaps)) * float(stream.time_base)))
+    return as_rate(1.0 / (float(np.median(gaps)) * float(stream.time_base)))
 
 
 def pyav_stream_info(source: Source, uri: str) -> StreamInfo:
     """Container-level facts about the first video stream; counts packets when the header has no count."""
-    with _rewound(source) as src, _open_av(src, uri) as container:
+    with rewound(source) as src, _open_av(src, uri) as container:
         stream = _video_stream(container, uri)
         cc = stream.codec_context
         num_frames = int(stream.frames or 0)
@@ -206,13 +204,13 @@ def pyav_stream_info(source: Source, uri: str) -> StreamInfo:
             duration = None
         codec = cc.codec.name if cc.codec is not None else cc.name
         width, height = int(cc.width), int(cc.height)
-        average = _rate(stream.average_rate)
-        if stream.time_base and average == _rate(1 / stream.time_base):
+        average = as_rate(stream.average_rate)
+        if stream.time_base and average == as_rate(1 / stream.time_base):
             average = 0.0  # the time base, not a frame rate (FLV, MKV)
         measured = _pts_rate(container, stream) if not 0 < average <= MAX_PLAUSIBLE_FPS else 0.0
-        rates = [average, measured, _rate(stream.guessed_rate)]
+        rates = [average, measured, as_rate(stream.guessed_rate)]
     if num_frames <= 0:
-        with _rewound(source) as src:
+        with rewound(source) as src:
             num_frames = _count_packets(src, uri)
     return StreamInfo(codec, width, height, num_frames, choose_fps(rates, num_frames, duration), duration)
 
@@ -244,7 +242,7 @@ def _decode_pass(
     n = bad = packets = 0
     last_wanted = max(wanted) if wanted else -1
     first_error = ""
-    with _rewound(source) as src, _open_av(src, uri) as container:
+    with rewound(source) as src, _open_av(src, uri) as container:
         stream = _video_stream(container, uri)
         stream.codec_context.thread_count = threads
         demux = container.demux(stream)
@@ -276,17 +274,101 @@ def _decode_pass(
     return kept, n, transform
 
 
-def read_pyav(source: Source, pick: Pick, size: int, uri: str, *, threads: int = 1) -> Clip:
-    """Decode the frames chosen by ``pick`` with PyAV (sequential decode, no seeking): frames (N, S, S, 3).
+@dataclass(frozen=True)
+class _SeekPlan:
+    """Presentation order of the packets (demux only): pts of frame i, frame index of each pts, keyframes."""
 
-    When the header over-reports the frame count (the stream ends before a chosen index), the rule is
-    re-applied to the true count and, if that needs frames not yet converted, a second pass decodes them.
+    pts: list[int]
+    index: dict[int, int]
+    keyframes: list[int]  # frame indices of keyframes, increasing
+
+
+class _CannotSeek(Exception):
+    """Internal: the file does not support exact index-by-seeking; decode sequentially instead."""
+
+
+def _seek_plan(source: Source, uri: str) -> _SeekPlan | None:
+    """Map frame indices to timestamps from the packets (cheap: no decoding); None when pts are unusable."""
+    import av
+
+    with rewound(source) as src, _open_av(src, uri) as container:
+        stream = _video_stream(container, uri)
+        try:
+            packets = [
+                (p.pts, p.is_keyframe) for p in container.demux(stream) if p.size > 0 and not p.is_discard
+            ]
+        except av.error.FFmpegError:
+            return None
+    pts = sorted(p for p, _ in packets if p is not None)
+    if not pts or len(pts) != len(packets) or len(set(pts)) != len(pts):
+        return None
+    index = {p: i for i, p in enumerate(pts)}
+    return _SeekPlan(pts, index, sorted(index[p] for p, key in packets if key))
+
+
+def _seek_pass(
+    source: Source, uri: str, plan: _SeekPlan, wanted: list[int], size: int, threads: int
+) -> dict[int, np.ndarray]:
+    """Decode only the GOPs holding ``wanted`` frames: seek to the keyframe before a frame whenever that
+    keyframe lies ahead of the decoder, else keep decoding forward. Frames are matched by pts; any mismatch
+    (a pts not among the packets', a frame never output, a decode error) raises ``_CannotSeek``."""
+    import av
+
+    kept: dict[int, np.ndarray] = {}
+    transform: DisplayTransform | None = None
+    with rewound(source) as src, _open_av(src, uri) as container:
+        stream = _video_stream(container, uri)
+        stream.codec_context.thread_count = threads
+        frames: Iterator[Any] | None = None
+        pos = -1  # index of the last frame the decoder returned
+        try:
+            for target in sorted(set(wanted)):
+                key = plan.keyframes[bisect.bisect_right(plan.keyframes, target) - 1]
+                if frames is None or key > pos + 1:
+                    container.seek(plan.pts[key], stream=stream, backward=True, any_frame=False)
+                    frames, pos = container.decode(stream), key - 1
+                for frame in frames:
+                    i = plan.index.get(frame.pts, -1) if frame.pts is not None else -1
+                    if i < 0 or i > target:
+                        raise _CannotSeek
+                    if i <= pos:
+                        continue  # leading frames of an open GOP, before the keyframe we sought
+                    pos = i
+                    if transform is None:
+                        transform = _frame_transform(frame)
+                    if i == target:
+                        kept[i] = frame_to_square(frame.to_image(), size, transform)
+                        break
+                else:
+                    raise _CannotSeek
+        except (av.error.FFmpegError, IndexError):
+            raise _CannotSeek from None
+    return kept
+
+
+def read_pyav(source: Source, pick: Pick, size: int, uri: str, *, threads: int = 1) -> Clip:
+    """Decode the frames chosen by ``pick`` with PyAV: frames (N, S, S, 3).
+
+    Fast path: when the packets' timestamps give an exact frame order (:func:`_seek_plan`), frame ``i`` is
+    the ``i``-th timestamp and only the GOPs holding chosen frames are decoded (seek to the preceding
+    keyframe). Otherwise, or when the fast path meets anything unexpected, decode sequentially and count
+    frames. When the header over-reports the frame count (the stream ends before a chosen index), the
+    rule is re-applied to the true count and, if that needs frames not yet converted, a second pass
+    decodes them.
     """
     info = pyav_stream_info(source, uri)
     if info.fps <= 0:
         raise DecodeError(uri, "corrupt", "no frame rate and no duration in the container")
     if info.num_frames <= 0:
         raise DecodeError(uri, "corrupt", "the video stream has no packets")
+    plan = _seek_plan(source, uri)
+    if plan is not None and len(plan.keyframes) > 1 and plan.keyframes[0] == 0:
+        indices = pick(len(plan.pts), info.fps)
+        try:
+            kept = _seek_pass(source, uri, plan, indices.tolist(), size, threads)
+            return Clip(np.stack([kept[int(i)] for i in indices]), indices, len(plan.pts), info.fps)
+        except _CannotSeek:
+            pass  # e.g. edit lists or decoders that drop frames: the sequential count is the truth
     indices = pick(info.num_frames, info.fps)
     kept, n, _ = _decode_pass(source, uri, set(indices.tolist()), size, threads)
     num_frames = info.num_frames
@@ -305,7 +387,7 @@ def pyav_first_frame(
     """Stream info, display transform, PyAV's rotation (degrees counter-clockwise) of the first frame, and
     (``with_pixels``) that frame as coded, (H, W, 3) uint8 RGB."""
     info = pyav_stream_info(source, uri)
-    with _rewound(source) as src, _open_av(src, uri) as container:
+    with rewound(source) as src, _open_av(src, uri) as container:
         stream = _video_stream(container, uri)
         frame = next(_decode_frames(container, stream, uri), None)
         if frame is None:
@@ -321,80 +403,3 @@ def _decode_frames(container: Any, stream: Any, uri: str) -> Iterator[Any]:
         yield from container.decode(stream)
     except av.error.FFmpegError as exc:
         raise DecodeError(uri, "corrupt", f"pyav decode: {exc}") from None
-
-
-# --------------------------------------------------------------------------------------------- decord
-def read_decord(source: Source, pick: Pick, size: int, uri: str, *, threads: int = 1) -> Clip:
-    """Decode the frames chosen by ``pick`` with decord (seek + decode per frame): frames (N, S, S, 3).
-
-    decord reads file objects and bytes wholly into memory. decord 0.6 applies the container's rotation
-    but not its reflection; when the display matrix (read with PyAV from the first frame) mirrors the
-    image, the mirror is applied here so both back ends return identical orientation.
-    """
-    import decord
-
-    try:
-        with _rewound(source) as src:
-            reader = decord.VideoReader(src, num_threads=threads)
-        num_frames = len(reader)
-        rates = [_rate(reader.get_avg_fps())]
-        duration = float(reader.get_frame_timestamp(num_frames - 1)[1]) if num_frames > 0 else None
-        fps = choose_fps(rates, num_frames, duration)
-        if num_frames <= 0 or fps <= 0:
-            raise DecodeError(uri, "corrupt", f"decord reports {num_frames} frames at {fps} fps")
-        indices = pick(num_frames, fps)
-        batch_NHW3 = reader.get_batch(indices.tolist()).asnumpy()
-    except decord.DECORDError as exc:
-        raise DecodeError(uri, "corrupt", f"decord: {str(exc).splitlines()[0][-300:]}") from None
-    except (RuntimeError, IndexError) as exc:  # decord raises bare RuntimeErrors from its C++ core
-        raise DecodeError(
-            uri, "corrupt", f"decord: {str(exc).splitlines()[0][-300:] if str(exc) else exc!r}"
-        ) from None
-    fix = _decord_fix(source, uri, batch_NHW3.shape[2], batch_NHW3.shape[1])
-    frames = [frame_to_square(apply_display_transform(f_HW3, fix), size) for f_HW3 in batch_NHW3]
-    return Clip(np.stack(frames), indices, num_frames, fps)
-
-
-def _decord_fix(source: Source, uri: str, width: int, height: int) -> DisplayTransform:
-    """The transform turning decord's output (already rotated, never mirrored) into the displayed frame."""
-    try:
-        info, transform, _, _ = pyav_first_frame(source, uri)
-    except DecodeError:
-        return IDENTITY  # PyAV cannot read the matrix: trust decord's orientation
-    if transform == IDENTITY:
-        return IDENTITY
-    if (width, height) == (info.width, info.height) and displayed_size(width, height, transform) != (
-        width,
-        height,
-    ):
-        return transform  # decord did not rotate at all (no rotate tag): apply the full transform
-    if not is_reflection(transform):
-        return IDENTITY
-    # decord shows R(raw) with R the rotation part; we want T(raw), so apply R^-1 then T (p @ R^T @ T).
-    return _compose(_inverse(_rotation_part(transform)), transform)
-
-
-def _as_matrix(t: DisplayTransform) -> np.ndarray:
-    a, b, c, d = t
-    return np.array([[a, b], [c, d]], dtype=np.int64)
-
-
-def _as_transform(m: np.ndarray) -> DisplayTransform:
-    return (int(m[0, 0]), int(m[0, 1]), int(m[1, 0]), int(m[1, 1]))
-
-
-def _rotation_part(t: DisplayTransform) -> DisplayTransform:
-    """The pure rotation decord applies for ``t`` (its rotation angle, without the mirror)."""
-    a, b, c, d = t
-    if a == 0:
-        return (0, b, -b, 0)  # rotation matrices have c == -b
-    return (a, 0, 0, a)
-
-
-def _inverse(t: DisplayTransform) -> DisplayTransform:
-    return _as_transform(_as_matrix(t).T)  # signed permutation matrices are orthogonal
-
-
-def _compose(first: DisplayTransform, then: DisplayTransform) -> DisplayTransform:
-    """Transform applying ``first`` then ``then`` (row-vector convention: p' = p @ M)."""
-    return _as_transform(_as_matrix(first) @ _as_matrix(then))

@@ -1,201 +1,206 @@
-"""The Ray Data adapter: manifest -> decoded, tokenised batches (the only Ray Data module).
+"""The Ray Data adapter (the only Ray Data module): manifest -> decoded, tokenised batches; check; prepare.
 
-Per-batch work is done by pure functions over ``dict[str, np.ndarray]`` (``decode_rows``, ``tokenize_rows``);
-this module only wraps them in ``map_batches``. Batches leaving the pipeline hold::
+Shape legend: B rows, F frames, S frame side, L tokens. Batches leaving :func:`build_dataset` hold the
+columns of :data:`vidret.data.batches.MODEL_COLUMNS`::
 
-    video       uint8  (B, F, H, W, 3)   frames, zero-padded to data.max_frames
-    video_mask  int64  (B, F)            1 on real frames
-    text_ids    int64  (B, L)            CLIP BPE ids, [SOT] ... [EOT] 0 ...
-    text_mask   int64  (B, L)
-    video_index int64  (B,)              row of the video in the split (stable id for positives)
-    ok          bool   (B,)              False when the video could not be decoded (then video is zeros)
+    video uint8 (B, F, S, S, 3)   video_mask int64 (B, F)   text_ids / text_mask int64 (B, L)   video_index int64 (B,)
 
-Bad videos are counted by a small Ray actor (``BadVideoLog``) so the driver can report them and fail the job
-only above ``data.max_bad_fraction``.
+The per-batch work is the pure functions of :mod:`vidret.data.batches`; here they run inside one
+``map_batches`` stage of ``data.decode_concurrency`` actors at ``data.decode_cpus`` CPUs each. The CPUs are
+fractional on purpose (ray-notes P8: actors holding every CPU starve the other tasks and hang silently);
+each actor's decoding runs in its own decode child process (:mod:`vidret.data.decode_worker`, for the
+timeout), so one actor keeps one core busy. Input rows are split into blocks of ``data.rows_per_block``
+(ray-notes P6: one Parquet file is one block, decoded by one task otherwise).
+
+Bad videos are dropped from the batches and recorded by a :class:`BadVideoLog` actor; the decode stage
+raises :class:`~vidret.data.check.TooManyBadVideosError` (listing them) as soon as more distinct videos
+failed than ``data.max_bad_fraction`` of the split allows, so a broken corpus fails the job early instead
+of training on a shrinking dataset. Memory stays bounded by Ray Data's streaming backpressure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
-from vidret.config import DataConfig
-from vidret.data.decode import DecodeError, decode_with_config
-from vidret.data.manifest import read_manifest
+from vidret.config import Config, DataConfig, RunConfig
+from vidret.data.batches import (
+    SplitRows,
+    augment_rows,
+    decode_rows,
+    keep_rows,
+    model_columns,
+    split_rows,
+    tokenize_rows,
+)
+from vidret.data.check import TooManyBadVideosError, bad_budget, classify, enforce_budget, summarise
+from vidret.data.decode import DecodeError
+from vidret.data.manifest import read_manifest, write_manifest
+from vidret.data.prepare import PrepareSettings, plan_outputs, prepare_one
 from vidret.data.tokenizer import ClipTokenizer
-from vidret.storage import Storage, join
+from vidret.storage import Storage, StorageError, is_remote, join, parse_uri
+
+Progress = Callable[[int, int], None]
+_INPUT_CHUNK_ROWS = 1024  # rows per object put into the store; re-split to data.rows_per_block by Ray Data
 
 
-class TooManyBadVideosError(RuntimeError):
-    """More videos failed to decode than ``data.max_bad_fraction`` allows; the message lists them."""
+def ensure_ray(run: RunConfig) -> None:
+    """Connect to (``run.ray_address``, or ``RAY_ADDRESS`` inside ``ray job submit``) or start a local Ray.
 
-
-@dataclass(frozen=True)
-class SplitRows:
-    """The rows of one split, flattened for a pipeline: one row per (video, caption) pair or per video."""
-
-    table: pa.Table  # columns: video_id, video_uri, caption, start, end, video_index, caption_index
-    num_videos: int
-
-
-def split_rows(manifest: pa.Table, split: str, *, pairs: bool) -> SplitRows:
-    """Rows of ``split``: every caption as its own row (``pairs``) or one row per video (first caption).
-
-    ``video_index`` numbers the split's videos 0..V-1 in manifest order; it is the stable id used to find
-    positives (captions of the same video) across workers.
+    A local instance uses ``address="local"`` so a stale cluster file is never picked up (ray-notes P15).
+    Does nothing when Ray is already initialised.
     """
-    mask = pa.compute.equal(manifest.column("split"), split)
-    sub = manifest.filter(mask)
-    if sub.num_rows == 0:
-        splits = sorted(set(manifest.column("split").to_pylist()))
-        raise ValueError(f"manifest has no rows for split {split!r} (it has: {', '.join(splits) or 'none'})")
-    cols: dict[str, list[Any]] = {k: [] for k in
-                                  ("video_id", "video_uri", "caption", "start", "end", "video_index",
-                                   "caption_index")}
-    rows = sub.to_pylist()
-    for vi, row in enumerate(rows):
-        captions = row["captions"] if pairs else row["captions"][:1]
-        for ci, cap in enumerate(captions):
-            cols["video_id"].append(row["video_id"])
-            cols["video_uri"].append(row["video_uri"])
-            cols["caption"].append(cap)
-            cols["start"].append(row["start"])
-            cols["end"].append(row["end"])
-            cols["video_index"].append(vi)
-            cols["caption_index"].append(ci)
-    table = pa.table({
-        "video_id": pa.array(cols["video_id"], pa.string()),
-        "video_uri": pa.array(cols["video_uri"], pa.string()),
-        "caption": pa.array(cols["caption"], pa.string()),
-        "start": pa.array(cols["start"], pa.float64()),
-        "end": pa.array(cols["end"], pa.float64()),
-        "video_index": pa.array(cols["video_index"], pa.int64()),
-        "caption_index": pa.array(cols["caption_index"], pa.int64()),
-    })
-    return SplitRows(table=table, num_videos=len(rows))
+    if ray.is_initialized():
+        return
+    if run.ray_address:
+        ray.init(address=run.ray_address)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(address="local", num_cpus=run.num_cpus, include_dashboard=False)
 
 
-def _opt_float(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return None if np.isnan(x) else x
+def _absolute_local(table: pa.Table) -> pa.Table:
+    """Relative local paths made absolute on the driver: Ray workers need not share its working directory."""
+    uris = [u if is_remote(u) or os.path.isabs(parse_uri(u).path) else os.path.abspath(u)
+            for u in table.column("video_uri").to_pylist()]
+    return table.set_column(table.schema.get_field_index("video_uri"), "video_uri", pa.array(uris, pa.string()))
 
 
-def decode_rows(batch: dict[str, np.ndarray], cfg: DataConfig, storage: Storage) -> dict[str, np.ndarray]:
-    """Read and decode every row's video. Pure function over a batch; a bad video gives ``ok=False``.
-
-    Returns the input columns plus ``video`` (B,F,H,W,3) uint8, ``video_mask`` (B,F), ``ok`` (B,) and
-    ``error`` (B,) str (empty when ok).
-    """
-    n = len(batch["video_uri"])
-    video = np.zeros((n, cfg.max_frames, cfg.size, cfg.size, 3), np.uint8)
-    vmask = np.zeros((n, cfg.max_frames), np.int64)
-    ok = np.zeros(n, bool)
-    errors = np.empty(n, dtype=object)
-    for i in range(n):
-        uri = str(batch["video_uri"][i])
-        try:
-            data = storage.read_bytes(uri)
-            frames, m = decode_with_config(data, cfg, uri=uri, start=_opt_float(batch["start"][i]),
-                                           end=_opt_float(batch["end"][i]))
-            video[i], vmask[i], ok[i], errors[i] = frames, m, True, ""
-        except FileNotFoundError:
-            errors[i] = f"{uri}: missing"
-        except DecodeError as e:
-            errors[i] = str(e)
-        except OSError as e:  # storage failure after its retries: a row we could not read
-            errors[i] = f"{uri}: read failed: {e}"
-    out = dict(batch)
-    out.update(video=video, video_mask=vmask, ok=ok, error=errors.astype(str))
-    return out
+def _dataset(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
+    chunks = [table.slice(i, _INPUT_CHUNK_ROWS) for i in range(0, max(table.num_rows, 1), _INPUT_CHUNK_ROWS)]
+    return ray.data.from_arrow(chunks).repartition(target_num_rows_per_block=rows_per_block)
 
 
-def tokenize_rows(batch: dict[str, np.ndarray], tokenizer: ClipTokenizer, max_words: int) -> dict[str, np.ndarray]:
-    """Add ``text_ids`` and ``text_mask`` (B, L) int64 for the ``caption`` column."""
-    ids, mask = tokenizer([str(c) for c in batch["caption"]], max_words)
-    out = dict(batch)
-    out.update(text_ids=np.asarray(ids, np.int64), text_mask=np.asarray(mask, np.int64))
-    return out
-
-
+# ------------------------------------------------------------------------------------------ bad videos
 @ray.remote(num_cpus=0)
 class BadVideoLog:
-    """Collects (uri, reason) of videos that failed, from every decode task."""
+    """Collects the failures reported by every decode task of one dataset (distinct by URI)."""
 
     def __init__(self) -> None:
-        self.bad: dict[str, str] = {}
-        self.seen = 0
+        self._failures: dict[str, dict[str, Any]] = {}
+        self._rows_seen = 0
 
-    def add(self, seen: int, bad: list[tuple[str, str]]) -> None:
-        self.seen += seen
-        self.bad.update(dict(bad))
+    def add(self, rows: int, failures: list[dict[str, Any]]) -> int:
+        """Record a batch; returns the number of distinct failed URIs so far."""
+        self._rows_seen += rows
+        for f in failures:
+            self._failures.setdefault(str(f["video_uri"]), f)
+        return len(self._failures)
 
-    def summary(self) -> dict[str, Any]:
-        return {"seen": self.seen, "bad": dict(sorted(self.bad.items()))}
+    def failures(self) -> list[dict[str, Any]]:
+        return list(self._failures.values())
+
+    def rows_seen(self) -> int:
+        return self._rows_seen
 
 
-class _DecodeTokenize:
-    """Ray Data callable class: decode + tokenise one batch (actors keep the tokenizer and storage client)."""
+def _failures_of(out: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    return [
+        {"video_id": str(out["video_id"][i]), "video_uri": str(out["video_uri"][i]),
+         "reason": str(out["reason"][i]), "detail": str(out["detail"][i])}
+        for i in np.flatnonzero(~out["ok"])
+    ]
 
-    def __init__(self, cfg: DataConfig, storage: Storage, log: Any, tokenize: bool) -> None:
-        self.cfg, self.storage, self.log = cfg, storage, log
-        self.tokenizer = ClipTokenizer() if tokenize else None
+
+class _DecodeStage:
+    """Ray Data callable class: decode, count failures, drop bad rows, tokenise, augment, select columns."""
+
+    def __init__(self, cfg: DataConfig, storage: Storage, log: Any, num_videos: int, tokenize: bool,
+                 augment_seed: int | None) -> None:
+        self.cfg, self.storage, self.log, self.num_videos = cfg, storage, log, num_videos
+        self.budget = bad_budget(num_videos, cfg.max_bad_fraction)
+        self.tokenizer = ClipTokenizer(cfg.max_words) if tokenize else None
+        self.augment_seed = augment_seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = decode_rows(batch, self.cfg, self.storage)
-        bad = [(str(u), str(e)) for u, e, ok in zip(out["video_uri"], out["error"], out["ok"]) if not ok]
-        self.log.add.remote(len(out["ok"]), bad)
-        if self.tokenizer is not None:
-            out = tokenize_rows(out, self.tokenizer, self.cfg.max_words)
-        return out
+        failures = _failures_of(out)
+        if failures:
+            bad = ray.get(self.log.add.remote(len(out["ok"]), failures))
+            if bad > self.budget:
+                listed = ray.get(self.log.failures.remote())
+                raise TooManyBadVideosError({f["video_uri"]: f["reason"] for f in listed}, self.num_videos,
+                                            self.cfg.max_bad_fraction)
+        else:
+            self.log.add.remote(len(out["ok"]), [])
+        out = keep_rows(out, out["ok"])
+        if self.tokenizer is None:
+            return {k: out[k] for k in ("video", "video_mask", "video_index")}
+        out = tokenize_rows(out, self.tokenizer, self.cfg.max_words)
+        if self.augment_seed is not None:
+            out = augment_rows(out, self.augment_seed)
+        return model_columns(out)
+
+
+@dataclass
+class DecodedSplit:
+    """A streaming dataset of model batches plus what is needed to report its bad videos."""
+
+    dataset: ray.data.Dataset
+    log: Any  # BadVideoLog actor handle
+    num_videos: int
+    num_rows: int
+    max_bad_fraction: float
+
+    def bad_videos(self) -> dict[str, Any]:
+        """Failures so far: ``{"rows_seen", "failures": [...], "bad_videos"}``; raises
+        ``TooManyBadVideosError`` when over budget (call after a full pass for the final verdict)."""
+        failures = ray.get(self.log.failures.remote())
+        enforce_budget({f["video_uri"]: f["reason"] for f in failures}, self.num_videos, self.max_bad_fraction)
+        return {"rows_seen": ray.get(self.log.rows_seen.remote()), "failures": failures,
+                "bad_videos": len(failures)}
 
 
 def build_dataset(rows: SplitRows, cfg: DataConfig, storage: Storage, *, tokenize: bool = True,
-                  drop_bad: bool = True) -> tuple[ray.data.Dataset, Any]:
-    """Streaming dataset of decoded (and tokenised) rows plus the ``BadVideoLog`` actor that counts failures.
+                  augment_seed: int | None = None, shuffle_seed: int | None = None) -> DecodedSplit:
+    """The streaming pipeline over ``rows``: blocks of ``rows_per_block`` rows -> decode + tokenise actors.
 
-    Decoding runs in an actor pool of ``data.decode_concurrency`` actors at ``data.decode_cpus`` CPUs each
-    (fractional, so read tasks are never starved: ray-notes P8). Bad rows are dropped when ``drop_bad``.
+    ``augment_seed`` turns on the training augmentation (:func:`vidret.data.batches.augment_rows`) when
+    ``cfg.augment`` is set (ignored otherwise). ``shuffle_seed`` permutes the rows once, up front (cheap;
+    use ``iter_torch_batches(local_shuffle_buffer_size=...)`` for a different order every epoch). Without
+    ``tokenize`` the batches hold only ``video``, ``video_mask`` and ``video_index`` (video features).
+    Pass ``.dataset`` to Ray Train (``datasets={"train": ...}``) or iterate it with :func:`iter_batches`.
     """
+    table = _absolute_local(rows.table)
+    if shuffle_seed is not None:
+        table = table.take(pa.array(np.random.default_rng(shuffle_seed).permutation(table.num_rows)))
     log = BadVideoLog.remote()
-    ds = ray.data.from_arrow(rows.table)
-    ds = ds.repartition(max(1, -(-rows.table.num_rows // cfg.rows_per_block)))
-    ds = ds.map_batches(_DecodeTokenize, fn_constructor_kwargs={"cfg": cfg, "storage": storage, "log": log,
-                                                                "tokenize": tokenize},
-                        batch_size=cfg.rows_per_block, concurrency=cfg.decode_concurrency,
-                        num_cpus=cfg.decode_cpus)
-    if drop_bad:
-        ds = ds.filter(lambda row: bool(row["ok"]))
-    drop = ["error", "video_id", "video_uri", "caption", "start", "end"]
-    ds = ds.drop_columns(drop)
-    return ds, log
+    stage_kwargs = {"cfg": cfg, "storage": storage, "log": log, "num_videos": rows.num_videos,
+                    "tokenize": tokenize, "augment_seed": augment_seed if cfg.augment else None}
+    ds = _dataset(table, cfg.rows_per_block).map_batches(
+        _DecodeStage, fn_constructor_kwargs=stage_kwargs, batch_size=cfg.rows_per_block, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.decode_concurrency), num_cpus=cfg.decode_cpus)
+    return DecodedSplit(ds, log, rows.num_videos, table.num_rows, cfg.max_bad_fraction)
 
 
-def check_bad_fraction(log: Any, total: int, cfg: DataConfig) -> dict[str, Any]:
-    """Raise ``TooManyBadVideosError`` listing the bad videos when their fraction exceeds the budget."""
-    summary = ray.get(log.summary.remote())
-    bad = summary["bad"]
-    frac = len(bad) / max(total, 1)
-    summary.update(total=total, bad_fraction=frac)
-    if frac > cfg.max_bad_fraction:
-        listing = "; ".join(f"{u} ({r})" for u, r in bad.items())
-        raise TooManyBadVideosError(
-            f"{len(bad)} of {total} videos failed to decode ({frac:.1%} > data.max_bad_fraction="
-            f"{cfg.max_bad_fraction:.1%}): {listing}")
-    return summary
+def load_split(cfg: Config, split: str, storage: Storage, *, pairs: bool) -> SplitRows:
+    """Rows of ``<data.manifest>/<split>.parquet`` (see :func:`vidret.data.batches.split_rows`)."""
+    if not cfg.data.manifest:
+        raise ValueError("data.manifest is empty: set it to the folder or s3:// prefix holding the manifests")
+    return split_rows(read_manifest(join(cfg.data.manifest, f"{split}.parquet"), storage), split, pairs=pairs)
 
 
-def iter_numpy_batches(ds: ray.data.Dataset, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Plain numpy batches of the dataset (driver side; training uses ``get_dataset_shard``)."""
-    yield from ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1)
+def iter_batches(split: DecodedSplit, batch_size: int, *, drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Numpy batches on the driver (batch inference, tests); the final bad-video verdict after the last one.
 
-
-def load_split(manifest_prefix: str, split: str, storage: Storage, *, pairs: bool) -> SplitRows:
-    """Read ``<manifest_prefix>/<split>.parquet`` and flatten it (see ``split_rows``)."""
-    return split_rows(read_manifest(join(manifest_prefix, f"{split}.parquet"), storage), split, pairs=pairs)
+    Ray Data wraps exceptions raised in the decode stage (the original type is lost on the way); when the
+    pipeline fails with the bad-video budget exceeded, the typed ``TooManyBadVideosError`` is raised here
+    from the log's records instead.
+    """
+    try:
+        yield from split.dataset.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=drop_last,
+                                              prefetch_batches=1)
+    except ray.exceptions.RayError:
+        split.bad_videos()  # raises TooManyBadVideosError when that is why the pipeline failed
+        raise
+    split.bad_videos()

@@ -78,15 +78,15 @@ class GaussianDiffusion:
         return t.to(device) if device is not None else t
 
     # -- forward process -----------------------------------------------------------------------------
-    def q_sample(self, x0_BK: Tensor, t_B: Tensor, noise_BK: Tensor | None = None) -> Tensor:
+    def q_sample(self, x0_BK: Tensor, t_B: Tensor, noise: Tensor | None = None) -> Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, eps ~ N(0, I) (DDPM eq. 4)."""
-        if noise_BK is None:
-            noise_BK = torch.randn_like(x0_BK)
-        if noise_BK.shape != x0_BK.shape:
-            raise ValueError(f"noise: expected shape {tuple(x0_BK.shape)}, got {tuple(noise_BK.shape)}")
+        if noise is None:
+            noise = torch.randn_like(x0_BK)
+        if noise.shape != x0_BK.shape:
+            raise ValueError(f"noise: expected shape {tuple(x0_BK.shape)}, got {tuple(noise.shape)}")
         return (
             self._extract(self.sqrt_alphas_cumprod, t_B, x0_BK) * x0_BK
-            + self._extract(self.sqrt_one_minus_alphas_cumprod, t_B, x0_BK) * noise_BK
+            + self._extract(self.sqrt_one_minus_alphas_cumprod, t_B, x0_BK) * noise
         )
 
     def q_posterior_mean_variance(
@@ -109,7 +109,7 @@ class GaussianDiffusion:
         t_B: Tensor,
         cond: Mapping[str, Tensor],
         d_temp: float,
-        noise_BK: Tensor | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """The method's "KL" loss: mean_b -log softmax(d_temp * x0_hat_b)_0 (method §3.5).
 
@@ -117,7 +117,7 @@ class GaussianDiffusion:
         target class is the positive at index 0 whatever ``x0`` holds (``neg`` only changes what is noised).
         Returns a scalar averaged over the batch.
         """
-        xt_BK = self.q_sample(x0_BK, t_B, noise_BK)
+        xt_BK = self.q_sample(x0_BK, t_B, noise)
         x0_hat_BK = denoiser(xt_BK, t_B, **cond)
         if x0_hat_BK.shape != x0_BK.shape:
             raise ValueError(
@@ -163,11 +163,18 @@ class GaussianDiffusion:
         x0_hat = clamp(denoiser(x_t, t), -1, 1); x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps_hat
         (DDIM eq. 12 with sigma = 0). Returns (x_prev, x0_hat).
         """
+        if not 0 <= t < self.num_steps or (t_prev is not None and not 0 <= t_prev < t):
+            raise ValueError(
+                f"ddim_step: expected 0 <= t_prev < t < {self.num_steps}, got t={t}, t_prev={t_prev}"
+            )
         t_B = torch.full((xt_BK.shape[0],), t, dtype=torch.long, device=xt_BK.device)
         x0_hat = denoiser(xt_BK, t_B, **cond)
         if clip_denoised:
             x0_hat = x0_hat.clamp(-1.0, 1.0)
-        eps_hat = self.predict_eps(xt_BK, t_B, x0_hat)
+        # predict_eps with the step's scalars (no device round trip for t)
+        eps_hat = (float(self.sqrt_recip_alphas_cumprod[t]) * xt_BK - x0_hat) / float(
+            self.sqrt_recipm1_alphas_cumprod[t]
+        )
         abar_prev = 1.0 if t_prev is None else float(self.alphas_cumprod[t_prev])
         x_prev = abar_prev**0.5 * x0_hat + (1.0 - abar_prev) ** 0.5 * eps_hat
         return x_prev, x0_hat

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -19,36 +20,58 @@ from vidret.config import DiffusionConfig
 from vidret.diffusion.denoiser import T2VDenoiser, V2TDenoiser
 from vidret.diffusion.process import GaussianDiffusion, seeded_noise
 
+NegativesFill = Literal["positives", "error"]
 
-def hard_negatives(sim_BN: Tensor, positive_mask_BN: Tensor, num: int, row_offset: int = 0) -> Tensor:
+
+def hard_negatives(
+    sim_BN: Tensor,
+    positive_mask_BN: Tensor,
+    num: int,
+    row_offset: int = 0,
+    fill: NegativesFill = "positives",
+) -> Tensor:
     """Candidate lists for training: idx_BK with K = num + 1 (method §3.2).
 
     Row b's own item (column ``b + row_offset``; the diagonal of a square batch) is at index 0, followed
-    by the ``num`` most similar columns, descending, excluding every positive (``positive_mask``, e.g.
-    same video id, and the row's own column). ``row_offset`` places a shard of local rows inside the
-    gathered columns. Unlike the upstream, positives are never used as filler: a ``num`` that leaves too
-    few negatives is a ValueError.
+    by the ``num`` most similar negatives, descending; a negative is any column outside
+    ``positive_mask_BN`` (e.g. same video id) other than the row's own. ``row_offset`` places a shard of
+    local rows inside the gathered columns. When a row has fewer than ``num`` negatives, ``fill``
+    decides: ``positives`` (faithful, diffusion.negatives_fill) appends the row's other positives,
+    most similar first, as the upstream's ``topk`` over masked scores does (the own item is never
+    repeated); ``error`` raises ValueError. ``num > N - 1`` always raises.
     """
     if sim_BN.ndim != 2 or positive_mask_BN.shape != sim_BN.shape:
         raise ValueError(
             f"hard_negatives: expected sim (B, N) and a positive mask of the same shape, got "
             f"{tuple(sim_BN.shape)} and {tuple(positive_mask_BN.shape)}"
         )
+    if fill not in ("positives", "error"):
+        raise ValueError(f"diffusion.negatives_fill: expected 'positives' or 'error', got {fill!r}")
     rows, cols = sim_BN.shape
     if not 0 <= row_offset <= cols - rows:
         raise ValueError(f"hard_negatives: row_offset {row_offset} puts rows outside the {cols} columns")
-    own_B = torch.arange(rows, device=sim_BN.device) + row_offset
-    excluded = positive_mask_BN.bool().clone()
-    excluded[torch.arange(rows, device=sim_BN.device), own_B] = True
-    available = cols - int(excluded.sum(dim=1).max())
-    if num < 1 or num > available:
+    arange_B = torch.arange(rows, device=sim_BN.device)
+    own_B = arange_B + row_offset
+    own_BN = torch.zeros(rows, cols, dtype=torch.bool, device=sim_BN.device)
+    own_BN[arange_B, own_B] = True
+    other_pos_BN = positive_mask_BN.bool() & ~own_BN
+    available = cols - 1 - int(other_pos_BN.sum(dim=1).max()) if rows else cols - 1
+    if not 1 <= num <= cols - 1 or (fill == "error" and num > available):
         raise ValueError(
-            f"diffusion.num = {num}: expected 1 <= num <= {available} for a batch of {cols} with at most "
-            f"{cols - 1 - available} other same-video positives per row (num must be <= batch size - 1 "
-            f"minus the duplicates; lower diffusion.num or raise train.batch_size)"
+            f"diffusion.num = {num}: expected 1 <= num <= {cols - 1} (batch size {cols} - 1)"
+            + (
+                f" and, with diffusion.negatives_fill=error, num <= {available} (a row has "
+                f"{cols - 1 - available} other same-video positives)"
+                if fill == "error"
+                else ""
+            )
+            + "; lower diffusion.num or raise train.batch_size"
         )
-    masked = sim_BN.detach().masked_fill(excluded, float("-inf"))
-    neg_BM = masked.topk(num, dim=1, largest=True, sorted=True).indices
+    # order columns by score, then stably by tier: negatives (0), other positives (1), the own item (2)
+    order_BN = sim_BN.detach().argsort(dim=1, descending=True)
+    tier_BN = (other_pos_BN.long() + 2 * own_BN.long()).gather(1, order_BN)
+    by_tier_BN = tier_BN.argsort(dim=1, stable=True)
+    neg_BM = order_BN.gather(1, by_tier_BN[:, :num])
     return torch.cat([own_B[:, None], neg_BM], dim=1)
 
 
@@ -70,8 +93,8 @@ def fuse(sim_QN: Tensor, cand_QK: Tensor, x0_QK: Tensor, alpha: float, temp: flo
             f"fuse: expected cand and x0 of shape (Q, K) with Q = {sim_QN.shape[0]}, got "
             f"{tuple(cand_QK.shape)} and {tuple(x0_QK.shape)}"
         )
-    boost_QK = alpha * (temp * x0_QK.to(sim_QN.dtype)).softmax(dim=1)
-    return sim_QN.clone().scatter_add_(1, cand_QK, boost_QK)
+    boost_QK = alpha * (temp * x0_QK.to(sim_QN.device, sim_QN.dtype)).softmax(dim=1)
+    return sim_QN.clone().scatter_add_(1, cand_QK.to(sim_QN.device), boost_QK)
 
 
 def _k_for(k: int, gallery: int, key: str) -> int:

@@ -190,7 +190,8 @@ class RetrievalModel(nn.Module):
         """The stage-2 loss of the local queries against hard negatives from the gathered batch (§3.2-3.5).
 
         Per direction: candidates = [own pair] + ``diffusion.num`` hardest negatives by WTI score (every
-        positive of ``positive_mask_BG`` excluded), target x0 = [1, neg, ..., neg], loss = CE(d_temp x0_hat, 0).
+        positive of ``positive_mask_BG`` excluded; ``diffusion.negatives_fill`` decides when too few remain),
+        target x0 = [1, neg, ..., neg], loss = CE(d_temp x0_hat, 0).
         One ``t_B`` (uniform unless given) for both directions, separate noise per direction. Features are
         used detached. Returns ``loss_t2v``, ``loss_v2t`` and their sum ``loss_generation``.
         """
@@ -199,8 +200,8 @@ class RetrievalModel(nn.Module):
             t2v_BG = self.similarity(local, gathered)
             same = t2v_BG.shape[0] == t2v_BG.shape[1]
             v2t_BG = t2v_BG.T if same else self.similarity(gathered, local).T
-            idx_t2v_BK = hard_negatives(t2v_BG, positive_mask_BG, dcfg.num, row_offset)
-            idx_v2t_BK = hard_negatives(v2t_BG, positive_mask_BG, dcfg.num, row_offset)
+            idx_t2v_BK = hard_negatives(t2v_BG, positive_mask_BG, dcfg.num, row_offset, dcfg.negatives_fill)
+            idx_v2t_BK = hard_negatives(v2t_BG, positive_mask_BG, dcfg.num, row_offset, dcfg.negatives_fill)
         rows, k = idx_t2v_BK.shape
         x0_BK = torch.full((rows, k), dcfg.neg, device=t2v_BG.device)
         x0_BK[:, 0] = 1.0

@@ -1,7 +1,7 @@
 """Bounded retries with exponential backoff for transient S3 failures, and translation to StorageError.
 
-Transient: connection failures (refused, reset, closed, timed out) from botocore, aiohttp or the OS, and
-throttling / 5xx responses. Everything else fails at once: not-found becomes ``StorageNotFoundError``,
+Transient: connection failures (refused, reset, closed, timed out, a body cut off) from botocore, aiohttp
+or the OS, and throttling / 5xx responses. Everything else fails at once: not-found becomes ``StorageNotFoundError``,
 access denied ``StoragePermissionError``, the rest ``StorageError``. The s3fs client this wraps is built
 with botocore and s3fs retries off, so this loop is the only retry layer and ``max_retries`` is exact.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import http.client
 import logging
 import random
 import time
@@ -32,7 +33,10 @@ STORAGE_EXCEPTIONS: tuple[type[BaseException], ...] = (
     bce.ClientError,
     aiohttp.ClientError,
     asyncio.TimeoutError,
+    http.client.HTTPException,
 )
+# A response cut off mid-body: the connection dropped, the same request can succeed.
+_TRUNCATED = (aiohttp.ClientPayloadError, bce.IncompleteReadError, http.client.IncompleteRead)
 _CONNECTION_ERRNOS = frozenset(
     {
         errno.ECONNREFUSED,
@@ -83,7 +87,9 @@ def is_transient(exc: BaseException) -> bool:
             return status >= 500 or status == 429 or code in _TRANSIENT_CODES
         if isinstance(e, bce.SSLError):
             return False  # a certificate problem does not go away by retrying
-        if isinstance(e, (bce.ConnectionError, bce.HTTPClientError, aiohttp.ClientConnectionError)):
+        if isinstance(
+            e, (bce.ConnectionError, bce.HTTPClientError, aiohttp.ClientConnectionError, *_TRUNCATED)
+        ):
             return True
         if isinstance(e, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
             return True

@@ -13,7 +13,6 @@ exponential backoff from ``retry_backoff_s``) is the only retry policy; see ``vi
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import re
@@ -21,10 +20,12 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from vidret.config import StorageConfig
 from vidret.storage.errors import StorageError, StorageNotFoundError
+from vidret.storage.localfs import first_non_directory, new_file_mode, raise_error, unlink_if_present
+from vidret.storage.reader import RetryingReader
 from vidret.storage.retry import call_with_retries, translate
 from vidret.storage.uri import Location, join, parse_uri
 
@@ -120,9 +121,7 @@ class Storage:
             logger.warning("storage: anonymous=True, so the configured credentials are ignored")
         elif cfg.access_key_id:
             kwargs.update(key=cfg.access_key_id, secret=cfg.secret_access_key, token=cfg.session_token)
-        fs = s3fs.S3FileSystem(**kwargs)
-        fs.retries = 1  # s3fs's own retry loop: one attempt
-        return fs
+        return s3fs.S3FileSystem(**kwargs)
 
     def _s3(self) -> s3fs.S3FileSystem:
         with self._lock:
@@ -130,6 +129,7 @@ class Storage:
                 self._fs, self._arrow_s3, self._pid = None, None, os.getpid()
             if self._fs is None:
                 self._fs = self._build_s3fs(botocore_attempts=1)
+                self._fs.retries = 1  # s3fs's own retry loop: one attempt; ours does the retrying
             return self._fs
 
     def _retry(self, op: str, uri: str, fn: Callable[[], T]) -> T:
@@ -177,7 +177,7 @@ class Storage:
             except OSError as exc:
                 raise self._local_error(exc, "open", uri) from exc
         raw = self._retry("open", uri, lambda: self._s3().open(loc.path, "rb"))
-        return _RetryingReader(raw, lambda fn: self._retry("read", uri, fn), uri)  # type: ignore[return-value]
+        return RetryingReader(raw, lambda fn: self._retry("read", uri, fn), uri)  # type: ignore[return-value]
 
     # -- writing ---------------------------------------------------------------------------------------
 
@@ -224,24 +224,24 @@ class Storage:
             yield f  # type: ignore[misc]
         except BaseException:
             f.close()
-            _unlink_if_present(tmp)
+            unlink_if_present(tmp)
             raise
         try:
             f.flush()
             os.fsync(f.fileno())
             f.close()
-            os.chmod(tmp, _new_file_mode(path))
+            os.chmod(tmp, new_file_mode(path))
             os.replace(tmp, path)
         except OSError as exc:
             f.close()
-            _unlink_if_present(tmp)
+            unlink_if_present(tmp)
             raise self._local_error(exc, "write", loc.uri) from exc
 
     def _local_makedirs(self, directory: str, uri: str) -> None:
         try:
             os.makedirs(directory, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
-            blocker = _first_non_directory(directory)
+            blocker = first_non_directory(directory)
             raise StorageError(
                 f"cannot write {uri}: {blocker or directory} exists and is not a directory", uri
             ) from exc
@@ -283,7 +283,7 @@ class Storage:
             return []
         out: list[str] = []
         try:
-            for root, _dirs, files in os.walk(loc.path, onerror=_raise):
+            for root, _dirs, files in os.walk(loc.path, onerror=raise_error):
                 rel = os.path.relpath(root, loc.path)
                 out += [
                     join(prefix_uri, name) if rel == "." else join(prefix_uri, rel, name) for name in files
@@ -311,7 +311,7 @@ class Storage:
 
         A missing ``uri`` raises StorageNotFoundError unless ``missing_ok``.
         """
-        loc = parse_uri(uri, need_key=not recursive)
+        loc = parse_uri(uri, need_key=True)  # never a whole bucket
         if loc.is_s3:
             if not self.exists(uri):
                 if missing_ok:
@@ -352,91 +352,3 @@ class Storage:
                 self._arrow_s3 = self._build_s3fs(botocore_attempts=self._cfg.max_retries + 1)
             fs = self._arrow_s3
         return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), loc.path
-
-
-class _RetryingReader(io.RawIOBase):
-    """Seekable reader over an s3fs file whose reads retry transient errors.
-
-    A failed range request leaves the s3fs file position unchanged, so retrying ``read`` is safe.
-    """
-
-    def __init__(self, f: IO[bytes], retry: Callable[[Callable[[], bytes]], bytes], uri: str) -> None:
-        super().__init__()
-        self._f = f
-        self._retry = retry
-        self.name = uri
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        n = -1 if size is None else size
-        return self._retry(lambda: self._f.read(n))
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._f.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    @property
-    def size(self) -> int:
-        return int(self._f.size)  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        if not self.closed:
-            self._f.close()
-        super().close()
-
-
-def _raise(exc: OSError) -> None:
-    raise exc  # os.walk would otherwise skip unreadable directories silently
-
-
-def _unlink_if_present(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _first_non_directory(directory: str) -> str | None:
-    """The first existing path component of ``directory`` that is not a directory, if any."""
-    probe = os.path.abspath(directory)
-    parts: list[str] = []
-    while probe and probe != os.path.dirname(probe):
-        parts.append(probe)
-        probe = os.path.dirname(probe)
-    for p in reversed(parts):
-        if os.path.exists(p) and not os.path.isdir(p):
-            return p
-    return None
-
-
-def _new_file_mode(path: str) -> int:
-    """Keep an existing file's permissions; new files get 0o666 minus the umask (mkstemp uses 0o600)."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        return 0o666 & ~_umask()
-
-
-def _umask() -> int:
-    # Reading the umask via os.umask() would briefly change it for every thread of the process.
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        return 0o022  # no /proc (not Linux): the common default
-    return 0o022

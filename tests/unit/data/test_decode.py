@@ -115,6 +115,18 @@ def test_decoders_agree_pixel_for_pixel(grey_clip: Path) -> None:
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
+def test_seek_path_matches_sequential_path(grey_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vidret.data.decoders as decoders
+
+    kw = dict(max_frames=12, framerate=3.0, size=24, decoder="pyav")
+    seeking, m1 = decode_video(str(grey_clip), **kw)
+    monkeypatch.setattr(decoders, "_seek_plan", lambda source, uri: None)  # force sequential decoding
+    sequential, m2 = decode_video(str(grey_clip), **kw)
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_array_equal(seeking, sequential)
+    assert _frame_indices(seeking, m1) == sample_indices(48, 8.0, framerate=3.0, max_frames=12).tolist()
+
+
 @pytest.mark.parametrize("kind", ["path", "bytes", "file", "pathlike"])
 def test_sources_give_identical_frames(grey_clip: Path, kind: str) -> None:
     ref, _ = decode_video(str(grey_clip), max_frames=4, framerate=1.0, size=16, decoder="pyav")
@@ -158,8 +170,26 @@ def test_display_matrix_is_applied(tmp_path: Path, decoder: str, rotation, matri
         assert np.abs(got.astype(int) - colours[name]).max() < 40, (corners, expected_corners)
 
 
-def test_auto_falls_back_when_decord_cannot_decode(tmp_path: Path) -> None:
-    # decord 0.6 fails on 48x48 H.264 ("from_size == to_size (9216 vs. 6912)": it copies padded rows)
+def test_auto_falls_back_to_the_next_decoder(grey_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vidret.data.decode as decode
+
+    calls: list[str] = []
+
+    def broken(source, pick, size, uri, *, threads=1):
+        calls.append(uri)
+        raise DecodeError(uri, "unsupported_codec", "test double")
+
+    monkeypatch.setitem(decode._READERS, AUTO_ORDER[0], broken)
+    frames, mask = decode_video(str(grey_clip), max_frames=12, framerate=1.0, size=32, uri="g.mp4")
+    assert calls == ["g.mp4"] and _frame_indices(frames, mask) == [0, 8, 16, 24, 32, 40]
+    with pytest.raises(DecodeError) as info:  # both fail: one error, naming both decoders' details
+        decode_video(b"junk" * 100, max_frames=2, framerate=1.0, size=32, uri="j.mp4")
+    assert info.value.reason in {"unsupported_codec", "corrupt"} and "test double" in str(info.value)
+    assert AUTO_ORDER[1] in info.value.detail
+
+
+def test_decord_fails_on_48x48_h264_where_auto_succeeds(tmp_path: Path) -> None:
+    # decord 0.6 copies padded rows for 48-pixel-wide H.264 ("from_size == to_size (9216 vs. 6912)")
     clip = _encode(tmp_path / "q48.mp4", np.stack([_quadrants(48, 48)] * 8), fps=8)
     with pytest.raises(DecodeError) as info:
         decode_video(str(clip), max_frames=2, framerate=1.0, size=32, decoder="decord")

@@ -79,7 +79,7 @@ def test_training_loss_hand_computed(diff: GaussianDiffusion) -> None:
     x0 = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     noise = torch.tensor([[0.5, -0.5, 0.2], [0.0, 1.0, -1.0]])
     t = torch.tensor([3, 40])
-    loss = diff.training_loss(denoiser, x0, t, {"feat": torch.ones(1)}, d_temp=100.0, noise_BK=noise)
+    loss = diff.training_loss(denoiser, x0, t, {"feat": torch.ones(1)}, d_temp=100.0, noise=noise)
     # row 0: logits 10, 5, -2 ; row 1: -1, 3, 0 ; target index 0
     r0 = -(10 - math.log(math.exp(10) + math.exp(5) + math.exp(-2)))
     r1 = -(-1 - math.log(math.exp(-1) + math.exp(3) + math.exp(0)))
@@ -174,3 +174,13 @@ def test_float64_buffers() -> None:
             GaussianDiffusion(np.array(bad))
     with pytest.raises(ValueError, match="more than 20"):
         betas("linear", 20)
+
+
+def test_predict_eps_inverts_q_sample(diff: GaussianDiffusion) -> None:
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(4, 6, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 12, 30, 48])
+    torch.testing.assert_close(diff.predict_eps(diff.q_sample(x0, t, eps), t, x0), eps)
+    with pytest.raises(ValueError, match="t_prev < t"):
+        diff.ddim_step(lambda x, t: x, torch.zeros(1, 2), 5, 5, {})

@@ -24,7 +24,9 @@ def _loop_hard_negatives(sim: torch.Tensor, pos: torch.Tensor, num: int, offset:
         own = b + offset
         negs = [j for j in range(sim.shape[1]) if j != own and not pos[b, j]]
         negs.sort(key=lambda j: -sim[b, j].item())
-        out.append([own] + negs[:num])
+        fillers = [j for j in range(sim.shape[1]) if j != own and pos[b, j]]
+        fillers.sort(key=lambda j: -sim[b, j].item())
+        out.append([own] + (negs + fillers)[:num])
     return out
 
 
@@ -45,8 +47,13 @@ def test_hard_negatives_equal_loop_with_duplicates(seed: int) -> None:
     assert idx.shape == (b, num + 1)
     assert idx.tolist() == _loop_hard_negatives(sim, pos, num)
     assert not pos.gather(1, idx[:, 1:]).any()  # no positive ever used as a negative
-    with pytest.raises(ValueError, match=r"diffusion.num = .*batch of 24"):
-        hard_negatives(sim, pos, num + 1)
+    with pytest.raises(ValueError, match=r"diffusion.num = .*negatives_fill=error"):
+        hard_negatives(sim, pos, num + 1, fill="error")
+    # faithful fill: the batch is too small, other positives complete the list (never the own item)
+    full = hard_negatives(sim, pos, b - 1)
+    assert full.tolist() == _loop_hard_negatives(sim, pos, b - 1)
+    assert all(sorted(row) == list(range(b)) for row in full.tolist())
+    assert pos.gather(1, full[:, 1:]).any()
 
 
 def test_hard_negatives_diagonal_only_and_shard_rows() -> None:
@@ -54,7 +61,7 @@ def test_hard_negatives_diagonal_only_and_shard_rows() -> None:
     sim = torch.randn(8, 8, generator=g)
     eye = torch.eye(8, dtype=torch.bool)
     assert hard_negatives(sim, eye, 7).tolist() == _loop_hard_negatives(sim, eye, 7)
-    with pytest.raises(ValueError, match="batch size - 1"):
+    with pytest.raises(ValueError, match="batch size 8 - 1"):
         hard_negatives(sim, eye, 8)
     # local rows 4..7 of a gathered batch of 8, with no explicit diagonal in the mask
     rows = sim[4:]

@@ -172,3 +172,16 @@ def test_rerank_changes_only_topk_and_is_seeded(model: RetrievalModel) -> None:
     torch.testing.assert_close(again, t2v)
     with pytest.raises(ValueError, match="differ"):
         model.rerank(sim, f, f, DiffusionConfig(steps=20))
+
+
+def test_full_batch_negatives_with_duplicates() -> None:
+    torch.manual_seed(0)
+    mcfg = ModelConfig(preset="debug", temporal_layers=1)
+    model = RetrievalModel.build(mcfg, DiffusionConfig(steps=10, num=B - 1))  # the recipe's num = B - 1
+    model.set_stage("generation")
+    with torch.no_grad():
+        assert torch.isfinite(model(_batch())["loss_generation"])  # rows 0 and 3 fill with each other
+    strict = RetrievalModel.build(mcfg, DiffusionConfig(steps=10, num=B - 1, negatives_fill="error"))
+    strict.set_stage("generation")
+    with pytest.raises(ValueError, match="diffusion.num"), torch.no_grad():
+        strict(_batch())

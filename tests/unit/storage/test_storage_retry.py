@@ -37,6 +37,8 @@ def _client_error(code: str, status: int) -> Exception:
         (lambda: bce.ConnectionClosedError(endpoint_url="http://127.0.0.1:1/b/k"), True),
         (lambda: bce.ReadTimeoutError(endpoint_url="http://127.0.0.1:1/b/k"), True),
         (lambda: aiohttp.ServerDisconnectedError(), True),
+        (lambda: aiohttp.ClientPayloadError("Response payload is not completed"), True),
+        (lambda: bce.IncompleteReadError(actual_bytes=10, expected_bytes=20), True),
         (lambda: ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), True),
         (lambda: OSError(errno.ECONNRESET, "Connection reset by peer"), True),
         (lambda: _client_error("SlowDown", 503), True),

@@ -1,0 +1,293 @@
+"""The driver side of training: datasets, the ``TorchTrainer``, the exported weights and the feature cache.
+
+``run_training(cfg)`` runs one stage (``train.stage``):
+
+* discrimination: per-worker Ray datasets that follow the seeded ``StepPlan`` (``vidret.train.plan``), a
+  validation dataset for model selection, then the selected weights exported to
+  ``<run.out>/checkpoints/discrimination`` and the feature cache of every split built from them.
+* generation: the feature cache of ``train.init_checkpoint`` (built if missing), then stage 2 on it, exported
+  to ``<run.out>/checkpoints/generation``.
+
+Runs resume: a re-run with the same ``run.out`` continues the Ray Train run from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from vidret.config import Config, dump_yaml
+from vidret.data.pipeline import SplitRows, build_dataset, check_bad_fraction, load_split, tokenize_rows
+from vidret.data.tokenizer import ClipTokenizer
+from vidret.storage import Storage, is_remote, join
+from vidret.train import cache as feature_cache
+from vidret.train.artifacts import checkpoint_exists, load_state, save_state
+from vidret.train.checkpoint import checkpoint_key, load_checkpoint
+from vidret.train.loop import train_loop_per_worker
+from vidret.train.plan import make_plan
+
+PLACEHOLDER = "YOUR-BUCKET"
+
+
+def ensure_ray(cfg: Config) -> None:
+    """Connect to ``run.ray_address`` / ``RAY_ADDRESS`` (a job on a cluster), else start a local instance."""
+    if ray.is_initialized():
+        return
+    if cfg.run.ray_address:
+        ray.init(address=cfg.run.ray_address)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:  # never attach to a stale cluster from a previous session (ray-notes P15)
+        ray.init(address="local", num_cpus=cfg.run.num_cpus, include_dashboard=False,
+                 dashboard_host="127.0.0.1")
+
+
+def check_placeholders(cfg: Config) -> None:
+    """Refuse to run on the ``s3://YOUR-BUCKET`` placeholders of the shipped real-dataset configs."""
+    for key, value in (("run.out", cfg.run.out), ("data.manifest", cfg.data.manifest),
+                       ("train.storage_path", cfg.train.storage_path), ("model.weights", cfg.model.weights),
+                       ("train.init_checkpoint", cfg.train.init_checkpoint)):
+        if value and PLACEHOLDER in value:
+            raise ValueError(f"{key} is still the placeholder {value!r}: set it to your bucket "
+                             f"(e.g. {key}=s3://my-bucket/...)")
+
+
+def stage_uri(cfg: Config, stage: str) -> str:
+    """Where the selected weights of ``stage`` are exported."""
+    return join(cfg.run.out, "checkpoints", stage)
+
+
+DENOISER_PREFIXES = ("t2v_denoiser.", "v2t_denoiser.")
+
+
+def encoder_key(state_dict: dict[str, Any]) -> str:
+    """Content key of the encoder weights (everything but the denoisers): the feature cache's key, shared by a
+    stage-1 checkpoint and the stage-2 checkpoints trained on top of it (their encoder is frozen)."""
+    return checkpoint_key({k: v for k, v in state_dict.items() if not k.startswith(DENOISER_PREFIXES)})
+
+
+def cache_root(cfg: Config, key: str) -> str:
+    return join(cfg.run.out, "features", key)
+
+
+def eval_splits(cfg: Config) -> list[str]:
+    out = [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split, *cfg.data.extra_eval_splits]
+    return list(dict.fromkeys(out))
+
+
+def _storage_path(cfg: Config, storage: Storage) -> tuple[str, Any]:
+    path = cfg.train.storage_path
+    if is_remote(path):
+        fs, p = storage.pyarrow_fs(path)
+        return p, fs
+    return os.path.abspath(path), None
+
+
+def _run_config(cfg: Config, storage: Storage, name: str) -> RunConfig:
+    path, fs = _storage_path(cfg, storage)
+    return RunConfig(name=name, storage_path=path, storage_filesystem=fs,
+                     failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                     checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints))
+
+
+def _run_name(cfg: Config, stage: str) -> str:
+    base = cfg.run.out.rstrip("/").split("/")[-1] or "run"
+    return f"{base}-{stage}"
+
+
+def _scaling(cfg: Config) -> ScalingConfig:
+    return ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                         resources_per_worker={"CPU": cfg.train.cpus_per_worker})
+
+
+def _fit(cfg: Config, storage: Storage, loop_config: dict[str, Any], datasets: dict[str, Any],
+         stage: str) -> ray.train.Result:
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config, scaling_config=_scaling(cfg),
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
+        run_config=_run_config(cfg, storage, _run_name(cfg, stage)))
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"training ({stage}) failed: {result.error}") from result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"training ({stage}) reported no checkpoint")
+    return result
+
+
+def _export(result: ray.train.Result, cfg: Config, storage: Storage, stage: str) -> tuple[str, str]:
+    """Copy the final checkpoint's selected weights to ``stage_uri``; returns (uri, checkpoint key)."""
+    with result.checkpoint.as_directory() as d:
+        state = load_checkpoint(d)
+    if "selected" not in state:
+        raise RuntimeError("the last checkpoint has no selected weights (the run did not finish)")
+    key = encoder_key(state["selected"])
+    uri = stage_uri(cfg, stage)
+    save_state(uri, {"selected": state["selected"], "best": state["best"], "step": state["step"],
+                     "key": key, "stage": stage, "config": dump_yaml(cfg)}, storage)
+    return uri, key
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_training(cfg: Config) -> dict[str, Any]:
+    """Run ``train.stage`` and return a summary (exported weights, cache location, metrics, wall time)."""
+    check_placeholders(cfg)
+    storage = Storage(cfg.storage)
+    ensure_ray(cfg)
+    t0 = time.perf_counter()
+    if cfg.train.stage == "discrimination":
+        summary = _run_stage1(cfg, storage)
+    else:
+        summary = _run_stage2(cfg, storage)
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    storage.write_text(join(cfg.run.out, f"config.{cfg.train.stage}.yaml"), dump_yaml(cfg))
+    return summary
+
+
+def _take(rows: SplitRows, idx: np.ndarray) -> SplitRows:
+    return SplitRows(table=rows.table.take(idx), num_videos=rows.num_videos)
+
+
+def _run_stage1(cfg: Config, storage: Storage) -> dict[str, Any]:
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # the plan's row order is the training order
+    train = load_split(cfg.data.manifest, cfg.data.train_split, storage, pairs=True)
+    val = load_split(cfg.data.manifest, cfg.data.val_split, storage, pairs=False)
+    plan = make_plan(train.table.num_rows, cfg.train.batch_size, cfg.train.epochs, cfg.run.seed,
+                     cfg.train.max_steps)
+    world = cfg.train.num_workers
+    datasets: dict[str, Any] = {}
+    logs = []
+    for r in range(world):
+        ds, log = build_dataset(_take(train, plan.worker_rows(r, world)), cfg.data, storage, drop_bad=False)
+        datasets[f"train_{r}"] = ds
+        logs.append(log)
+    datasets["val"], val_log = build_dataset(val, cfg.data, storage, drop_bad=False)
+    _log(f"[train] stage 1: {train.table.num_rows} pairs over {train.num_videos} videos, {plan.total_steps} "
+         f"steps of {cfg.train.batch_size} on {world} worker(s)")
+    loop_config = {"cfg": cfg, "plan_rows": plan.rows_S_B, "steps_per_epoch": plan.steps_per_epoch,
+                   "tb_dir": _tb_dir(cfg, "discrimination")}
+    result = _fit(cfg, storage, loop_config, datasets, "discrimination")
+    bad = [check_bad_fraction(log, train.table.num_rows, cfg.data) for log in logs]
+    uri, key = _export(result, cfg, storage, "discrimination")
+    _log(f"[train] stage 1 weights -> {uri} (key {key})")
+    cache = build_feature_cache(cfg, storage, uri, key)
+    return {"stage": "discrimination", "weights": uri, "key": key, "cache": cache, "steps": plan.total_steps,
+            "metrics": result.metrics, "bad_videos": sum(len(b["bad"]) for b in bad)}
+
+
+def _tb_dir(cfg: Config, stage: str) -> str | None:
+    return None if is_remote(cfg.run.out) else os.path.abspath(join(cfg.run.out, "tensorboard", stage))
+
+
+def _run_stage2(cfg: Config, storage: Storage) -> dict[str, Any]:
+    init = cfg.train.init_checkpoint or stage_uri(cfg, "discrimination")
+    if not checkpoint_exists(init, storage):
+        raise ValueError(f"train.init_checkpoint: no stage-1 weights at {init} (run stage 1 first)")
+    key = load_state(init, storage)["key"]
+    cache = build_feature_cache(cfg, storage, init, key)
+    train_index = feature_cache.read_index(storage, cache["train"])
+    num_rows = sum(s["rows"] for s in train_index["texts"])
+    if cfg.diffusion.num > cfg.train.batch_size - 1:
+        raise ValueError(f"diffusion.num {cfg.diffusion.num} needs a global batch of at least num + 1 = "
+                         f"{cfg.diffusion.num + 1}, got train.batch_size {cfg.train.batch_size}")
+    plan = make_plan(num_rows, cfg.train.batch_size, cfg.train.epochs, cfg.run.seed + 1, cfg.train.max_steps)
+    _log(f"[train] stage 2 on cached features: {num_rows} captions, {plan.total_steps} steps")
+    loop_config = {"cfg": cfg, "plan_rows": plan.rows_S_B, "steps_per_epoch": plan.steps_per_epoch,
+                   "init_state_uri": init, "cache_uri": cache, "tb_dir": _tb_dir(cfg, "generation")}
+    result = _fit(cfg, storage, loop_config, {}, "generation")
+    uri, key2 = _export(result, cfg, storage, "generation")
+    _log(f"[train] stage 2 weights -> {uri}")
+    return {"stage": "generation", "weights": uri, "key": key2, "cache": cache, "steps": plan.total_steps,
+            "metrics": result.metrics}
+
+
+# -- feature cache (Ray Data batch inference) ---------------------------------------------------------------
+class _Encoder:
+    """Ray Data actor: frozen stage-1 encoder applied to decoded video rows or tokenised caption rows."""
+
+    def __init__(self, cfg: Config, weights_uri: str, what: str) -> None:
+        import torch  # noqa: PLC0415
+
+        from vidret.train.loop import build_model  # noqa: PLC0415
+
+        torch.set_num_threads(1)
+        storage = Storage(cfg.storage)
+        self.model = build_model(cfg, storage, None)
+        self.model.load_state_dict(load_state(weights_uri, storage)["selected"])
+        self.model.eval()
+        self.what, self.max_words = what, cfg.data.max_words
+        self.tokenizer = ClipTokenizer() if what == "texts" else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from vidret.eval.retrieval import encode_batches  # noqa: PLC0415
+
+        if self.tokenizer is not None:
+            batch = tokenize_rows(batch, self.tokenizer, self.max_words)
+        feats = encode_batches(self.model, [batch], texts=self.what == "texts", videos=self.what == "videos")
+        out = {k: v.numpy() for k, v in feats.items()}
+        if self.what == "texts":
+            out["caption_row"] = np.asarray(batch["caption_row"], np.int64)
+            out.pop("ok", None)
+        return out
+
+
+def build_feature_cache(cfg: Config, storage: Storage, weights_uri: str, key: str,
+                        splits: list[str] | None = None) -> dict[str, str]:
+    """Encode ``splits`` (default: train, val, test and extra) with the weights at ``weights_uri`` into
+    ``<run.out>/features/<key>/<split>``. Complete splits are reused. Returns {split: uri}.
+    """
+    root = cache_root(cfg, key)
+    out = {}
+    for split in splits if splits is not None else eval_splits(cfg):
+        uri = feature_cache.split_uri(root, split)
+        out[split] = uri
+        if feature_cache.read_index(storage, uri) is not None:
+            _log(f"[cache] {split}: reusing {uri}")
+            continue
+        t0 = time.perf_counter()
+        info = _encode_split(cfg, storage, weights_uri, split, uri)
+        _log(f"[cache] {split}: {info['num_texts']} captions, {info['num_videos']} videos -> {uri} "
+             f"({time.perf_counter() - t0:.1f} s)")
+    return out
+
+
+def _encode_split(cfg: Config, storage: Storage, weights_uri: str, split: str, uri: str) -> dict[str, Any]:
+    import pyarrow as pa  # noqa: PLC0415
+
+    pairs = load_split(cfg.data.manifest, split, storage, pairs=True)
+    videos = load_split(cfg.data.manifest, split, storage, pairs=False)
+    # texts: no decoding, keyed by their row in the split's caption order
+    text_table = pairs.table.append_column("caption_row", pa.array(np.arange(pairs.table.num_rows), pa.int64()))
+    text_ds = ray.data.from_arrow(text_table.select(["caption", "caption_row", "video_index"]))
+    video_ds, log = build_dataset(videos, cfg.data, storage, tokenize=False, drop_bad=False)
+    kwargs = {"concurrency": 1, "num_cpus": 1, "batch_size": cfg.eval.batch_size}
+    text_feats = text_ds.map_batches(_Encoder, fn_constructor_kwargs={"cfg": cfg, "weights_uri": weights_uri,
+                                                                     "what": "texts"}, **kwargs)
+    video_feats = video_ds.map_batches(_Encoder, fn_constructor_kwargs={"cfg": cfg, "weights_uri": weights_uri,
+                                                                       "what": "videos"}, **kwargs)
+    rows = videos.table.to_pydict()
+    info = {"split": split, "num_texts": pairs.table.num_rows, "num_videos": videos.num_videos,
+            "video_ids": rows["video_id"], "captions": pairs.table.column("caption").to_pylist(),
+            "weights": weights_uri}
+    index = feature_cache.write_split(
+        storage, uri,
+        text_feats.iter_batches(batch_size=cfg.eval.batch_size, batch_format="numpy", prefetch_batches=1),
+        video_feats.iter_batches(batch_size=cfg.eval.batch_size, batch_format="numpy", prefetch_batches=1),
+        {**info, "bad_videos": {}},
+    )
+    bad = check_bad_fraction(log, videos.num_videos, cfg.data)
+    if bad["bad"]:
+        index["bad_videos"] = bad["bad"]
+    return info
