@@ -1,13 +1,16 @@
-"""Re-ranking benchmark: vectorised candidate selection + gather + fusion vs the upstream's Python loops,
-full DDIM re-ranking with a tiny denoiser, and the peak memory of blocked WTI gallery scoring.
+"""Re-ranking benchmark: the vectorised candidate selection, conditioning and fusion against the upstream's
+Python loops (inference and training), full 50-step DDIM re-ranking with the real denoiser (prepared
+candidate projections + cheap per-step network vs the upstream's whole forward per step), the training
+generation loss (fast vs reference path), and the peak memory of blocked WTI gallery scoring.
 
 Prints one JSON object. CPU, one thread by default. ``python benchmarks/rerank.py [--quick] [--threads N]``.
 
-The loop implementation mirrors the released code (method §4.3-4.5): per-query ``topk``, per-candidate
-Python gathers stacked per chunk of 32 queries, and one scalar ``+=`` per (query, candidate) for the fusion.
-Both implementations are checked to give the same matrix. The frame gather copies the same bytes in
-both (Q x K x F x D floats) and is memory-bound on CPU, so ``vectorised_vs_loop`` (selection + gather +
-fusion) is bounded by it; ``vectorised_vs_loop_excluding_gather`` isolates selection + fusion.
+The loops mirror the released code (method §3.2, §4.3-4.5): per-query ``topk``, per-candidate tensor
+indexing (iterating a tensor of ids) stacked per chunk of 32 queries, the denoiser's text-frame attention on
+the stacked (32, 32, F, D) frames, and one scalar ``+=`` per (query, candidate) for the fusion. The
+vectorised side is ``topk_candidates`` + ``t2v_encode_candidates`` (no frame gather) + ``fuse``, i.e. what
+``rerank_t2v`` does around DDIM. Both sides are checked to give the same matrix and the same conditioning.
+Times are the best of a few runs, wall clock and this thread's CPU time (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -21,59 +24,80 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vidret.diffusion.denoiser import T2VDenoiser
 from vidret.diffusion.process import GaussianDiffusion, seeded_noise
-from vidret.diffusion.rerank import fuse, t2v_candidate_scores, topk_candidates
+from vidret.diffusion.rerank import (
+    fuse,
+    hard_negatives,
+    t2v_candidate_scores,
+    t2v_encode_candidates,
+    topk_candidates,
+)
 from vidret.diffusion.schedule import betas
 
 UPSTREAM_CHUNK = 32  # queries per DDIM call in the released code
+Sink = Callable[[int, Tensor], None]
 
 
-class TinyDenoiser(T2VDenoiser):
-    """The real T2V frame attention (``encode``) with a cheap ``denoise``, so gathers and overheads show.
-
-    The real query-candidate body costs ~60 GMAC per step at Q=1000, K=32, D=512: minutes on one core.
-    """
-
-    def denoise(self, x_BK: Tensor, t_B: Tensor, query_BXD: Tensor, cand_BKD: Tensor) -> Tensor:
-        return torch.tanh(0.5 * x_BK + 0.05 * (query_BXD * cand_BKD).sum(-1) + 0.01 * t_B[:, None])
-
-
-def _timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
-    best, out = float("inf"), None
+def _timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, float, Any]:
+    """(best wall seconds, best thread CPU seconds, last result) over ``repeat`` runs."""
+    wall, cpu, out = float("inf"), float("inf"), None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.thread_time()
         out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        cpu = min(cpu, time.thread_time() - c0)
+        wall = min(wall, time.perf_counter() - w0)
+    return wall, cpu, out
+
+
+def _drop(start: int, enc: Tensor) -> None:
+    """The timed runs' sink: the conditioning is computed (eager) and dropped, as DDIM would consume it."""
 
 
 # -- upstream-style loops (live only here and in the tests) -----------------------------------------------
-def loop_gather(video_NFD: Tensor, mask_NF: Tensor, cand: list[Tensor]) -> tuple[Tensor, Tensor]:
-    vids = [torch.stack([video_NFD[j] for j in idx.tolist()]) for idx in cand]
-    masks = [torch.stack([mask_NF[j] for j in idx.tolist()]) for idx in cand]
-    return torch.stack(vids), torch.stack(masks)
+def upstream_candidates(
+    chunk_QN: Tensor, video_NFD: Tensor, mask_NF: Tensor, k: int, as_ints: bool = False
+) -> tuple[list[Tensor], Tensor, Tensor]:
+    """Per query: ``topk`` then one tensor index per candidate, stacked to (C, K, F, D) and (C, K, F)."""
+    ids, vids, masks = [], [], []
+    for b in range(chunk_QN.shape[0]):
+        _, idx = chunk_QN[b].topk(k, largest=True, sorted=True)
+        ids.append(idx)
+        temp, temp_mask = [], []
+        for i in idx.tolist() if as_ints else idx:  # the upstream iterates the id tensor itself
+            temp.append(video_NFD[i])
+            temp_mask.append(mask_NF[i])
+        vids.append(torch.stack(temp))
+        masks.append(torch.stack(temp_mask))
+    return ids, torch.stack(vids), torch.stack(masks)
 
 
-def loop_fuse(
-    new_QN: Tensor, start: int, cand: list[Tensor], x0_CK: Tensor, alpha: float, temp: float
-) -> None:
-    w_CK = (temp * x0_CK).softmax(dim=1)
-    for i, idx in enumerate(cand):
-        for j, c in enumerate(idx.tolist()):
-            new_QN[start + i, c] += alpha * w_CK[i, j]
+def upstream_fuse(chunk_QN: Tensor, ids: list[Tensor], x0_CK: Tensor, alpha: float, temp: float) -> None:
+    w_CK = (x0_CK * temp).softmax(dim=-1)
+    for i in range(chunk_QN.shape[0]):
+        for j, c in enumerate(ids[i]):
+            chunk_QN[i, c] += w_CK[i, j] * alpha
 
 
-def loop_select_gather_fuse(
-    sim_QN: Tensor, video_NFD: Tensor, mask_NF: Tensor, x0_QK: Tensor, k: int
+def loop_select_encode_fuse(
+    sim_QN: Tensor,
+    text_QD: Tensor,
+    video_NFD: Tensor,
+    mask_NF: Tensor,
+    den: T2VDenoiser,
+    x0_QK: Tensor,
+    k: int,
+    sink: Sink = _drop,
+    as_ints: bool = False,
 ) -> Tensor:
     new = sim_QN.clone()
     for s in range(0, sim_QN.shape[0], UPSTREAM_CHUNK):
-        cand = [sim_QN[i].topk(k).indices for i in range(s, min(s + UPSTREAM_CHUNK, sim_QN.shape[0]))]
-        loop_gather(video_NFD, mask_NF, cand)
-        loop_fuse(new, s, cand, x0_QK[s : s + len(cand)], 1.0, 1.0)
+        chunk = new[s : s + UPSTREAM_CHUNK]  # a view, fused in place as upstream
+        ids, vids, masks = upstream_candidates(chunk, video_NFD, mask_NF, k, as_ints)
+        sink(s, den.encode(text_QD[s : s + chunk.shape[0]], vids, masks)["cand_BKD"])
+        upstream_fuse(chunk, ids, x0_QK[s : s + chunk.shape[0]], 1.0, 1.0)
     return new
 
 
@@ -82,30 +106,75 @@ def loop_full_rerank(
     text_QD: Tensor,
     video_NFD: Tensor,
     mask_NF: Tensor,
-    den: nn.Module,
+    den: T2VDenoiser,
     diff: GaussianDiffusion,
     k: int,
     seed: int,
 ) -> Tensor:
+    """Upstream §4: the module forward (frame attention + step network) runs at every DDIM step."""
     new = sim_QN.clone()
     for s in range(0, sim_QN.shape[0], UPSTREAM_CHUNK):
-        e = min(s + UPSTREAM_CHUNK, sim_QN.shape[0])
-        cand = [sim_QN[i].topk(k).indices for i in range(s, e)]
-        vids, masks = loop_gather(video_NFD, mask_NF, cand)
+        chunk = new[s : s + UPSTREAM_CHUNK]
+        e = s + chunk.shape[0]
+        ids, vids, masks = upstream_candidates(chunk, video_NFD, mask_NF, k)
         cond = {"text_BD": text_QD[s:e], "video_BKFD": vids, "video_mask_BKF": masks}
         x0 = diff.ddim_sample(den, (e - s, k), cond, noise=seeded_noise(torch.arange(s, e), k, seed))
-        loop_fuse(new, s, cand, x0, 1.0, 1.0)
+        upstream_fuse(chunk, ids, x0, 1.0, 1.0)
     return new
 
 
+def loop_train_selection(
+    sim_BB: Tensor, video_BFD: Tensor, mask_BF: Tensor, cls_BD: Tensor, den: T2VDenoiser, num: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Upstream §3.2: softmax, same-video entries to -1, per-row topk, B x num tensor indexing + stack."""
+    eye = torch.eye(sim_BB.shape[0], dtype=torch.bool)
+    w_t2v = sim_BB.softmax(dim=1).masked_fill_(eye, -1)
+    w_v2t = sim_BB.T.softmax(dim=1).masked_fill_(eye, -1)
+    vids, masks, idx_t2v = [], [], []
+    for b in range(w_t2v.shape[0]):
+        _, neg = w_t2v[b].topk(num, largest=True, sorted=True)
+        idx_t2v.append([b, *neg.tolist()])
+        temp, temp_mask = [video_BFD[b]], [mask_BF[b]]
+        for i in neg:
+            temp.append(video_BFD[i])
+            temp_mask.append(mask_BF[i])
+        vids.append(torch.stack(temp))
+        masks.append(torch.stack(temp_mask))
+    texts = []
+    for b in range(w_v2t.shape[0]):
+        _, neg = w_v2t[b].topk(num, largest=True, sorted=True)
+        texts.append(torch.stack([cls_BD[b]] + [cls_BD[i] for i in neg]))
+    pooled = den.encode(cls_BD, torch.stack(vids), torch.stack(masks))["cand_BKD"]
+    return torch.tensor(idx_t2v), torch.stack(masks), pooled, torch.stack(texts)
+
+
 # -- vectorised -------------------------------------------------------------------------------------------
-def vec_select_gather_fuse(
-    sim_QN: Tensor, video_NFD: Tensor, mask_NF: Tensor, x0_QK: Tensor, k: int, chunk: int
+def vec_select_encode_fuse(
+    sim_QN: Tensor,
+    text_QD: Tensor,
+    video_NFD: Tensor,
+    mask_NF: Tensor,
+    den: T2VDenoiser,
+    x0_QK: Tensor,
+    k: int,
+    chunk: int,
+    sink: Sink = _drop,
 ) -> Tensor:
     cand_QK, _ = topk_candidates(sim_QN, k)
-    for s in range(0, sim_QN.shape[0], chunk):  # the gathers rerank_t2v does, chunked for memory
-        _ = video_NFD[cand_QK[s : s + chunk]], mask_NF[cand_QK[s : s + chunk]]
+    for s in range(0, sim_QN.shape[0], chunk):  # the conditioning rerank_t2v builds per DDIM chunk
+        rows = slice(s, s + chunk)
+        sink(s, t2v_encode_candidates(den, text_QD[rows], video_NFD, mask_NF, cand_QK[rows])["cand_BKD"])
     return fuse(sim_QN, cand_QK, x0_QK, 1.0, 1.0)
+
+
+def vec_train_selection(
+    sim_BB: Tensor, video_BFD: Tensor, mask_BF: Tensor, cls_BD: Tensor, den: T2VDenoiser, num: int, path: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    pos = torch.eye(sim_BB.shape[0], dtype=torch.bool)
+    idx_t2v = hard_negatives(sim_BB, pos, num)
+    idx_v2t = hard_negatives(sim_BB.T, pos, num)
+    pooled = t2v_encode_candidates(den, cls_BD, video_BFD, mask_BF, idx_t2v, path=path)["cand_BKD"]  # type: ignore[arg-type]
+    return idx_t2v, pooled, cls_BD[idx_v2t]
 
 
 # -- blocked WTI memory (one fresh process per size) -----------------------------------------------------
@@ -173,94 +242,359 @@ def gallery_memory(
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--queries", type=int, default=1000)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--frames", type=int, default=12)
-    p.add_argument("--words", type=int, default=32)
-    p.add_argument("--chunk", type=int, default=256)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.queries, args.steps, args.dim = 200, 10, 64
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+# -- sections -------------------------------------------------------------------------------------------
+def _collector(q: int, k: int, d: int) -> tuple[Tensor, Sink]:
+    store = torch.empty(q, k, d)
+
+    def sink(start: int, enc: Tensor) -> None:
+        store[start : start + enc.shape[0]] = enc
+
+    return store, sink
+
+
+def inference_section(args: argparse.Namespace, den: T2VDenoiser) -> dict[str, Any]:
     q, k, d, f = args.queries, args.k, args.dim, args.frames
     g = torch.Generator().manual_seed(0)
     sim = torch.randn(q, q, generator=g)
     video = torch.randn(q, f, d, generator=g)
     mask = (torch.rand(q, f, generator=g) > 0.2).float()
+    mask[:, 0] = 1
     text = torch.randn(q, d, generator=g)
     x0 = torch.rand(q, k, generator=g) * 2 - 1
+    with torch.no_grad():
+        # correctness first (untimed): same fused matrix and the same conditioning
+        loop_enc, loop_sink = _collector(q, k, d)
+        vec_enc, vec_sink = _collector(q, k, d)
+        loop_out = loop_select_encode_fuse(sim, text, video, mask, den, x0, k, loop_sink, as_ints=True)
+        vec_out = vec_select_encode_fuse(sim, text, video, mask, den, x0, k, args.chunk, vec_sink)
+        same = bool(
+            torch.allclose(loop_out, vec_out, atol=1e-5) and torch.allclose(loop_enc, vec_enc, atol=1e-4)
+        )
+        assert same, "vectorised and loop re-ranking differ"
+        del loop_enc, vec_enc
+        loop_w, loop_c, _ = _timed(lambda: loop_select_encode_fuse(sim, text, video, mask, den, x0, k))
+        ints_w, ints_c, _ = _timed(
+            lambda: loop_select_encode_fuse(sim, text, video, mask, den, x0, k, as_ints=True)
+        )
+        vec_w, vec_c, _ = _timed(
+            lambda: vec_select_encode_fuse(sim, text, video, mask, den, x0, k, args.chunk), repeat=5
+        )
+        cand = topk_candidates(sim, k)[0]
+        sel_w, _, _ = _timed(lambda: topk_candidates(sim, k), repeat=5)
+        enc_w, _, _ = _timed(
+            lambda: [
+                t2v_encode_candidates(den, text[s : s + args.chunk], video, mask, cand[s : s + args.chunk])
+                for s in range(0, q, args.chunk)
+            ],
+            repeat=5,
+        )
+        fuse_w, _, _ = _timed(lambda: fuse(sim, cand, x0, 1.0, 1.0), repeat=5)
+        gather_w, _, _ = _timed(
+            lambda: [
+                t2v_encode_candidates(
+                    den, text[s : s + args.chunk], video, mask, cand[s : s + args.chunk], path="gather"
+                )
+                for s in range(0, q, args.chunk)
+            ],
+            repeat=3,
+        )
+    return {
+        "vectorised_vs_loop": round(loop_w / vec_w, 1),
+        "vectorised_vs_loop_cpu_time": round(loop_c / vec_c, 1),
+        "vectorised_vs_int_index_loop": round(ints_w / vec_w, 1),
+        "select_encode_fuse_s": {
+            "upstream_loop": round(loop_w, 3),
+            "int_index_loop": round(ints_w, 3),
+            "vectorised": round(vec_w, 4),
+            "upstream_loop_cpu": round(loop_c, 3),
+            "vectorised_cpu": round(vec_c, 4),
+            "same_result": same,
+        },
+        "vectorised_breakdown_s": {
+            "topk_candidates": round(sel_w, 4),
+            "t2v_encode_candidates_sparse": round(enc_w, 4),
+            "fuse": round(fuse_w, 5),
+            "t2v_encode_candidates_gather_for_comparison": round(gather_w, 4),
+        },
+    }
 
-    loop_s, loop_out = _timed(lambda: loop_select_gather_fuse(sim, video, mask, x0, k))
-    vec_s, vec_out = _timed(lambda: vec_select_gather_fuse(sim, video, mask, x0, k, args.chunk), repeat=3)
-    sel_loop_s, _ = _timed(lambda: [sim[i].topk(k).indices for i in range(q)])
-    sel_vec_s, _ = _timed(lambda: topk_candidates(sim, k), repeat=3)
-    # the fusion alone (no gathers), where the scalar loop is most of the upstream cost
-    cand = topk_candidates(sim, k)[0]
-    cand_rows = list(cand)
-    fuse_loop_s, _ = _timed(lambda: loop_fuse(sim.clone(), 0, cand_rows, x0, 1.0, 1.0))
-    fuse_vec_s, _ = _timed(lambda: fuse(sim, cand, x0, 1.0, 1.0), repeat=3)
 
-    den = TinyDenoiser(d).eval()
+def _encode_once_denoise_each_step(
+    sim: Tensor,
+    text: Tensor,
+    video: Tensor,
+    mask: Tensor,
+    den: T2VDenoiser,
+    diff: GaussianDiffusion,
+    k: int,
+    seed: int,
+    chunk: int,
+) -> Tensor:
+    """The previous vectorised re-rank: conditioning once per chunk, the whole step network every step."""
+    cand_QK, _ = topk_candidates(sim, k)
+    x0 = []
+    for s in range(0, sim.shape[0], chunk):
+        c = cand_QK[s : s + chunk]
+        enc = t2v_encode_candidates(den, text[s : s + chunk], video, mask, c)
+        noise = seeded_noise(torch.arange(s, s + c.shape[0]), k, seed)
+        x0.append(diff.ddim_sample(den.denoise, c.shape, enc, noise=noise))
+    return fuse(sim, cand_QK, torch.cat(x0), 1.0, 1.0)
+
+
+def full_rerank_section(args: argparse.Namespace) -> dict[str, Any]:
+    q, n, k, d, f = args.full_queries, args.queries, args.k, args.dim, args.frames
+    g = torch.Generator().manual_seed(1)
+    sim = torch.randn(q, n, generator=g)
+    video = torch.randn(n, f, d, generator=g)
+    mask = (torch.rand(n, f, generator=g) > 0.2).float()
+    mask[:, 0] = 1
+    text = torch.randn(q, d, generator=g)
+    torch.manual_seed(0)
+    den = T2VDenoiser(d).eval()  # the 0.02 init on N(0, 1) features: x0 spread ~0.2 over K, ~1% clamped
     diff = GaussianDiffusion(betas("cosine", args.steps))
     with torch.no_grad():
-        full_loop_s, full_loop = _timed(lambda: loop_full_rerank(sim, text, video, mask, den, diff, k, 42))
+        loop_w, loop_c, loop_out = _timed(lambda: loop_full_rerank(sim, text, video, mask, den, diff, k, 42))
+        once_w, once_c, once_out = _timed(
+            lambda: _encode_once_denoise_each_step(sim, text, video, mask, den, diff, k, 42, args.chunk)
+        )
 
-        def vec_full() -> Tensor:
+        def vec() -> Tensor:
             c, x = t2v_candidate_scores(sim, text, video, mask, den, diff, k, seed=42, chunk=args.chunk)
             return fuse(sim, c, x, 1.0, 1.0)
 
-        full_vec_s, full_vec = _timed(vec_full)
-
-    mem_sizes = [(q, q), (min(q, 500), 5 * q)] if not args.quick else [(q, q)]
-    memory = [gallery_memory(mq, mn, args.words, f, d, args.chunk, args.threads) for mq, mn in mem_sizes]
-    report = {
-        "config": {
+        vec_w, vec_c, vec_out = _timed(vec, repeat=3)
+        # one DDIM step on one chunk: the whole step network vs the prepared projections
+        c = min(args.chunk, q)
+        cand = topk_candidates(sim[:c], k)[0]
+        enc = t2v_encode_candidates(den, text[:c], video, mask, cand)
+        x_CK, t_C = torch.randn(c, k, generator=g), torch.full((c,), args.steps // 2)
+        ref_step_w, _, ref_x = _timed(lambda: den.denoise(x_CK, t_C, **enc), repeat=5)
+        prep_w, _, cache = _timed(lambda: den.prepare(**enc), repeat=5)
+        step_w, _, step_x = _timed(lambda: den.step(x_CK, t_C, **cache), repeat=5)
+    boost = (vec_out - sim).abs().max().item()
+    outside = (vec_out - sim).scatter(1, topk_candidates(sim, k)[0], 0).abs().max().item()
+    assert outside == 0.0, "fusion touched a cell outside the top-k"
+    return {
+        "full_rerank_vectorised_vs_loop": round(loop_w / vec_w, 1),
+        "full_rerank_vectorised_vs_loop_cpu_time": round(loop_c / vec_c, 1),
+        "full_rerank_s": {
             "queries": q,
-            "gallery": q,
-            "k": k,
+            "gallery": n,
             "steps": args.steps,
-            "dim": d,
-            "frames": f,
+            "loop": round(loop_w, 2),
+            "encode_once_denoise_each_step": round(once_w, 2),
+            "vectorised": round(vec_w, 3),
+            "loop_cpu": round(loop_c, 2),
+            "encode_once_denoise_each_step_cpu": round(once_c, 2),
+            "vectorised_cpu": round(vec_c, 3),
+            "same_result": bool(
+                torch.allclose(loop_out, vec_out, atol=1e-4) and torch.allclose(once_out, vec_out, atol=1e-4)
+            ),
+            "max_abs_diff_vs_loop": float(f"{(loop_out - vec_out).abs().max().item():.2e}"),
+            "max_fusion_boost_times_k": round(boost * k, 2),  # 1.0: all K candidates scored equal
+        },
+        "denoiser_step_s": {
+            "chunk": c,
+            "k": k,
+            "denoise_reference": round(ref_step_w, 5),
+            "prepare_once": round(prep_w, 5),
+            "step": round(step_w, 5),
+            "step_speedup": round(ref_step_w / step_w, 1),
+            "max_abs_diff": float(f"{(ref_x - step_x).abs().max().item():.2e}"),
+            "output_abs_max": round(ref_x.abs().max().item(), 3),
+        },
+    }
+
+
+def _t2v_loss_and_grads(
+    den: T2VDenoiser,
+    diff: GaussianDiffusion,
+    cls_BD: Tensor,
+    video_BFD: Tensor,
+    mask_BF: Tensor,
+    idx_BK: Tensor,
+    x0_BK: Tensor,
+    t_B: Tensor,
+    noise_BK: Tensor,
+    fast: bool,
+) -> tuple[float, list[Tensor]]:
+    """One t2v generation-loss forward + backward: model/retrieval.py now (fast) or before (reference)."""
+    den.zero_grad()
+    if fast:
+        enc = t2v_encode_candidates(den, cls_BD, video_BFD, mask_BF, idx_BK)
+        loss = diff.training_loss(den.step, x0_BK, t_B, den.prepare(**enc), 100.0, noise_BK)
+    else:
+        cond = {"text_BD": cls_BD, "video_BKFD": video_BFD[idx_BK], "video_mask_BKF": mask_BF[idx_BK]}
+        loss = diff.training_loss(den, x0_BK, t_B, cond, 100.0, noise_BK)
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in den.parameters()]
+
+
+def train_loss_section(args: argparse.Namespace) -> dict[str, Any]:
+    b, d, f = args.batch, args.dim, args.frames
+    g = torch.Generator().manual_seed(3)
+    sim = torch.randn(b, b, generator=g)
+    video = torch.randn(b, f, d, generator=g)
+    mask = (torch.rand(b, f, generator=g) > 0.2).float()
+    mask[:, 0] = 1
+    cls = torch.randn(b, d, generator=g)
+    idx = hard_negatives(sim, torch.eye(b, dtype=torch.bool), b - 1)
+    x0 = torch.zeros(idx.shape)
+    x0[:, 0] = 1.0
+    t, noise = torch.randint(0, args.steps, (b,), generator=g), torch.randn(idx.shape, generator=g)
+    torch.manual_seed(0)
+    den = T2VDenoiser(d)
+    diff = GaussianDiffusion(betas("cosine", args.steps))
+    common = (den, diff, cls, video, mask, idx, x0, t, noise)
+    ref_w, ref_c, (ref_loss, ref_g) = _timed(lambda: _t2v_loss_and_grads(*common, fast=False))
+    fast_w, fast_c, (fast_loss, fast_g) = _timed(lambda: _t2v_loss_and_grads(*common, fast=True))
+    scale = max(r.abs().max().item() for r in ref_g)
+    grad_diff = max((a - r).abs().max().item() for a, r in zip(fast_g, ref_g, strict=True)) / scale
+    return {
+        "train_generation_loss_t2v_s": {
+            "batch": b,
+            "k": idx.shape[1],
+            "reference_gather_and_forward": round(ref_w, 3),
+            "fast_encode_prepare_step": round(fast_w, 3),
+            "speedup": round(ref_w / fast_w, 1),
+            "reference_cpu": round(ref_c, 3),
+            "fast_cpu": round(fast_c, 3),
+            "speedup_cpu_time": round(ref_c / fast_c, 1),
+            "loss_rel_diff": float(f"{abs(fast_loss - ref_loss) / abs(ref_loss):.1e}"),
+            "grad_max_diff_rel_to_max_grad": float(f"{grad_diff:.1e}"),
+        }
+    }
+
+
+def train_section(args: argparse.Namespace, den: T2VDenoiser) -> dict[str, Any]:
+    b, d, f = args.batch, args.dim, args.frames
+    num = b - 1
+    g = torch.Generator().manual_seed(2)
+    sim = torch.randn(b, b, generator=g)
+    video = torch.randn(b, f, d, generator=g)
+    mask = (torch.rand(b, f, generator=g) > 0.2).float()
+    mask[:, 0] = 1
+    cls = torch.randn(b, d, generator=g)
+    with torch.no_grad():
+        loop_w, _, (l_idx, _, l_pool, l_text) = _timed(
+            lambda: loop_train_selection(sim, video, mask, cls, den, num)
+        )
+        vec_w, _, (v_idx, v_pool, v_text) = _timed(
+            lambda: vec_train_selection(sim, video, mask, cls, den, num, "auto"), repeat=5
+        )
+        gat_w, _, _ = _timed(lambda: vec_train_selection(sim, video, mask, cls, den, num, "gather"), repeat=3)
+        sparse_w, _, _ = _timed(
+            lambda: vec_train_selection(sim, video, mask, cls, den, num, "sparse"), repeat=3
+        )
+        idx_loop_w, _, _ = _timed(
+            lambda: (
+                [sim.softmax(1)[r].topk(num).indices for r in range(b)]
+                + [sim.T.softmax(1)[r].topk(num).indices for r in range(b)]
+            )
+        )
+        pos = torch.eye(b, dtype=torch.bool)
+        idx_vec_w, _, _ = _timed(
+            lambda: (hard_negatives(sim, pos, num), hard_negatives(sim.T, pos, num)), repeat=5
+        )
+    same = bool(
+        torch.equal(l_idx, v_idx)
+        and torch.allclose(l_pool, v_pool, atol=1e-4)
+        and torch.equal(l_text, v_text)
+    )
+    return {
+        "train_selection_vectorised_vs_loop": round(loop_w / vec_w, 1),
+        "train_selection_s": {
+            "batch": b,
+            "num": num,
+            "loop": round(loop_w, 3),
+            "vectorised": round(vec_w, 4),
+            "vectorised_with_frame_gather": round(gat_w, 4),
+            "vectorised_sparse_path": round(sparse_w, 4),
+            "indices_only_loop": round(idx_loop_w, 4),
+            "indices_only_vectorised": round(idx_vec_w, 4),
+            "same_result": same,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--full-queries", type=int, default=128, help="queries of the full DDIM re-rank")
+    p.add_argument("--batch", type=int, default=128, help="training batch (num = batch - 1)")
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--frames", type=int, default=12)
+    p.add_argument("--words", type=int, default=32)
+    p.add_argument("--chunk", type=int, default=256, help="queries per DDIM chunk (vectorised)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.queries, args.full_queries, args.batch, args.steps, args.dim = 200, 32, 32, 5, 64
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    den = T2VDenoiser(args.dim).eval()
+    report: dict[str, Any] = {
+        "config": {
+            "queries": args.queries,
+            "gallery": args.queries,
+            "k": args.k,
+            "steps": args.steps,
+            "dim": args.dim,
+            "frames": args.frames,
             "words": args.words,
             "chunk": args.chunk,
             "threads": args.threads,
             "device": "cpu",
             "torch": torch.__version__,
-        },
-        "vectorised_vs_loop": round(loop_s / vec_s, 1),
-        "select_gather_fuse_s": {
-            "loop": round(loop_s, 3),
-            "vectorised": round(vec_s, 4),
-            "same_result": bool(torch.allclose(loop_out, vec_out, atol=1e-5)),
-        },
-        "vectorised_vs_loop_excluding_gather": round(
-            (sel_loop_s + fuse_loop_s) / (sel_vec_s + fuse_vec_s), 1
-        ),
-        "select_only_s": {
-            "loop": round(sel_loop_s, 3),
-            "vectorised": round(sel_vec_s, 4),
-            "speedup": round(sel_loop_s / sel_vec_s, 1),
-        },
-        "fuse_only_s": {
-            "loop": round(fuse_loop_s, 3),
-            "vectorised": round(fuse_vec_s, 5),
-            "speedup": round(fuse_loop_s / fuse_vec_s, 1),
-        },
-        "full_ddim_rerank_tiny_denoiser_s": {
-            "loop": round(full_loop_s, 2),
-            "vectorised": round(full_vec_s, 2),
-            "speedup": round(full_loop_s / full_vec_s, 1),
-            "same_result": bool(torch.allclose(full_loop, full_vec, atol=1e-5)),
-        },
-        "blocked_wti_gallery_memory": memory,
+        }
     }
+    t0 = time.perf_counter()
+    report.update(inference_section(args, den))
+    report.update(full_rerank_section(args))
+    report.update(train_section(args, den))
+    report.update(train_loss_section(args))
+    q, f, d = args.queries, args.frames, args.dim
+    sizes = [(q, q), (min(q, 500), 5 * q)] if not args.quick else [(q, q)]
+    report["blocked_wti_gallery_memory"] = [
+        gallery_memory(mq, mn, args.words, f, d, args.chunk, args.threads) for mq, mn in sizes
+    ]
+    report["benchmark_wall_s"] = round(time.perf_counter() - t0, 1)
+    report["notes"] = [
+        "vectorised_vs_loop: t2v inference re-rank of N queries x N videos without the denoiser's step "
+        "network: candidate selection + the step-independent conditioning (text-frame attention pooling, "
+        "once per query) + fusion of given x0. Loop = upstream structure (per-query topk, per-candidate "
+        "tensor indexing + stack per 32 queries, encode, scalar += fusion); int_index_loop indexes with "
+        "Python ints instead (a faster loop). Vectorised = topk_candidates + t2v_encode_candidates per "
+        "DDIM chunk + fuse.",
+        "The upstream recomputes the text-frame attention inside every DDIM step; vectorised_vs_loop counts "
+        "it once on both sides, full_rerank counts the upstream's 50 recomputations.",
+        "full_rerank: real T2VDenoiser (D = dim, upstream init), all steps, on "
+        "full_queries queries against the whole gallery. loop = upstream: per 32 queries, Python gather "
+        "of the (32, K, F, D) frames and the module forward (frame attention + whole step network, "
+        "O(K D^2) per query) at every step, scalar fusion. encode_once_denoise_each_step = the previous "
+        "vectorised version (conditioning once per chunk, whole step network per step). vectorised = "
+        "t2v_candidate_scores now: encode + CandidateDenoiser.prepare (candidate-side k/v/decoder "
+        "projections) once per chunk, then CandidateDenoiser.step per step (O(D^2 + K D) per query).",
+        "denoiser_step_s: one DDIM step on one chunk: the whole step network (denoise) vs step on "
+        "prepared projections; prepare_once is paid once per chunk for all steps.",
+        "train_generation_loss_t2v_s: one t2v generation-loss forward + backward at num = batch - 1; "
+        "reference = (B, K, F, D) frame gather + module forward (generation_loss before), fast = "
+        "t2v_encode_candidates + prepare + step (generation_loss now). One step per row in training, "
+        "so prepare saves only the per-candidate cond and h halves (6 D^2 -> 4 D^2 per candidate).",
+        "train_selection: hard negatives of both directions + t2v candidate conditioning + v2t candidate "
+        "texts for one gathered batch (num = batch - 1); vectorised = t2v_encode_candidates path 'auto' "
+        "(dense here, K = N). vectorised_with_frame_gather builds the (B, K, F, D) frames first, as "
+        "model/retrieval.py generation_loss did before it called t2v_encode_candidates.",
+        "blocked_wti_gallery_memory: the N = 5N gallery row scores min(N, 500) queries.",
+        "Why vectorised_vs_loop stays near 10 on one CPU core: the vectorised side is ~90% the candidate "
+        "conditioning itself (Q x K x F x D = 393 M multiply-adds in sampled_addmm + embedding_bag, "
+        "~2-4 GFLOP/s on these kernels, plus the 65 MB (Q, K, D) result), which the loop also does in "
+        "~0.3 s; the loop's Python gather and scalar fusion (~0.8 s) are what vectorisation removes. "
+        "t2v_encode_candidates_gather_for_comparison is the previous (Q, K, F, D) gather path.",
+    ]
     print(json.dumps(report, indent=2))
     return 0
 

@@ -116,53 +116,46 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------- check / prepare
+def _cmd_check(args: argparse.Namespace) -> int:
+    from vidret.data.pipeline import ensure_ray, run_check
+
+    cfg = _load(args)
+    ensure_ray(cfg.run)
+    summary = run_check(cfg, args.manifest, out_uri=args.out, progress=_progress("check"))
+    _print_json(summary)
+    return 0 if summary["within_budget"] else EXIT_ERROR
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from vidret.data.pipeline import ensure_ray, run_prepare
+
+    cfg = _load(args, _flags(args, {"out": "data.prepare_out", "fps": "data.prepare_fps",
+                                    "short_side": "data.prepare_short_side"}))
+    ensure_ray(cfg.run)
+    _print_json(run_prepare(cfg, splits=args.split or None, progress=_progress("prepare")))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ quickstart
-SYNTH_SPLITS = ("train", "val", "test", "ood")
-
-
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    """The main job on the embedded default: corpus -> manifests (later issues add train/evaluate)."""
-    from vidret.data.manifest import build_manifest, write_manifest
-    from vidret.data.synthetic import generate_corpus
-    from vidret.storage import Storage, join
+    """The main job on the embedded default (see vidret.quickstart)."""
+    from vidret.quickstart import run_quickstart
+    from vidret.storage import join
 
     overrides = []
     if args.out:
         overrides = [f"run.out={args.out}", f"synth.out={join(args.out, 'corpus')}",
-                     f"data.manifest={join(args.out, 'manifest')}"]
+                     f"data.manifest={join(args.out, 'manifest')}",
+                     f"train.storage_path={join(args.out, 'ray-results')}"]
     cfg = _load(args, overrides)
-    storage = Storage(cfg.storage)
-    corpus = cfg.synth.out
-    stages = 2
-    print(f"[1/{stages}] generating the synthetic corpus: {cfg.synth.videos} videos -> {corpus}",
-          file=sys.stderr, flush=True)
-    summary = _existing_corpus(storage, corpus, cfg)
-    if summary is None:
-        summary = generate_corpus(cfg.synth, storage, progress=_progress("synth"))
-    else:
-        print(f"      reusing the complete corpus already at {corpus}", file=sys.stderr)
-    print(f"[2/{stages}] writing manifests -> {cfg.data.manifest}", file=sys.stderr, flush=True)
-    counts = {}
-    for split in SYNTH_SPLITS:
-        result = build_manifest("synthetic", join(corpus, "anns"), join(corpus, "videos"), split, storage)
-        write_manifest(result, manifest_uri(cfg, split), storage)
-        counts[split] = result.report.counts()
-    storage.write_text(join(cfg.run.out, "config.yaml"), dump_yaml(cfg))
-    _print_json({"corpus": summary, "manifests": counts, "run": cfg.run.out})
+    summary = run_quickstart(cfg, progress=_progress("synth"))
+    table = summary.pop("table")
+    _print_json(summary)
+    print("\n" + table)
+    print(f"\nreport: {summary['evaluation'].get('report')}")
+    print(f"total: {summary['wall_s']} s")
     return 0
-
-
-def _existing_corpus(storage: Any, corpus: str, cfg: Config) -> dict[str, Any] | None:
-    """The summary of a complete corpus generated with the same settings, else None."""
-    from vidret.storage import join
-
-    uri = join(corpus, "summary.json")
-    if not storage.exists(uri):
-        return None
-    summary = json.loads(storage.read_text(uri))
-    same = (summary.get("videos", summary.get("total")) == cfg.synth.videos and summary.get("seed") == cfg.synth.seed
-            and summary.get("size") == cfg.synth.size and summary.get("fps") == cfg.synth.fps)
-    return summary if same else None
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -194,6 +187,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg = _load(args, _flags(args, {"checkpoint": "eval.checkpoint"}))
     summary = run_evaluation(cfg, cfg.eval.checkpoint or _default_checkpoint(cfg))
+    print(summary.pop("table"))
+    _print_json(summary)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ tune
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from vidret.eval.tune import run_tune
+
+    cfg = _load(args, _flags(args, {"kind": "tune.kind"}))
+    summary = run_tune(cfg, args.checkpoint)
     print(summary.pop("table"))
     _print_json(summary)
     return 0
@@ -232,6 +236,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     _add_common(p)
     handlers["manifest"] = _cmd_manifest
 
+    p = sub.add_parser("check", help="decode every video of a manifest on Ray and report failures")
+    p.add_argument("--manifest", required=True, metavar="URI")
+    p.add_argument("--out", metavar="URI", help="summary JSON (default <manifest>.check.json)")
+    _add_common(p)
+    handlers["check"] = _cmd_check
+
+    p = sub.add_parser("prepare", help="transcode a corpus to retrieval-ready H.264 files + new manifests")
+    p.add_argument("--out", metavar="URI", help="output folder or prefix (data.prepare_out)")
+    p.add_argument("--split", action="append", help="split to prepare (repeatable; default: all)")
+    p.add_argument("--fps", type=float)
+    p.add_argument("--short-side", type=int, dest="short_side")
+    _add_common(p)
+    handlers["prepare"] = _cmd_prepare
+
     p = sub.add_parser("train", help="train a stage (discrimination or generation) on Ray Train")
     p.add_argument("--stage", choices=["discrimination", "generation"])
     _add_common(p)
@@ -241,6 +259,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p.add_argument("--checkpoint", metavar="URI", help="exported weights (default: the run's latest stage)")
     _add_common(p)
     handlers["evaluate"] = _cmd_evaluate
+
+    p = sub.add_parser("tune", help="Ray Tune sweep of inference or training parameters on the val split")
+    p.add_argument("--kind", choices=["inference", "training"])
+    p.add_argument("--checkpoint", metavar="URI", help="exported weights (default: the run's)")
+    _add_common(p)
+    handlers["tune"] = _cmd_tune
 
     p = sub.add_parser("quickstart", help="the whole pipeline on the embedded default (generated corpus)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: run.out of the config)")

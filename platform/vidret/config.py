@@ -258,6 +258,7 @@ class TuneConfig:
     temps: tuple[float, ...] = (1.0, 10.0)
     ks: tuple[int, ...] = (16, 32)
     sample_steps: tuple[int, ...] = (0,)
+    lrs: tuple[float, ...] = (1e-4, 1e-3)  # kind "training": train.lr grid of the stage-2 sweep
 
 
 @dataclass(frozen=True)

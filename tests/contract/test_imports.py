@@ -7,7 +7,7 @@ PKG = Path(__file__).resolve().parents[2] / "platform" / "vidret"
 
 # Layer of each top-level area; a module may import only from its own layer or lower ones.
 LAYER = {"config": 0, "storage": 1, "data": 2, "model": 2, "diffusion": 2, "data.pipeline": 3,
-         "train": 3, "eval": 3, "cli": 4, "__main__": 5}
+         "train": 3, "eval": 3, "cli": 4, "quickstart": 4, "__main__": 5}
 RAY_ALLOWED = ("cli", "data.pipeline", "train", "eval")
 
 

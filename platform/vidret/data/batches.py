@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,8 +28,10 @@ import pyarrow.compute as pc
 from vidret.config import DataConfig
 from vidret.data.check import classify
 from vidret.data.decode import DecodeError, decode_with_config
-from vidret.data.tokenizer import ClipTokenizer
 from vidret.storage import Storage, StorageError, is_remote, parse_uri
+
+if TYPE_CHECKING:  # the tokenizer imports torch and open_clip (~7 s, ~1 GB): decode workers never need it
+    from vidret.data.tokenizer import ClipTokenizer
 
 MODEL_COLUMNS: tuple[str, ...] = ("video", "video_mask", "text_ids", "text_mask", "video_index")
 ROW_SCHEMA = pa.schema([

@@ -12,8 +12,8 @@ each actor's decoding runs in its own decode child process (:mod:`vidret.data.de
 timeout), so one actor keeps one core busy. Input rows are split into blocks of ``data.rows_per_block``
 (ray-notes P6: one Parquet file is one block, decoded by one task otherwise).
 
-Bad videos are dropped from the batches and recorded by a :class:`BadVideoLog` actor; the decode stage
-raises :class:`~vidret.data.check.TooManyBadVideosError` (listing them) as soon as more distinct videos
+Bad videos are dropped from the batches (or kept as zeros with ``ok=False``: ``drop_bad=False``) and
+recorded by a :class:`BadVideoLog` actor; the decode stage raises :class:`~vidret.data.check.TooManyBadVideosError` (listing them) as soon as more distinct videos
 failed than ``data.max_bad_fraction`` of the split allows, so a broken corpus fails the job early instead
 of training on a shrinking dataset. Memory stays bounded by Ray Data's streaming backpressure.
 """
@@ -24,7 +24,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,15 +41,20 @@ from vidret.data.batches import (
     split_rows,
     tokenize_rows,
 )
-from vidret.data.check import TooManyBadVideosError, bad_budget, classify, enforce_budget, summarise
-from vidret.data.decode import DecodeError
+from vidret.data.check import TooManyBadVideosError, bad_budget, enforce_budget, summarise
 from vidret.data.manifest import read_manifest, write_manifest
 from vidret.data.prepare import PrepareSettings, plan_outputs, prepare_one
-from vidret.data.tokenizer import ClipTokenizer
-from vidret.storage import Storage, StorageError, is_remote, join, parse_uri
+from vidret.storage import Storage, is_remote, join, parse_uri
+
+__all__ = [
+    "BadVideoLog", "SplitRows", "TooManyBadVideosError", "build_dataset", "check_bad_fraction", "decode_rows",
+    "ensure_ray", "iter_numpy_batches", "load_split", "prepare_splits", "run_check", "run_prepare", "split_rows",
+    "tokenize_rows",
+]
 
 Progress = Callable[[int, int], None]
-_INPUT_CHUNK_ROWS = 1024  # rows per object put into the store; re-split to data.rows_per_block by Ray Data
+_MAX_INPUT_BLOCK_ROWS = 1024  # rows per input block at most (one object in the store each)
+_BLOCKS_PER_ACTOR = 8  # input blocks per decode actor at least, so every actor has work
 
 
 def ensure_ray(run: RunConfig) -> None:
@@ -69,16 +73,26 @@ def ensure_ray(run: RunConfig) -> None:
         ray.init(address="local", num_cpus=run.num_cpus, include_dashboard=False)
 
 
+def _absolute(uri: str) -> str:
+    """A relative local path made absolute on the driver: Ray workers need not share its working directory."""
+    return uri if is_remote(uri) or os.path.isabs(parse_uri(uri).path) else os.path.abspath(uri)
+
+
 def _absolute_local(table: pa.Table) -> pa.Table:
-    """Relative local paths made absolute on the driver: Ray workers need not share its working directory."""
-    uris = [u if is_remote(u) or os.path.isabs(parse_uri(u).path) else os.path.abspath(u)
-            for u in table.column("video_uri").to_pylist()]
+    uris = [_absolute(u) for u in table.column("video_uri").to_pylist()]
     return table.set_column(table.schema.get_field_index("video_uri"), "video_uri", pa.array(uris, pa.string()))
 
 
-def _dataset(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
-    chunks = [table.slice(i, _INPUT_CHUNK_ROWS) for i in range(0, max(table.num_rows, 1), _INPUT_CHUNK_ROWS)]
-    return ray.data.from_arrow(chunks).repartition(target_num_rows_per_block=rows_per_block)
+def input_block_rows(num_rows: int, rows_per_block: int, concurrency: int) -> int:
+    """Rows per input block: enough blocks for every decode actor, never fewer rows than a decode batch."""
+    return max(rows_per_block, min(_MAX_INPUT_BLOCK_ROWS, num_rows // (_BLOCKS_PER_ACTOR * concurrency)))
+
+
+def _dataset(table: pa.Table, block_rows: int) -> ray.data.Dataset:
+    """The input blocks, cut on the driver. No ``repartition``: its CPU task would wait forever for a CPU when
+    the decode actors and a Ray Train worker already hold the whole budget (ray-notes P8)."""
+    chunks = [table.slice(i, block_rows) for i in range(0, max(table.num_rows, 1), block_rows)]
+    return ray.data.from_arrow(chunks)
 
 
 # ------------------------------------------------------------------------------------------ bad videos
@@ -113,94 +127,260 @@ def _failures_of(out: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 
 class _DecodeStage:
-    """Ray Data callable class: decode, count failures, drop bad rows, tokenise, augment, select columns."""
+    """Ray Data callable class: decode, count failures, (drop bad rows), augment, select the model's columns.
 
-    def __init__(self, cfg: DataConfig, storage: Storage, log: Any, num_videos: int, tokenize: bool,
-                 augment_seed: int | None) -> None:
+    Captions arrive tokenised (``build_dataset`` does it on the driver), so decode workers never import the
+    tokenizer's torch/open_clip (~7 s and ~1 GB per process on our machines).
+    """
+
+    def __init__(self, cfg: DataConfig, storage: Storage, log: Any, num_videos: int, tokenized: bool,
+                 drop_bad: bool, augment_seed: int | None) -> None:
         self.cfg, self.storage, self.log, self.num_videos = cfg, storage, log, num_videos
         self.budget = bad_budget(num_videos, cfg.max_bad_fraction)
-        self.tokenizer = ClipTokenizer(cfg.max_words) if tokenize else None
-        self.augment_seed = augment_seed
+        self.tokenized, self.drop_bad, self.augment_seed = tokenized, drop_bad, augment_seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = decode_rows(batch, self.cfg, self.storage)
         failures = _failures_of(out)
         if failures:
             bad = ray.get(self.log.add.remote(len(out["ok"]), failures))
-            if bad > self.budget:
+            if bad > self.budget:  # fail fast: the final fraction can only be higher
                 listed = ray.get(self.log.failures.remote())
                 raise TooManyBadVideosError({f["video_uri"]: f["reason"] for f in listed}, self.num_videos,
                                             self.cfg.max_bad_fraction)
         else:
             self.log.add.remote(len(out["ok"]), [])
-        out = keep_rows(out, out["ok"])
-        if self.tokenizer is None:
-            return {k: out[k] for k in ("video", "video_mask", "video_index")}
-        out = tokenize_rows(out, self.tokenizer, self.cfg.max_words)
+        if self.drop_bad:
+            out = keep_rows(out, out["ok"])
         if self.augment_seed is not None:
             out = augment_rows(out, self.augment_seed)
-        return model_columns(out)
+        keep = ("video", "video_mask", "video_index") + (() if self.drop_bad else ("ok",))
+        if not self.tokenized:
+            return {k: out[k] for k in keep}
+        for name in ("text_ids", "text_mask"):  # stored narrow in the input blocks
+            out[name] = _matrix(out[name], self.cfg.max_words).astype(np.int64)
+        return {**model_columns(out), **{k: out[k] for k in keep}}
 
 
-@dataclass
-class DecodedSplit:
-    """A streaming dataset of model batches plus what is needed to report its bad videos."""
+def _matrix(column: np.ndarray, width: int) -> np.ndarray:
+    """A fixed-size-list column as (B, width): Ray hands it over as a 2-D array or as an object array of rows."""
+    if column.dtype != object:
+        return column
+    return np.stack(list(column)) if len(column) else np.zeros((0, width), np.int64)
 
-    dataset: ray.data.Dataset
-    log: Any  # BadVideoLog actor handle
-    num_videos: int
-    num_rows: int
-    max_bad_fraction: float
 
-    def bad_videos(self) -> dict[str, Any]:
-        """Failures so far: ``{"rows_seen", "failures": [...], "bad_videos"}``; raises
-        ``TooManyBadVideosError`` when over budget (call after a full pass for the final verdict)."""
-        failures = ray.get(self.log.failures.remote())
-        enforce_budget({f["video_uri"]: f["reason"] for f in failures}, self.num_videos, self.max_bad_fraction)
-        return {"rows_seen": ray.get(self.log.rows_seen.remote()), "failures": failures,
-                "bad_videos": len(failures)}
+def _with_tokens(table: pa.Table, max_words: int) -> pa.Table:
+    """Add ``text_ids`` (uint16: CLIP ids < 49408) and ``text_mask`` (uint8) columns of width ``max_words``.
+
+    Done once on the driver for each distinct caption (~90 us per caption here: ~16 s for MSR-VTT's 180k
+    training pairs, however often a row plan repeats them) and stored narrow, since the input blocks stay in
+    the object store for the whole pass.
+    """
+    from vidret.data.tokenizer import ClipTokenizer  # torch + open_clip: driver only (see _DecodeStage)
+
+    encoded = pc.dictionary_encode(table.column("caption")).combine_chunks()
+    distinct = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    tokens = tokenize_rows({"caption": distinct}, ClipTokenizer(max_words), max_words)
+    rows = encoded.indices.to_numpy(zero_copy_only=False)
+    for name, dtype in (("text_ids", np.uint16), ("text_mask", np.uint8)):
+        flat = pa.array(tokens[name][rows].astype(dtype).ravel())
+        table = table.append_column(name, pa.FixedSizeListArray.from_arrays(flat, max_words))
+    return table
 
 
 def build_dataset(rows: SplitRows, cfg: DataConfig, storage: Storage, *, tokenize: bool = True,
-                  augment_seed: int | None = None, shuffle_seed: int | None = None) -> DecodedSplit:
-    """The streaming pipeline over ``rows``: blocks of ``rows_per_block`` rows -> decode + tokenise actors.
+                  drop_bad: bool = True, augment_seed: int | None = None,
+                  shuffle_seed: int | None = None) -> tuple[ray.data.Dataset, Any]:
+    """The streaming pipeline over ``rows`` and the :class:`BadVideoLog` actor recording its failures.
 
-    ``augment_seed`` turns on the training augmentation (:func:`vidret.data.batches.augment_rows`) when
-    ``cfg.augment`` is set (ignored otherwise). ``shuffle_seed`` permutes the rows once, up front (cheap;
-    use ``iter_torch_batches(local_shuffle_buffer_size=...)`` for a different order every epoch). Without
-    ``tokenize`` the batches hold only ``video``, ``video_mask`` and ``video_index`` (video features).
-    Pass ``.dataset`` to Ray Train (``datasets={"train": ...}``) or iterate it with :func:`iter_batches`.
+    Captions are tokenised on the driver, then blocks of ``data.rows_per_block`` rows go through the decode
+    actors. Batches hold :data:`~vidret.data.batches.MODEL_COLUMNS` (only ``video``, ``video_mask`` and
+    ``video_index`` without ``tokenize``). ``drop_bad=True`` leaves bad rows out; ``drop_bad=False`` keeps
+    every row (zeros, ``video_mask`` 0) and adds ``ok`` (B,) bool, for callers whose row plan is fixed.
+    Either way the pipeline fails with ``TooManyBadVideosError`` once the budget is exceeded.
+
+    ``augment_seed`` turns on :func:`~vidret.data.batches.augment_rows` when ``cfg.augment`` is set (it is
+    ignored otherwise). ``shuffle_seed`` permutes the rows once, up front. Pass the dataset to Ray Train
+    (``datasets={"train": ds}``) or read it with :func:`iter_numpy_batches`; after a full pass call
+    :func:`check_bad_fraction` for the final verdict and the list.
     """
     table = _absolute_local(rows.table)
+    if tokenize:
+        table = _with_tokens(table, cfg.max_words)
     if shuffle_seed is not None:
         table = table.take(pa.array(np.random.default_rng(shuffle_seed).permutation(table.num_rows)))
     log = BadVideoLog.remote()
     stage_kwargs = {"cfg": cfg, "storage": storage, "log": log, "num_videos": rows.num_videos,
-                    "tokenize": tokenize, "augment_seed": augment_seed if cfg.augment else None}
-    ds = _dataset(table, cfg.rows_per_block).map_batches(
+                    "tokenized": tokenize, "drop_bad": drop_bad,
+                    "augment_seed": augment_seed if cfg.augment else None}
+    ds = _dataset(table, input_block_rows(table.num_rows, cfg.rows_per_block, cfg.decode_concurrency)).map_batches(
         _DecodeStage, fn_constructor_kwargs=stage_kwargs, batch_size=cfg.rows_per_block, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.decode_concurrency), num_cpus=cfg.decode_cpus)
-    return DecodedSplit(ds, log, rows.num_videos, table.num_rows, cfg.max_bad_fraction)
+    return ds, log
 
 
-def load_split(cfg: Config, split: str, storage: Storage, *, pairs: bool) -> SplitRows:
-    """Rows of ``<data.manifest>/<split>.parquet`` (see :func:`vidret.data.batches.split_rows`)."""
-    if not cfg.data.manifest:
+def check_bad_fraction(log: Any, total: int, cfg: DataConfig) -> dict[str, Any]:
+    """What ``log`` recorded: ``{"seen", "bad": {uri: reason}, "failures": [...], "total", "bad_fraction"}``;
+    raises ``TooManyBadVideosError`` listing them when more than ``cfg.max_bad_fraction`` of ``total`` failed."""
+    failures = ray.get(log.failures.remote())
+    bad = {f["video_uri"]: f["reason"] for f in failures}
+    enforce_budget(bad, total, cfg.max_bad_fraction)
+    return {"seen": ray.get(log.rows_seen.remote()), "bad": bad, "failures": failures, "total": total,
+            "bad_fraction": len(bad) / total if total else 0.0}
+
+
+def load_split(manifest_prefix: str, split: str, storage: Storage, *, pairs: bool) -> SplitRows:
+    """Rows of ``<manifest_prefix>/<split>.parquet`` (see :func:`vidret.data.batches.split_rows`)."""
+    if not manifest_prefix:
         raise ValueError("data.manifest is empty: set it to the folder or s3:// prefix holding the manifests")
-    return split_rows(read_manifest(join(cfg.data.manifest, f"{split}.parquet"), storage), split, pairs=pairs)
+    return split_rows(read_manifest(join(manifest_prefix, f"{split}.parquet"), storage), split, pairs=pairs)
 
 
-def iter_batches(split: DecodedSplit, batch_size: int, *, drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
-    """Numpy batches on the driver (batch inference, tests); the final bad-video verdict after the last one.
+def iter_numpy_batches(ds: ray.data.Dataset, batch_size: int, *, log: Any = None, total: int = 0,
+                       cfg: DataConfig | None = None, drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Numpy batches on the driver (batch inference, tests; training uses ``get_dataset_shard``).
 
-    Ray Data wraps exceptions raised in the decode stage (the original type is lost on the way); when the
-    pipeline fails with the bad-video budget exceeded, the typed ``TooManyBadVideosError`` is raised here
-    from the log's records instead.
+    With ``log``, ``total`` and ``cfg`` the bad-video verdict is given after the last batch, and when the
+    pipeline fails because the budget is exceeded the typed ``TooManyBadVideosError`` is raised here (Ray
+    Data wraps exceptions from the decode stage and loses their type on the way).
     """
     try:
-        yield from split.dataset.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=drop_last,
-                                              prefetch_batches=1)
+        yield from ds.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=drop_last,
+                                   prefetch_batches=1)
     except ray.exceptions.RayError:
-        split.bad_videos()  # raises TooManyBadVideosError when that is why the pipeline failed
+        if log is not None and cfg is not None:
+            check_bad_fraction(log, total, cfg)
         raise
-    split.bad_videos()
+    if log is not None and cfg is not None:
+        check_bad_fraction(log, total, cfg)
+
+
+# ------------------------------------------------------------------------------------------------ check
+class _CheckStage:
+    """Ray Data callable class: decode each row exactly as training would; keep only the verdict."""
+
+    def __init__(self, cfg: DataConfig, storage: Storage) -> None:
+        self.cfg, self.storage = cfg, storage
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = decode_rows(batch, self.cfg, self.storage)
+        return {"video_id": out["video_id"], "video_uri": out["video_uri"], "ok": out["ok"],
+                "reason": out["reason"], "detail": out["detail"], "frames": out["video_mask"].sum(axis=1)}
+
+
+def run_check(cfg: Config, manifest_uri: str, *, out_uri: str | None = None,
+              progress: Progress | None = None) -> dict[str, Any]:
+    """Decode every video of a manifest in parallel on Ray and summarise (``vidret check``).
+
+    Returns the summary of :func:`vidret.data.check.summarise` plus ``manifest``, ``seconds`` and
+    ``summary_uri``, and writes it as JSON (atomically) to ``out_uri`` (default ``<manifest_uri>.check.json``).
+    Never raises for bad videos: ``within_budget`` says whether ``data.max_bad_fraction`` holds.
+    """
+    ensure_ray(cfg.run)
+    storage = Storage(cfg.storage)
+    t0 = time.perf_counter()
+    manifest = read_manifest(manifest_uri, storage)
+    table = _absolute_local(manifest.select(["video_id", "video_uri", "start", "end"]))
+    failures: list[dict[str, Any]] = []
+    done = 0
+    ds = _dataset(table, cfg.data.rows_per_block).map_batches(
+        _CheckStage, fn_constructor_kwargs={"cfg": cfg.data, "storage": storage},
+        batch_size=cfg.data.rows_per_block, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_concurrency), num_cpus=cfg.data.decode_cpus)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        failures += _failures_of(batch)
+        done += len(batch["ok"])
+        if progress is not None:
+            progress(done, table.num_rows)
+    if done != table.num_rows:
+        raise RuntimeError(f"check of {manifest_uri}: {done} results for {table.num_rows} rows")
+    summary_uri = out_uri or f"{manifest_uri}.check.json"
+    summary = summarise(failures, table.num_rows, cfg.data.max_bad_fraction, manifest=manifest_uri,
+                        summary_uri=summary_uri, seconds=round(time.perf_counter() - t0, 3))
+    storage.write_text(summary_uri, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+def _prepare_batch(batch: dict[str, np.ndarray], settings: PrepareSettings, storage: Storage) -> dict[str, np.ndarray]:
+    results = [prepare_one(str(src), str(dst), settings, storage)
+               for src, dst in zip(batch["read_uri"], batch["out_uri"], strict=True)]
+    return {"video_uri": batch["video_uri"], "status": np.array([r["status"] for r in results]),
+            "reason": np.array([r.get("reason", "") for r in results]),
+            "detail": np.array([r.get("detail", "") for r in results]),
+            "frames": np.array([int(r.get("frames", 0)) for r in results], np.int64)}
+
+
+def prepare_splits(cfg: Config, splits: Sequence[str] | None = None) -> list[str]:
+    """The splits ``vidret prepare`` transcodes: ``splits``, else those of train/val/test/extra_eval_splits
+    whose manifest ``<data.manifest>/<split>.parquet`` exists."""
+    if not cfg.data.manifest:
+        raise ValueError("data.manifest is empty: set it to the folder or s3:// prefix holding the manifests")
+    if splits:
+        return list(dict.fromkeys(splits))
+    storage = Storage(cfg.storage)
+    names = dict.fromkeys((cfg.data.train_split, cfg.data.val_split, cfg.data.test_split,
+                           *cfg.data.extra_eval_splits))
+    found = [s for s in names if storage.exists(join(cfg.data.manifest, f"{s}.parquet"))]
+    if not found:
+        raise ValueError(f"no manifest found under {cfg.data.manifest} for splits {', '.join(names)}")
+    return found
+
+
+def run_prepare(cfg: Config, *, splits: Sequence[str] | None = None, out: str | None = None,
+                progress: Progress | None = None) -> dict[str, Any]:
+    """Transcode the videos of each split's manifest into ``<out>/videos`` and write the new manifests to
+    ``<out>/manifest/<split>.parquet`` (``vidret prepare``); ``out`` defaults to ``data.prepare_out``.
+
+    Each distinct source file is transcoded once, in a Ray task of one CPU (:func:`prepare_one`: resumable,
+    a finished output is skipped). The new manifests keep every column but ``video_uri``; rows whose source
+    failed are dropped and listed. Writes ``<out>/prepare.json`` (the summary, also returned), then raises
+    ``TooManyBadVideosError`` when more sources failed than ``data.max_bad_fraction`` allows (no manifest
+    is written then).
+    """
+    out = out or cfg.data.prepare_out
+    if not out:
+        raise ValueError("data.prepare_out is empty: set it to the folder or s3:// prefix for prepared files")
+    out = _absolute(out)
+    ensure_ray(cfg.run)
+    storage = Storage(cfg.storage)
+    settings = PrepareSettings.from_config(cfg.data)
+    t0 = time.perf_counter()
+    manifests = {s: read_manifest(join(cfg.data.manifest, f"{s}.parquet"), storage)
+                 for s in prepare_splits(cfg, splits)}
+    sources = [u for t in manifests.values() for u in t.column("video_uri").to_pylist()]
+    targets = plan_outputs(sources, out)
+    plan = pa.table({"video_uri": list(targets), "read_uri": [_absolute(u) for u in targets],
+                     "out_uri": list(targets.values())})
+    ds = _dataset(plan, 1).map_batches(_prepare_batch, fn_kwargs={"settings": settings, "storage": storage},
+                                       batch_size=1, batch_format="numpy", num_cpus=1)
+    counts = {"transcoded": 0, "skipped": 0, "failed": 0}
+    failures: list[dict[str, Any]] = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, status in enumerate(batch["status"]):
+            counts[str(status)] += 1
+            if status == "failed":
+                failures.append({"video_id": "", "video_uri": str(batch["video_uri"][i]),
+                                 "reason": str(batch["reason"][i]), "detail": str(batch["detail"][i])})
+        if progress is not None:
+            progress(sum(counts.values()), plan.num_rows)
+    failed = {f["video_uri"] for f in failures}
+    summary = {"out": out, "manifest": join(out, "manifest"), "settings": settings.__dict__.copy(),
+               **counts, **summarise(failures, plan.num_rows, cfg.data.max_bad_fraction), "splits": {}}
+    summary.update(seconds=round(time.perf_counter() - t0, 3))
+    new_tables = {}
+    for split, table in manifests.items():
+        uris = table.column("video_uri").to_pylist()
+        keep = pa.array([u not in failed for u in uris])
+        kept = table.filter(keep)
+        new_uris = pa.array([targets[u] for u in kept.column("video_uri").to_pylist()], pa.string())
+        new_tables[split] = kept.set_column(kept.schema.get_field_index("video_uri"), "video_uri", new_uris)
+        dropped = pc.invert(keep)
+        summary["splits"][split] = {"rows": kept.num_rows,
+                                    "dropped": table.filter(dropped).column("video_id").to_pylist()}
+    storage.write_text(join(out, "prepare.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    enforce_budget({f["video_uri"]: f["reason"] for f in failures}, plan.num_rows, cfg.data.max_bad_fraction,
+                   what="prepare")
+    for split, table in new_tables.items():
+        write_manifest(table, join(out, "manifest", f"{split}.parquet"), storage)
+    return summary

@@ -145,6 +145,16 @@ def transcode(source: Source, out_path: str, settings: PrepareSettings, *, uri: 
     """
     import av
 
+    try:
+        return _transcode(source, out_path, settings, uri)
+    except av.error.FFmpegError as exc:  # encoder or muxer; the decode side raises DecodeError itself
+        raise DecodeError(uri, "corrupt", f"transcode: {exc}") from None
+
+
+def _transcode(source: Source, out_path: str, settings: PrepareSettings, uri: str) -> dict[str, Any]:
+    import av
+    from av.video.frame import PictureType
+
     info, transform, rotation, _ = pyav_first_frame(source, uri)  # classifies unreadable sources
     if info.fps <= 0:
         raise DecodeError(uri, "corrupt", "no frame rate and no duration in the container")
@@ -174,8 +184,10 @@ def transcode(source: Source, out_path: str, settings: PrepareSettings, *, uri: 
             nonlocal converted, k
             if converted is None:
                 converted = _convert(current, coded_w, coded_h, transform)
-            frame = av.VideoFrame.from_ndarray(converted, format="rgb24") if transform != IDENTITY else converted
+            frame = (converted if isinstance(converted, av.VideoFrame)
+                     else av.VideoFrame.from_ndarray(converted, format="rgb24"))
             frame.pts, frame.time_base = k, 1 / rate
+            frame.pict_type = PictureType.NONE  # a decoded I frame would force a keyframe; the GOP decides
             for packet in enc.encode(frame):
                 out.mux(packet)
             k += 1
@@ -245,26 +257,29 @@ def sidecar_matches(text: str, source_uri: str, settings: PrepareSettings) -> bo
 def prepare_one(source_uri: str, out_uri: str, settings: PrepareSettings, storage: Storage) -> dict[str, Any]:
     """Transcode ``source_uri`` to ``out_uri`` unless a matching sidecar says it is already done.
 
-    Returns ``{"status": "skipped" | "transcoded", ...output facts}``. Raises ``DecodeError`` for an
-    unreadable source (``missing`` when the object does not exist) and ``StorageError`` when writing fails.
+    Returns ``{"status": "skipped" | "transcoded", ...output facts}``, or for a source that cannot be used
+    ``{"status": "failed", "reason", "detail"}`` (``reason``: a decoder reason, or ``read_error`` when
+    storage failed after its retries). Writing the output raises ``StorageError``: that is the job's failure,
+    not the video's.
     """
     side = sidecar_uri(out_uri)
     if storage.exists(side) and storage.exists(out_uri):
-        if sidecar_matches(storage.read_text(side), source_uri, settings):
-            return {"status": "skipped", **json.loads(storage.read_text(side))["output"]}
+        text = storage.read_text(side)
+        if sidecar_matches(text, source_uri, settings):
+            return {"status": "skipped", **json.loads(text)["output"]}
     try:
         data = storage.read_bytes(source_uri)
+        with tempfile.TemporaryDirectory(prefix="vidret-prepare-") as tmp:
+            local = os.path.join(tmp, "out.mp4")
+            facts = transcode(data, local, settings, uri=source_uri)
+            with open(local, "rb") as fh:
+                blob = fh.read()
+    except DecodeError as exc:
+        return {"status": "failed", "reason": exc.reason, "detail": exc.detail or str(exc)}
     except FileNotFoundError as exc:  # StorageNotFoundError
-        raise DecodeError(source_uri, "missing", str(exc)) from None
+        return {"status": "failed", "reason": "missing", "detail": str(exc)}
     except StorageError as exc:
-        if "is a directory" in str(exc).lower():
-            raise DecodeError(source_uri, "missing", str(exc)) from None
-        raise
-    with tempfile.TemporaryDirectory(prefix="vidret-prepare-") as tmp:
-        local = os.path.join(tmp, "out.mp4")
-        facts = transcode(data, local, settings, uri=source_uri)
-        with open(local, "rb") as fh:
-            blob = fh.read()
+        return {"status": "failed", "reason": "read_error", "detail": str(exc)}
     facts["bytes"] = len(blob)
     storage.write_bytes(out_uri, blob)
     meta = {"version": SIDECAR_VERSION, "source": source_uri, "settings": asdict(settings), "output": facts}

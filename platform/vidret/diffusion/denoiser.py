@@ -1,6 +1,7 @@
 """The two candidate denoisers of the generative re-ranker (method §3.4).
 
-Shape legend: B batch (queries), K candidates, F frames, D width.
+Shape legend: B batch (queries), K candidates, F frames, D width, E = 2D decoder width, U distinct steps,
+X = 1 (one query per row) or K (one query per candidate).
 
 Both predict x0_hat_BK from the noisy candidate scores x_BK, the step t_B and the stage-1 features:
 
@@ -10,6 +11,15 @@ Both predict x0_hat_BK from the noisy candidate scores x_BK, the step t_B and th
 They share every building block (``CandidateDenoiser``); a direction only decides which side attends
 over frames and which side plays "query" in the query-candidate attention. Both are permutation
 equivariant over candidates: there is no candidate position code.
+
+Two evaluation paths give the same numbers up to float summation order:
+
+* ``forward`` = ``encode`` + ``denoise``: the method's formula, read as written (the reference).
+* ``encode`` + ``prepare`` once, then ``step`` per call: every map applied to (feature + cond(t)) is a
+  bias-free Linear and the decoder's first layer acts on [h ; cand] = W_h h + W_c cand + b, so all
+  candidate-sized projections are step-invariant. ``prepare`` computes them once (DDIM: once per chunk
+  of queries for all steps); ``step`` only adds the per-row (B, D) terms of cond(t) and h. Per step that
+  is O(B (D^2 + K D)) instead of O(B K D^2). Training uses it too (``RetrievalModel.generation_loss``).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidret.config import DiffusionConfig
@@ -112,13 +123,11 @@ class CandidateDenoiser(nn.Module):
     def denoise(self, x_BK: Tensor, t_B: Tensor, query_BXD: Tensor, cand_BKD: Tensor) -> Tensor:
         """x0_hat_BK from encoded features (``encode``); ``query_BXD`` has X = 1 (T2V) or X = K (V2T).
 
-        The encodings do not depend on x_t or t, so DDIM encodes once and calls this at every step.
+        The reference path, the class docstring's formula as written: every projection runs on
+        (feature + cond) at every call. Repeated calls on the same features should use ``prepare`` once
+        and ``step`` per call, which give the same numbers.
         """
-        if x_BK.ndim != 2 or t_B.shape != x_BK.shape[:1] or cand_BKD.shape[:2] != x_BK.shape:
-            raise ValueError(
-                f"denoiser: expected x (B, K), t (B,) and candidates (B, K, D), got {tuple(x_BK.shape)}, "
-                f"{tuple(t_B.shape)} and {tuple(cand_BKD.shape)}"
-            )
+        _check_step_shapes(x_BK, t_B, cand_BKD)
         cond_B1D = self.time_embed(t_B)[:, None, :]
         q = self.q_proj(query_BXD + cond_B1D)
         k = self.k_proj(cand_BKD + cond_B1D)
@@ -127,6 +136,75 @@ class CandidateDenoiser(nn.Module):
         h_BD = self.proj(torch.einsum("bk,bkd->bd", alpha_BK, v))
         h_BKD = h_BD[:, None, :].expand_as(cand_BKD)
         return self.decoder(torch.cat([h_BKD, cand_BKD], dim=-1)).squeeze(-1) + alpha_BK
+
+    def prepare(self, query_BXD: Tensor, cand_BKD: Tensor) -> dict[str, Tensor]:
+        """The step-invariant projections of encoded features (``encode``), the arguments of ``step``.
+
+        With Q = W_q query, Kc = W_k cand, V = W_v cand: ``q_BXD`` = Q, ``k_BKD`` = Kc, ``v_BKD`` = V,
+        ``qk_BK`` = <Q, Kc> (X broadcast over K) and ``dec_BKE`` = W_c cand + b, the candidate half of the
+        decoder's first layer with its bias. Differentiable: gradients reach the parameters through
+        ``step`` exactly as through ``denoise``.
+        """
+        if cand_BKD.ndim != 3 or query_BXD.ndim != 3 or query_BXD.shape[1] not in (1, cand_BKD.shape[1]):
+            raise ValueError(
+                f"denoiser.prepare: expected query (B, 1 or K, D) and candidates (B, K, D), got "
+                f"{tuple(query_BXD.shape)} and {tuple(cand_BKD.shape)}"
+            )
+        first = self.decoder[0]
+        q_BXD = self.q_proj(query_BXD)
+        k_BKD = self.k_proj(cand_BKD)
+        return {
+            "q_BXD": q_BXD,
+            "k_BKD": k_BKD,
+            "v_BKD": self.v_proj(cand_BKD),
+            "qk_BK": (q_BXD * k_BKD).sum(-1),
+            "dec_BKE": F.linear(cand_BKD, first.weight[:, self.dim :], first.bias),
+        }
+
+    def step(
+        self,
+        x_BK: Tensor,
+        t_B: Tensor,
+        q_BXD: Tensor,
+        k_BKD: Tensor,
+        v_BKD: Tensor,
+        qk_BK: Tensor,
+        dec_BKE: Tensor,
+    ) -> Tensor:
+        """``denoise`` from ``prepare``d projections; same maths, only per-row (B, D) matmuls per call.
+
+        With c = cond(t), cq = W_q c, ck = W_k c, cv = W_v c (computed once per distinct step):
+        <Q + cq, Kc_k + ck> = <Q, Kc_k> + <Q, ck> + <cq, Kc_k> + <cq, ck>;
+        sum_k alpha_k (V_k + cv) = alpha V + (sum_k alpha_k) cv;
+        decoder layer 1 = dec_k + W_h h (method §3.4).
+        """
+        _check_step_shapes(x_BK, t_B, k_BKD)
+        t_U, row_B = torch.unique(t_B, return_inverse=True)  # DDIM: one step for the whole chunk
+        cond_UD = self.time_embed(t_U)
+        cq_BD = self.q_proj(cond_UD)[row_B]
+        ck_BD = self.k_proj(cond_UD)[row_B]
+        cv_BD = self.v_proj(cond_UD)[row_B]
+        logits_BK = (
+            qk_BK
+            + torch.einsum("bxd,bd->bx", q_BXD, ck_BD)
+            + torch.einsum("bkd,bd->bk", k_BKD, cq_BD)
+            + (cq_BD * ck_BD).sum(-1, keepdim=True)
+        )
+        alpha_BK = (logits_BK + x_BK).softmax(dim=-1)  # x_t enters the attention logits; no 1/sqrt(D)
+        pooled_BD = torch.einsum("bk,bkd->bd", alpha_BK, v_BKD) + alpha_BK.sum(-1, keepdim=True) * cv_BD
+        h_BD = self.proj(pooled_BD)
+        first, _, last = self.decoder
+        # the one (B, K, E) tensor per step: ReLU in place (autograd-safe after an add) saves a pass over it
+        hidden_BKE = (dec_BKE + F.linear(h_BD, first.weight[:, : self.dim])[:, None, :]).relu_()
+        return last(hidden_BKE).squeeze(-1) + alpha_BK
+
+
+def _check_step_shapes(x_BK: Tensor, t_B: Tensor, cand_BKD: Tensor) -> None:
+    if x_BK.ndim != 2 or t_B.shape != x_BK.shape[:1] or cand_BKD.shape[:2] != x_BK.shape:
+        raise ValueError(
+            f"denoiser: expected x (B, K), t (B,) and candidates (B, K, D), got {tuple(x_BK.shape)}, "
+            f"{tuple(t_B.shape)} and {tuple(cand_BKD.shape)}"
+        )
 
 
 class T2VDenoiser(CandidateDenoiser):

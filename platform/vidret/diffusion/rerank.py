@@ -3,8 +3,16 @@
 Shape legend: B batch, Q queries, N gallery items, K candidates, F frames, D width.
 
 Everything is vectorised: selection is ``topk`` + ``gather``, fusion is ``scatter_add_``. DDIM runs over
-all queries at once; ``chunk`` only bounds memory. The initial noise of a query depends on
-(seed, query id) only, so a re-ranked matrix does not depend on chunking or worker count.
+all queries at once; ``chunk`` only bounds memory. Per chunk the denoiser's conditioning is encoded and
+its candidate-side projections prepared once (``CandidateDenoiser.prepare``); each of the T steps then
+runs only ``CandidateDenoiser.step``. The initial noise of a query depends on (seed, query id) only, so a
+re-ranked matrix does not depend on chunking or worker count.
+
+The text-to-video conditioning never materialises the candidates' frames (Q, K, F, D) (1000 queries x 32
+candidates x 12 frames x 512 = 786 MB, mostly copies of a 25 MB gallery): ``t2v_encode_candidates``
+computes the text-frame logits as a sampled matmul at the candidates' frames only and the attention
+pooling as a weighted ``embedding_bag`` over the gallery's frame rows, or, when the candidates are most
+of the gallery (training: K = batch), with two dense matmuls (method §10, "gather").
 """
 
 from __future__ import annotations
@@ -14,13 +22,16 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from vidret.config import DiffusionConfig
-from vidret.diffusion.denoiser import T2VDenoiser, V2TDenoiser
+from vidret.diffusion.denoiser import T2VDenoiser, V2TDenoiser, frame_attention_weights
 from vidret.diffusion.process import GaussianDiffusion, seeded_noise
 
 NegativesFill = Literal["positives", "error"]
+EncodePath = Literal["auto", "sparse", "dense", "gather"]
+_SPARSE_DTYPES = (torch.float32, torch.float64)  # what sampled_addmm supports on CPU
 
 
 def hard_negatives(
@@ -97,6 +108,88 @@ def fuse(sim_QN: Tensor, cand_QK: Tensor, x0_QK: Tensor, alpha: float, temp: flo
     return sim_QN.clone().scatter_add_(1, cand_QK.to(sim_QN.device), boost_QK)
 
 
+def t2v_encode_candidates(
+    denoiser: T2VDenoiser,
+    text_QD: Tensor,
+    video_NFD: Tensor,
+    video_mask_NF: Tensor,
+    cand_QK: Tensor,
+    *,
+    path: EncodePath = "auto",
+) -> dict[str, Tensor]:
+    """``denoiser.encode(text_QD, video_NFD[cand_QK], video_mask_NF[cand_QK])`` without the frame gather.
+
+    Returns ``query_BXD`` (Q, 1, D) and ``cand_BKD`` (Q, K, D), the pooled candidates. ``sparse``:
+    logits[q, k, f] = <text_q, video[cand[q, k], f]> / attn_temp by ``sampled_addmm`` at the Q x K x F
+    candidate frames of the (Q, N*F) score matrix, then the frame attention of the denoiser and
+    pooled[q, k] = sum_f a[q, k, f] video[cand[q, k], f] by ``embedding_bag`` over the (N*F, D) frame rows.
+    ``dense``: all (Q, N*F) logits in one matmul and the pooling as a (N, Q, F) x (N, F, D) batched matmul,
+    a (Q, N, D) intermediate; ``auto`` picks it when N <= 2K, else ``sparse``. ``gather`` (reference)
+    materialises the (Q, K, F, D) frames and calls ``denoiser.encode``; it is also used for dtypes other
+    than float32/float64 and for subclasses that override ``encode``. Candidates of a row must be
+    distinct. All paths agree up to float summation order.
+    """
+    if path not in ("auto", "sparse", "dense", "gather"):
+        raise ValueError(
+            f"t2v_encode_candidates: expected path 'auto', 'sparse', 'dense' or 'gather', got {path!r}"
+        )
+    if video_NFD.ndim != 3 or cand_QK.ndim != 2 or text_QD.shape != (cand_QK.shape[0], video_NFD.shape[2]):
+        raise ValueError(
+            f"t2v_encode_candidates: expected text (Q, D), video (N, F, D) and cand (Q, K), got "
+            f"{tuple(text_QD.shape)}, {tuple(video_NFD.shape)} and {tuple(cand_QK.shape)}"
+        )
+    sparse_ok = (
+        type(denoiser).encode is T2VDenoiser.encode
+        and text_QD.dtype in _SPARSE_DTYPES
+        and video_NFD.dtype == text_QD.dtype
+    )
+    if path == "gather" or not sparse_ok:
+        return denoiser.encode(text_QD, video_NFD[cand_QK], video_mask_NF[cand_QK])
+    (q, k), (n, f, d) = cand_QK.shape, video_NFD.shape
+    if path == "dense" or (path == "auto" and n <= 2 * k):
+        return _t2v_encode_dense(denoiser, text_QD, video_NFD, video_mask_NF, cand_QK)
+    frames_ND = video_NFD.reshape(n * f, d)
+    frame_F = torch.arange(f, device=cand_QK.device)
+    # CSR wants increasing columns within a row: score the candidates in id order, then undo the sort
+    sorted_QK, perm_QK = cand_QK.sort(dim=1)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": we use only these two ops
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        pattern = torch.sparse_csr_tensor(
+            torch.arange(0, q * k * f + 1, k * f, device=cand_QK.device),
+            (sorted_QK[..., None] * f + frame_F).reshape(-1),
+            torch.zeros(q * k * f, dtype=text_QD.dtype, device=text_QD.device),  # beta=0 still reads it
+            size=(q, n * f),
+            check_invariants=False,
+        )
+        scores = torch.sparse.sampled_addmm(pattern, text_QD, frames_ND.T, beta=0.0)
+    unsort_QKF = perm_QK.argsort(dim=1)[..., None].expand(q, k, f)
+    logits_QKF = scores.values().view(q, k, f).gather(1, unsort_QKF) / denoiser.attn_temp
+    a_QKF = frame_attention_weights(logits_QKF, video_mask_NF[cand_QK], denoiser.frame_softmax)
+    pooled_PD = F.embedding_bag(
+        (cand_QK[..., None] * f + frame_F).view(q * k, f),
+        frames_ND,
+        per_sample_weights=a_QKF.reshape(q * k, f),
+        mode="sum",
+    )
+    return {"query_BXD": text_QD[:, None, :], "cand_BKD": pooled_PD.view(q, k, d)}
+
+
+def _t2v_encode_dense(
+    denoiser: T2VDenoiser, text_QD: Tensor, video_NFD: Tensor, video_mask_NF: Tensor, cand_QK: Tensor
+) -> dict[str, Tensor]:
+    """``t2v_encode_candidates`` through every (query, gallery item) pair: cheap when K is most of N."""
+    (q, k), (n, f, d) = cand_QK.shape, video_NFD.shape
+    at_QKF = cand_QK[..., None].expand(q, k, f)
+    logits_QNF = (text_QD @ video_NFD.reshape(n * f, d).T).view(q, n, f)
+    logits_QKF = logits_QNF.gather(1, at_QKF) / denoiser.attn_temp
+    a_QKF = frame_attention_weights(logits_QKF, video_mask_NF[cand_QK], denoiser.frame_softmax)
+    a_QNF = torch.zeros(q, n, f, dtype=a_QKF.dtype, device=a_QKF.device).scatter_(1, at_QKF, a_QKF)
+    pooled_NQD = torch.bmm(a_QNF.transpose(0, 1), video_NFD)  # zero weights off the candidates
+    rows_QK = cand_QK * q + torch.arange(q, device=cand_QK.device)[:, None]
+    pooled_QKD = pooled_NQD.reshape(n * q, d).index_select(0, rows_QK.reshape(-1)).view(q, k, d)
+    return {"query_BXD": text_QD[:, None, :], "cand_BKD": pooled_QKD}
+
+
 def _k_for(k: int, gallery: int, key: str) -> int:
     if k > gallery:
         warnings.warn(
@@ -135,12 +228,13 @@ def _sample_chunks(
         rows = slice(s, s + chunk)
         c_CK = cand_QK[rows]
         noise_CK = seeded_noise(ids_Q[rows], c_CK.shape[1], seed, device=like.device).to(like.dtype)
-        # the text-frame attention does not depend on the step: encode once, denoise T times
+        # the frame attention and every candidate-sized projection do not depend on the step: encode and
+        # prepare once per chunk, then each DDIM step costs only per-query (C, D) work (denoiser.step)
         x0.append(
             diffusion.ddim_sample(
-                denoiser.denoise,
+                denoiser.step,
                 c_CK.shape,
-                cond_of(rows, c_CK),
+                denoiser.prepare(**cond_of(rows, c_CK)),
                 noise=noise_CK,
                 clip_denoised=clip_denoised,
                 num_steps=num_steps,
@@ -164,16 +258,20 @@ def t2v_candidate_scores(
     chunk: int = 1024,
     clip_denoised: bool = True,
     num_steps: int | None = None,
+    encode_path: EncodePath = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Text-to-video: top-k videos per text query and their DDIM x0 scores, (cand_QK, x0_QK).
 
     ``sim_QN`` is texts x videos; ``text_QD`` the query EOT features; ``video_NFD`` / ``video_mask_NF`` the
-    gallery frames. ``query_ids_Q`` (default 0..Q-1) keys the seeded initial noise.
+    gallery frames. ``query_ids_Q`` (default 0..Q-1) keys the seeded initial noise. ``encode_path``: see
+    ``t2v_encode_candidates`` (both give the same scores up to float rounding).
     """
     cand_QK, _ = topk_candidates(sim_QN, k)
 
     def cond_of(rows: slice, c_CK: Tensor) -> dict[str, Tensor]:
-        return denoiser.encode(text_QD[rows], video_NFD[c_CK], video_mask_NF[c_CK])
+        return t2v_encode_candidates(
+            denoiser, text_QD[rows], video_NFD, video_mask_NF, c_CK, path=encode_path
+        )
 
     x0_QK = _sample_chunks(
         denoiser,
@@ -241,6 +339,7 @@ def rerank_t2v(
     *,
     query_ids_Q: Tensor | None = None,
     chunk: int = 1024,
+    encode_path: EncodePath = "auto",
 ) -> Tensor:
     """Re-ranked text-to-video matrix (Q, N): top-``t2v_k`` -> DDIM -> fuse with ``t2v_alpha/t2v_temp``."""
     k = _k_for(cfg.t2v_k, sim_QN.shape[1], "diffusion.t2v_k")
@@ -257,6 +356,7 @@ def rerank_t2v(
         chunk=chunk,
         clip_denoised=cfg.clip_denoised,
         num_steps=cfg.sample_steps or None,
+        encode_path=encode_path,
     )
     return fuse(sim_QN, cand, x0, cfg.t2v_alpha, cfg.t2v_temp)
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from vidret.config import DiffusionConfig, ModelConfig
 from vidret.diffusion.denoiser import T2VDenoiser, V2TDenoiser
 from vidret.diffusion.process import GaussianDiffusion
-from vidret.diffusion.rerank import hard_negatives, rerank_t2v, rerank_v2t
+from vidret.diffusion.rerank import hard_negatives, rerank_t2v, rerank_v2t, t2v_encode_candidates
 from vidret.model.clip import ClipBackbone, normalize_frames
 from vidret.model.presets import build_clip
 from vidret.model.similarity import WTIHead, wti_blocked, wti_similarity
@@ -193,7 +193,9 @@ class RetrievalModel(nn.Module):
         positive of ``positive_mask_BG`` excluded; ``diffusion.negatives_fill`` decides when too few remain),
         target x0 = [1, neg, ..., neg], loss = CE(d_temp x0_hat, 0).
         One ``t_B`` (uniform unless given) for both directions, separate noise per direction. Features are
-        used detached. Returns ``loss_t2v``, ``loss_v2t`` and their sum ``loss_generation``.
+        used detached. The t2v candidates are pooled straight from the gathered frames
+        (``t2v_encode_candidates``) and both denoisers run as ``prepare`` + ``step``. Returns ``loss_t2v``,
+        ``loss_v2t`` and their sum ``loss_generation``.
         """
         dcfg = self.diffusion_cfg
         with torch.no_grad():
@@ -207,21 +209,18 @@ class RetrievalModel(nn.Module):
         x0_BK[:, 0] = 1.0
         if t_B is None:
             t_B = self.diffusion.sample_timesteps(rows, device=x0_BK.device)
-        t2v_cond = {
-            "text_BD": local["text_eot"],
-            "video_BKFD": gathered["video"][idx_t2v_BK],
-            "video_mask_BKF": gathered["video_mask"][idx_t2v_BK],
-        }
-        v2t_cond = {
-            "text_BKD": gathered["text_eot"][idx_v2t_BK],
-            "video_BFD": local["video"],
-            "video_mask_BF": local["video_mask"],
-        }
+        # conditioning without the (B, K, F, D) frame gather, and the candidate-side projections once:
+        # the same loss and parameter gradients as the module forwards (tests/unit/model/test_retrieval.py)
+        t2v, v2t = self.t2v_denoiser, self.v2t_denoiser
+        t2v_enc = t2v_encode_candidates(
+            t2v, local["text_eot"], gathered["video"], gathered["video_mask"], idx_t2v_BK
+        )
+        v2t_enc = v2t.encode(gathered["text_eot"][idx_v2t_BK], local["video"], local["video_mask"])
         loss_t2v = self.diffusion.training_loss(
-            self.t2v_denoiser, x0_BK, t_B, t2v_cond, dcfg.d_temp, noise_t2v_BK
+            t2v.step, x0_BK, t_B, t2v.prepare(**t2v_enc), dcfg.d_temp, noise_t2v_BK
         )
         loss_v2t = self.diffusion.training_loss(
-            self.v2t_denoiser, x0_BK, t_B, v2t_cond, dcfg.d_temp, noise_v2t_BK
+            v2t.step, x0_BK, t_B, v2t.prepare(**v2t_enc), dcfg.d_temp, noise_v2t_BK
         )
         return {"loss_t2v": loss_t2v, "loss_v2t": loss_v2t, "loss_generation": loss_t2v + loss_v2t}
 

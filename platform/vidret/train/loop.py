@@ -33,7 +33,6 @@ from vidret.train import distributed as dist
 from vidret.train.artifacts import load_state
 from vidret.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from vidret.train.ema import EMA, select_better
-from vidret.train.losses import symmetric_infonce
 from vidret.train.optim import (
     build_optimizer,
     build_scheduler,
@@ -173,7 +172,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ddp = prepare_model(step_module, parallel_strategy_kwargs={"find_unused_parameters": True})
     device = ray.train.torch.get_device()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.bf16 and device.type == "cuda")
-    gather = dist.make_gather(tcfg.gather)
 
     if tcfg.stage == "discrimination":
         # unsplit per-rank datasets: worker r reads exactly the rows the plan gives it (see trainer._run_stage1)
@@ -199,10 +197,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if tcfg.stage == "discrimination":
             with autocast:
                 feats = ddp(batch)
-            loss = symmetric_infonce({k: feats[k] for k in (*SIM_KEYS, "video_index")}, model.similarity,
-                                     logit_scale=feats["logit_scale"], gather=gather,
-                                     row_offset=rank * local_batch,
-                                     same_video_positives=tcfg.same_video_positives)
+            loss = dist.contrastive_loss({k: feats[k] for k in (*SIM_KEYS, "video_index")}, model.similarity,
+                                         mode=tcfg.gather, logit_scale=feats["logit_scale"],
+                                         same_video_positives=tcfg.same_video_positives)
         else:
             gathered = {k: dist.gather_with_grad(v, "exact") for k, v in batch.items()}
             pos_BG = batch["video_index"][:, None] == gathered["video_index"][None, :]

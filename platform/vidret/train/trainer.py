@@ -26,6 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from vidret.config import Config, dump_yaml
 from vidret.data.pipeline import SplitRows, build_dataset, check_bad_fraction, load_split, tokenize_rows
+from vidret.data.pipeline import ensure_ray as pipeline_ensure_ray
 from vidret.data.tokenizer import ClipTokenizer
 from vidret.storage import Storage, is_remote, join
 from vidret.train import cache as feature_cache
@@ -38,16 +39,8 @@ PLACEHOLDER = "YOUR-BUCKET"
 
 
 def ensure_ray(cfg: Config) -> None:
-    """Connect to ``run.ray_address`` / ``RAY_ADDRESS`` (a job on a cluster), else start a local instance."""
-    if ray.is_initialized():
-        return
-    if cfg.run.ray_address:
-        ray.init(address=cfg.run.ray_address)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:  # never attach to a stale cluster from a previous session (ray-notes P15)
-        ray.init(address="local", num_cpus=cfg.run.num_cpus, include_dashboard=False,
-                 dashboard_host="127.0.0.1")
+    """Connect to the configured cluster or start a local instance (see ``vidret.data.pipeline.ensure_ray``)."""
+    pipeline_ensure_ray(cfg.run)
 
 
 def check_placeholders(cfg: Config) -> None:
@@ -272,7 +265,7 @@ def _encode_split(cfg: Config, storage: Storage, weights_uri: str, split: str, u
     text_table = pairs.table.append_column("caption_row", pa.array(np.arange(pairs.table.num_rows), pa.int64()))
     text_ds = ray.data.from_arrow(text_table.select(["caption", "caption_row", "video_index"]))
     video_ds, log = build_dataset(videos, cfg.data, storage, tokenize=False, drop_bad=False)
-    kwargs = {"concurrency": 1, "num_cpus": 1, "batch_size": cfg.eval.batch_size}
+    kwargs = {"concurrency": 1, "num_cpus": 0.5, "batch_size": cfg.eval.batch_size}  # headroom: P8
     text_feats = text_ds.map_batches(_Encoder, fn_constructor_kwargs={"cfg": cfg, "weights_uri": weights_uri,
                                                                      "what": "texts"}, **kwargs)
     video_feats = video_ds.map_batches(_Encoder, fn_constructor_kwargs={"cfg": cfg, "weights_uri": weights_uri,

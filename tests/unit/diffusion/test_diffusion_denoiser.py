@@ -139,3 +139,70 @@ def test_bad_shapes_rejected() -> None:
     inp = _t2v_inputs(torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"x \(B, K\)"):
         model(**dict(inp, t_B=torch.tensor([1, 2])))
+
+
+def _pair(direction: str, mode: str, dtype: torch.dtype, seed: int):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    cls = T2VDenoiser if direction == "t2v" else V2TDenoiser
+    model = _scaled(cls(D, attn_temp=0.7, frame_softmax=mode)).to(dtype)  # type: ignore[arg-type]
+    inp = _t2v_inputs(g) if direction == "t2v" else _v2t_inputs(g)
+    inp = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inp.items()}
+    inp["t_B"] = torch.tensor([7, 0, 7])  # a repeated step: one shared time embedding row
+    enc = model.encode(*(v for k, v in inp.items() if k not in ("x_BK", "t_B")))
+    return model, inp, enc
+
+
+@pytest.mark.parametrize("direction", ["t2v", "v2t"])
+@pytest.mark.parametrize("mode", ["mask_after", "renormalise"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_prepare_step_equals_reference_forward(direction: str, mode: str, dtype: torch.dtype) -> None:
+    model, inp, enc = _pair(direction, mode, dtype, seed=10)
+    ref = model(**inp)
+    cache = model.prepare(**enc)
+    assert cache["dec_BKE"].shape == (B, K, 2 * D) and cache["qk_BK"].shape == (B, K)
+    out = model.step(inp["x_BK"], inp["t_B"], **cache)
+    tol = {"rtol": 2e-6, "atol": 2e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    torch.testing.assert_close(out, ref, **tol)
+    torch.testing.assert_close(model.denoise(inp["x_BK"], inp["t_B"], **enc), ref, rtol=0, atol=0)
+    # the cache is step-invariant: reused for other steps and states it still equals the reference
+    for t in ([49, 49, 49], [0, 1, 2]):
+        t_B, x_BK = torch.tensor(t), inp["x_BK"].flip(1) * 2
+        torch.testing.assert_close(
+            model.step(x_BK, t_B, **cache), model(**dict(inp, x_BK=x_BK, t_B=t_B)), **tol
+        )
+    # and the output is not trivially constant in x_t, t or the candidates
+    bumped_BK = inp["x_BK"].clone()
+    bumped_BK[:, 1] += 40.0  # big enough to move the attention of the scaled model
+    assert not torch.allclose(model.step(bumped_BK, inp["t_B"], **cache), out)
+    assert not torch.allclose(model.step(inp["x_BK"], inp["t_B"] + 1, **cache), out)
+    assert not torch.allclose(out[:, 0], out[:, 1])
+
+
+@pytest.mark.parametrize("direction", ["t2v", "v2t"])
+def test_prepare_step_parameter_gradients_equal_reference(direction: str) -> None:
+    model, inp, enc = _pair(direction, "mask_after", torch.float64, seed=11)
+    w_BK = torch.randn(B, K, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def grads(fn) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+        model.zero_grad()
+        (fn() * w_BK).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref = grads(lambda: model(**inp))
+    fast = grads(lambda: model.step(inp["x_BK"], inp["t_B"], **model.prepare(**enc)))
+    assert set(fast) == set(ref) == {n for n, _ in model.named_parameters()}
+    for name in ref:
+        assert ref[name].abs().sum() > 0, name
+        torch.testing.assert_close(fast[name], ref[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_prepare_and_step_reject_bad_shapes() -> None:
+    model = T2VDenoiser(D)
+    inp = _t2v_inputs(torch.Generator().manual_seed(0))
+    enc = model.encode(inp["text_BD"], inp["video_BKFD"], inp["video_mask_BKF"])
+    with pytest.raises(ValueError, match=r"query \(B, 1 or K, D\)"):
+        model.prepare(enc["query_BXD"].expand(B, 2, D), enc["cand_BKD"])
+    cache = model.prepare(**enc)
+    with pytest.raises(ValueError, match=r"x \(B, K\)"):
+        model.step(inp["x_BK"][:, :2], inp["t_B"], **cache)

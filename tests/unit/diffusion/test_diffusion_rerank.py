@@ -5,14 +5,16 @@ import torch
 
 from vidret.config import DiffusionConfig
 from vidret.diffusion.denoiser import T2VDenoiser, V2TDenoiser
-from vidret.diffusion.process import GaussianDiffusion
+from vidret.diffusion.process import GaussianDiffusion, seeded_noise
 from vidret.diffusion.rerank import (
     fuse,
     hard_negatives,
     rerank_t2v,
     rerank_v2t,
     t2v_candidate_scores,
+    t2v_encode_candidates,
     topk_candidates,
+    v2t_candidate_scores,
 )
 
 torch.set_num_threads(1)
@@ -135,16 +137,45 @@ def test_rerank_t2v_invariant_to_chunk_and_subset() -> None:
     torch.testing.assert_close(delta.sum(1), torch.ones(9), rtol=1e-5, atol=1e-5)
 
 
-def test_rerank_scores_match_direct_ddim_call() -> None:
-    torch.manual_seed(1)
-    den, diff = T2VDenoiser(16), GaussianDiffusion.from_config(DiffusionConfig(steps=5))
-    x = _features(4, 10, 3, 16, 1)
-    cand, x0 = t2v_candidate_scores(x["sim"], x["text"], x["video"], x["mask"], den, diff, 3, seed=11)
-    from vidret.diffusion.process import seeded_noise
+def _scaled(model: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():  # away from the near-constant 0.02 init, so the comparison is sensitive
+        for p in model.parameters():
+            p.mul_(10.0)
+    return model
 
+
+@pytest.mark.parametrize("frame_softmax", ["mask_after", "renormalise"])
+def test_rerank_scores_match_ddim_over_the_reference_forward(frame_softmax: str) -> None:
+    """Encode + prepare once per chunk + ``step`` per DDIM step == the module forward at every step."""
+    torch.manual_seed(1)
+    diff = GaussianDiffusion.from_config(DiffusionConfig(steps=5))
+    t2v = _scaled(T2VDenoiser(16, frame_softmax=frame_softmax))  # type: ignore[arg-type]
+    v2t = _scaled(V2TDenoiser(16, frame_softmax=frame_softmax))  # type: ignore[arg-type]
+    x = _features(4, 10, 3, 16, 1)
+    cand, x0 = t2v_candidate_scores(
+        x["sim"], x["text"], x["video"], x["mask"], t2v, diff, 3, seed=11, chunk=3
+    )
     cond = {"text_BD": x["text"], "video_BKFD": x["video"][cand], "video_mask_BKF": x["mask"][cand]}
-    ref = diff.ddim_sample(den, (4, 3), cond, noise=seeded_noise(torch.arange(4), 3, 11))
-    torch.testing.assert_close(x0, ref)
+    noise = seeded_noise(torch.arange(4), 3, 11)
+    torch.testing.assert_close(x0, diff.ddim_sample(t2v, (4, 3), cond, noise=noise), rtol=1e-5, atol=1e-5)
+    ref = diff.ddim_sample(t2v, (4, 3), cond, noise=noise, clip_denoised=False)
+    cand2, x0_raw = t2v_candidate_scores(
+        x["sim"], x["text"], x["video"], x["mask"], t2v, diff, 3, seed=11, chunk=3, clip_denoised=False
+    )
+    assert torch.equal(cand2, cand)
+    torch.testing.assert_close(x0_raw, ref, rtol=1e-5, atol=1e-5)
+    assert ref.std() > 0.1  # not a constant prediction
+    # video-to-text: 10 videos x 4 texts (the gallery), candidate texts per video
+    sim_v = x["sim"].T
+    cand, x0 = v2t_candidate_scores(
+        sim_v, x["video"], x["mask"], x["text"], v2t, diff, 3, seed=5, chunk=4, clip_denoised=False
+    )
+    cond = {"text_BKD": x["text"][cand], "video_BFD": x["video"], "video_mask_BF": x["mask"]}
+    ref = diff.ddim_sample(
+        v2t, (10, 3), cond, noise=seeded_noise(torch.arange(10), 3, 5), clip_denoised=False
+    )
+    torch.testing.assert_close(x0, ref, rtol=1e-5, atol=1e-5)
+    assert ref.std() > 0.1
 
 
 def test_rerank_v2t_and_k_larger_than_gallery_warns() -> None:
@@ -159,3 +190,74 @@ def test_rerank_v2t_and_k_larger_than_gallery_warns() -> None:
     torch.testing.assert_close((out - sim).sum(1), torch.full((6,), 0.5), rtol=1e-5, atol=1e-5)
     again = rerank_v2t(sim, video, mask, text, den, diff, DiffusionConfig(steps=5, v2t_k=5, v2t_alpha=0.5))
     torch.testing.assert_close(again, out)
+
+
+@pytest.mark.parametrize(
+    ("frame_softmax", "attn_temp", "dtype"),
+    [
+        ("mask_after", 1.0, torch.float32),
+        ("renormalise", 0.3, torch.float32),
+        ("mask_after", 2.0, torch.float64),
+    ],
+)
+def test_t2v_encode_sparse_equals_gathered_encode(
+    frame_softmax: str, attn_temp: float, dtype: torch.dtype
+) -> None:
+    g = torch.Generator().manual_seed(7)
+    q, n, f, d, k = 6, 9, 4, 16, 5
+    den = T2VDenoiser(d, attn_temp=attn_temp, frame_softmax=frame_softmax)  # type: ignore[arg-type]
+    text, video = torch.randn(q, d, generator=g, dtype=dtype), torch.randn(n, f, d, generator=g, dtype=dtype)
+    mask = (torch.rand(n, f, generator=g) > 0.4).to(dtype)
+    mask[:, 0] = 1
+    cand = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(q)])  # distinct, unsorted
+    ref = den.encode(text, video[cand], mask[cand])
+
+    def no_gather(*args: object) -> None:
+        raise AssertionError("the sparse path must not fall back to the gathered encode")
+
+    den.encode = no_gather  # type: ignore[method-assign]
+    for path in ("auto", "sparse", "dense"):
+        out = t2v_encode_candidates(den, text, video, mask, cand, path=path)  # type: ignore[arg-type]
+        assert out["cand_BKD"].shape == (q, k, d) and out["cand_BKD"].dtype == dtype
+        torch.testing.assert_close(out["cand_BKD"], ref["cand_BKD"])
+        torch.testing.assert_close(out["query_BXD"], ref["query_BXD"])
+    del den.encode
+    # every gallery item a candidate (K = N) and a single query
+    full = torch.argsort(torch.rand(1, n, generator=g), dim=1)
+    torch.testing.assert_close(
+        t2v_encode_candidates(den, text[:1], video, mask, full)["cand_BKD"],
+        den.encode(text[:1], video[full], mask[full])["cand_BKD"],
+    )
+    with pytest.raises(ValueError, match="expected path 'auto', 'sparse', 'dense' or 'gather'"):
+        t2v_encode_candidates(den, text, video, mask, cand, path="bogus")  # type: ignore[arg-type]
+
+
+def test_t2v_encode_falls_back_to_an_overridden_encode() -> None:
+    class Doubled(T2VDenoiser):
+        def encode(self, text_BD, video_BKFD, video_mask_BKF):  # type: ignore[no-untyped-def]
+            out = super().encode(text_BD, video_BKFD, video_mask_BKF)
+            return {"query_BXD": out["query_BXD"], "cand_BKD": 2 * out["cand_BKD"]}
+
+    x = _features(3, 8, 3, 16, 8)
+    cand, _ = topk_candidates(x["sim"], 4)
+    den = Doubled(16)
+    plain = T2VDenoiser(16).encode(x["text"], x["video"][cand], x["mask"][cand])["cand_BKD"]
+    torch.testing.assert_close(
+        t2v_encode_candidates(den, x["text"], x["video"], x["mask"], cand)["cand_BKD"], 2 * plain
+    )
+
+
+def test_rerank_t2v_sparse_chunked_equals_gathered_unchunked() -> None:
+    torch.manual_seed(3)
+    den, diff = T2VDenoiser(16), GaussianDiffusion.from_config(DiffusionConfig(steps=8))
+    cfg = DiffusionConfig(steps=8, t2v_k=5, t2v_alpha=1.0)
+    x = _features(11, 14, 4, 16, 3)
+    ref = rerank_t2v(
+        x["sim"], x["text"], x["video"], x["mask"], den, diff, cfg, chunk=100, encode_path="gather"
+    )
+    for chunk, path in [(1, "sparse"), (4, "sparse"), (100, "sparse"), (4, "dense"), (100, "auto")]:
+        out = rerank_t2v(
+            x["sim"], x["text"], x["video"], x["mask"], den, diff, cfg, chunk=chunk, encode_path=path
+        )
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(ref, x["sim"])

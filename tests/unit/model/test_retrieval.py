@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vidret.config import DiffusionConfig, ModelConfig
+from vidret.diffusion.rerank import hard_negatives
 from vidret.model.retrieval import SIMILARITY_KEYS, RetrievalModel
 from vidret.train.losses import symmetric_infonce
 
@@ -131,6 +132,73 @@ def test_generation_loss_equals_hand_computation(model: RetrievalModel) -> None:
             total[direction] += _hand_ce([100.0 * v for v in pred[0].tolist()]) / B
     assert out["loss_t2v"].item() == pytest.approx(total["t2v"], rel=1e-4)
     assert out["loss_v2t"].item() == pytest.approx(total["v2t"], rel=1e-4)
+
+
+def _reference_generation_loss(
+    model: RetrievalModel, f: dict[str, torch.Tensor], pos: torch.Tensor, t: torch.Tensor, n1, n2
+) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """The straightforward path: gathered (B, K, F, D) frames and the denoisers' module forwards."""
+    dcfg = model.diffusion_cfg
+    with torch.no_grad():
+        sim = model.similarity(f, f)
+        idx_t2v = hard_negatives(sim, pos, dcfg.num, 0, dcfg.negatives_fill)
+        idx_v2t = hard_negatives(sim.T, pos, dcfg.num, 0, dcfg.negatives_fill)
+    x0 = torch.full(idx_t2v.shape, dcfg.neg)
+    x0[:, 0] = 1.0
+    t2v_cond = {
+        "text_BD": f["text_eot"],
+        "video_BKFD": f["video"][idx_t2v],
+        "video_mask_BKF": f["video_mask"][idx_t2v],
+    }
+    v2t_cond = {"text_BKD": f["text_eot"][idx_v2t], "video_BFD": f["video"], "video_mask_BF": f["video_mask"]}
+    return {
+        "loss_t2v": model.diffusion.training_loss(model.t2v_denoiser, x0, t, t2v_cond, dcfg.d_temp, n1),
+        "loss_v2t": model.diffusion.training_loss(model.v2t_denoiser, x0, t, v2t_cond, dcfg.d_temp, n2),
+    }
+
+
+@pytest.mark.parametrize(
+    ("num", "dtype"),  # K = 2 of 6 takes the sparse candidate encoding, K = 4 the dense one
+    [(1, torch.float64), (3, torch.float64), (3, torch.float32)],
+)
+def test_generation_loss_and_gradients_equal_reference_path(num: int, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    mcfg = ModelConfig(preset="debug", temporal_layers=1)
+    model = RetrievalModel.build(mcfg, DiffusionConfig(steps=10, num=num))
+    model.set_stage("generation")
+    with torch.no_grad():
+        f = {k: v.detach() for k, v in model(_batch(4)).items() if k != "logit_scale"}
+        for p in (*model.t2v_denoiser.parameters(), *model.v2t_denoiser.parameters()):
+            p.mul_(10.0)  # away from the near-constant 0.02 init, so the comparison is sensitive
+    model.t2v_denoiser.to(dtype), model.v2t_denoiser.to(dtype)
+    f = {k: v.to(dtype) if v.is_floating_point() else v for k, v in f.items()}
+    pos = f["video_index"][:, None] == f["video_index"][None, :]
+    t = torch.tensor([0, 9, 4, 4, 1, 7])
+    g = torch.Generator().manual_seed(7)
+    n1, n2 = torch.randn(B, num + 1, generator=g), torch.randn(B, num + 1, generator=g)
+
+    def run(fn) -> tuple[dict[str, float], dict[str, torch.Tensor]]:  # type: ignore[no-untyped-def]
+        model.zero_grad()
+        out = fn()
+        (out["loss_t2v"] + out["loss_v2t"]).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return {k: out[k].item() for k in ("loss_t2v", "loss_v2t")}, grads
+
+    fast_loss, fast_grads = run(
+        lambda: model.generation_loss(f, f, pos, t_B=t, noise_t2v_BK=n1, noise_v2t_BK=n2)
+    )
+    ref_loss, ref_grads = run(lambda: _reference_generation_loss(model, f, pos, t, n1, n2))
+    # float64 agrees to rounding (the loss itself is float32 cross-entropy on both paths)
+    loss_rel, grad_atol = (1e-7, 1e-10) if dtype == torch.float64 else (2e-5, 2e-5)
+    assert fast_loss == pytest.approx(ref_loss, rel=loss_rel)
+    assert ref_loss["loss_t2v"] != pytest.approx(ref_loss["loss_v2t"], rel=1e-3)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(fast_grads) == set(ref_grads) == trainable
+    overall = max(g.abs().max().item() for g in ref_grads.values())
+    for name, ref in ref_grads.items():
+        # the last bias shifts every logit of the softmax equally: its gradient is 0 on both paths
+        assert name.endswith("decoder.2.bias") or ref.abs().max() > 1e-4 * overall, name
+        torch.testing.assert_close(fast_grads[name], ref, rtol=0, atol=grad_atol * overall, msg=name)
 
 
 def test_generation_loss_sharded_rows_average_to_full(model: RetrievalModel) -> None:

@@ -1,0 +1,8 @@
+"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/prepare.py --config configs/msrvtt.yaml`."""
+
+import sys
+
+from vidret.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main(["prepare", *sys.argv[1:]]))

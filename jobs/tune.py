@@ -1,0 +1,8 @@
+"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/tune.py --config configs/X.yaml [overrides]`."""
+
+import sys
+
+from vidret.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main(["tune", *sys.argv[1:]]))
