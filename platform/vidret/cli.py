@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vidret.config import Config, dump_yaml, load_config
+from vidret.config import Config, dump_yaml, load_config, with_absolute_paths
 
 log = logging.getLogger("vidret")
 
@@ -36,7 +36,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace, flag_overrides: Sequence[str] = ()) -> Config:
     """Config from --config, then flag overrides, then positional overrides (last wins)."""
-    return load_config(args.config, [*flag_overrides, *args.overrides])
+    return with_absolute_paths(load_config(args.config, [*flag_overrides, *args.overrides]))
 
 
 def _flags(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:

@@ -460,6 +460,30 @@ def dump_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg, redact=True), sort_keys=False)
 
 
+PATH_FIELDS = (("run", "out"), ("synth", "out"), ("data", "manifest"), ("data", "prepare_out"),
+               ("train", "storage_path"), ("train", "init_checkpoint"), ("eval", "checkpoint"),
+               ("model", "weights"))
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def with_absolute_paths(cfg: Config, cwd: str | None = None) -> Config:
+    """Relative local paths of ``cfg`` made absolute against ``cwd`` (default: the current directory).
+
+    Ray workers do not share the driver's working directory, so the driver resolves paths once. URIs with a
+    scheme (``s3://``, ``file://``) are left as they are.
+    """
+    import os  # noqa: PLC0415 - only here
+
+    base = cwd or os.getcwd()
+    out = cfg
+    for section, name in PATH_FIELDS:
+        sec = getattr(out, section)
+        value = getattr(sec, name)
+        if value and not _SCHEME.match(value) and not os.path.isabs(value):
+            out = dataclasses.replace(out, **{section: dataclasses.replace(sec, **{name: os.path.join(base, value)})})
+    return out
+
+
 def replace(cfg: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` re-exported so callers do not reach for private helpers."""
     return dataclasses.replace(cfg, **changes)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from vidret.config import Config, dump_yaml, replace
+from vidret.config import Config, dump_yaml, replace, with_absolute_paths
 from vidret.storage import Storage, join
 
 SYNTH_SPLITS = ("train", "val", "test", "ood")
@@ -45,6 +45,7 @@ def run_quickstart(cfg: Config, progress: Callable[[int, int], None] | None = No
     from vidret.eval.job import run_evaluation  # noqa: PLC0415
     from vidret.train.trainer import ensure_ray, run_training, stage_uri  # noqa: PLC0415
 
+    cfg = with_absolute_paths(cfg)
     storage = Storage(cfg.storage)
     storage.write_text(join(cfg.run.out, "config.yaml"), dump_yaml(cfg))
     t_all = time.perf_counter()

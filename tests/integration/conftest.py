@@ -28,8 +28,13 @@ def ray_local(moto_server: str) -> Iterator[None]:
     if ray.is_initialized():  # started by another fixture or plugin: share it
         yield
         return
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=OBJECT_STORE_BYTES,
+        log_to_driver=False,
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield
@@ -55,5 +60,7 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         for split in SPLITS
     ]
     table = pa.concat_tables(tables)
-    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(["all"] * table.num_rows))
+    table = table.set_column(
+        table.schema.get_field_index("split"), "split", pa.array(["all"] * table.num_rows)
+    )
     return {"root": Path(root), "manifest": table}

@@ -26,9 +26,15 @@ DATA = DataConfig(size=32, max_frames=4, decoder="pyav", rows_per_block=2)
 def _manifest(rows: list[tuple[str, str, float | None, float | None]], split: str) -> pa.Table:
     n = len(rows)
     return pa.table(
-        {"video_id": [r[0] for r in rows], "video_uri": [r[1] for r in rows],
-         "captions": [[f"caption of {r[0]}"] for r in rows], "start": [r[2] for r in rows],
-         "end": [r[3] for r in rows], "split": [split] * n, "dataset": ["custom"] * n},
+        {
+            "video_id": [r[0] for r in rows],
+            "video_uri": [r[1] for r in rows],
+            "captions": [[f"caption of {r[0]}"] for r in rows],
+            "start": [r[2] for r in rows],
+            "end": [r[3] for r in rows],
+            "split": [split] * n,
+            "dataset": ["custom"] * n,
+        },
         schema=MANIFEST_SCHEMA,
     )
 
@@ -37,8 +43,14 @@ def test_check_counts_failures_by_reason_and_writes_the_summary(small_corpus, tm
     (tmp_path / "garbage.mp4").write_bytes(b"not a video" * 200)
     (tmp_path / "empty.mp4").write_bytes(b"")
     good = small_corpus["manifest"].cast(MANIFEST_SCHEMA)
-    bad = _manifest([("g", str(tmp_path / "garbage.mp4"), None, None), ("e", str(tmp_path / "empty.mp4"), None, None),
-                     ("m", str(tmp_path / "missing.mp4"), None, None)], "all")
+    bad = _manifest(
+        [
+            ("g", str(tmp_path / "garbage.mp4"), None, None),
+            ("e", str(tmp_path / "empty.mp4"), None, None),
+            ("m", str(tmp_path / "missing.mp4"), None, None),
+        ],
+        "all",
+    )
     uri = str(tmp_path / "manifest" / "all.parquet")
     write_manifest(pa.concat_tables([good, bad]), uri, Storage())
     cfg = Config(data=DataConfig(**{**DATA.__dict__, "max_bad_fraction": 0.1}))
@@ -51,8 +63,9 @@ def test_check_counts_failures_by_reason_and_writes_the_summary(small_corpus, tm
     assert json.loads(Path(uri + ".check.json").read_text()) == summary
 
 
-def _clip(path: Path, *, w: int = 64, h: int = 48, fps: int = 10, frames: int = 20,
-          rotation: float | None = None) -> str:
+def _clip(
+    path: Path, *, w: int = 64, h: int = 48, fps: int = 10, frames: int = 20, rotation: float | None = None
+) -> str:
     """An H.264 clip whose frame i has a bright bar at column 3*i and a red top-left corner."""
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
@@ -79,17 +92,32 @@ def test_prepare_transcodes_resumes_and_reports_bad_sources(tmp_path: Path, s3_b
     turned = _clip(src / "turned.mp4", rotation=-90.0)
     (src / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(3000))
     manifests = tmp_path / "manifest"
-    write_manifest(_manifest([("wide", wide, 0.5, 1.5), ("broken", str(src / "broken.mp4"), None, None)],
-                             "train"), str(manifests / "train.parquet"), Storage())
-    write_manifest(_manifest([("turned", turned, None, None)], "test"), str(manifests / "test.parquet"), Storage())
+    write_manifest(
+        _manifest([("wide", wide, 0.5, 1.5), ("broken", str(src / "broken.mp4"), None, None)], "train"),
+        str(manifests / "train.parquet"),
+        Storage(),
+    )
+    write_manifest(
+        _manifest([("turned", turned, None, None)], "test"), str(manifests / "test.parquet"), Storage()
+    )
     out = join(bucket, "prepared")
-    data = DataConfig(**{**DATA.__dict__, "manifest": str(manifests), "prepare_out": out, "prepare_fps": 4.0,
-                         "prepare_short_side": 32, "max_bad_fraction": 0.5})
+    data = DataConfig(
+        **{
+            **DATA.__dict__,
+            "manifest": str(manifests),
+            "prepare_out": out,
+            "prepare_fps": 4.0,
+            "prepare_short_side": 32,
+            "max_bad_fraction": 0.5,
+        }
+    )
     cfg = Config(storage=storage_cfg, data=data)
 
     first = run_prepare(cfg)
     assert (first["transcoded"], first["skipped"], first["failed"]) == (2, 0, 1)
-    assert [(f["video_uri"], f["reason"]) for f in first["failures"]] == [(str(src / "broken.mp4"), "corrupt")]
+    assert [(f["video_uri"], f["reason"]) for f in first["failures"]] == [
+        (str(src / "broken.mp4"), "corrupt")
+    ]
     assert first["splits"]["train"] == {"rows": 1, "dropped": ["broken"]}
 
     storage = Storage(storage_cfg)

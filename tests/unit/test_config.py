@@ -142,3 +142,17 @@ def test_secrets_are_redacted_when_dumped() -> None:
 def test_secrets_absent_from_repr() -> None:
     cfg = load_config(None, ["storage.secret_access_key=TOPSECRET-456", "storage.session_token=TOK-789"])
     assert "TOPSECRET-456" not in repr(cfg) and "TOK-789" not in repr(cfg)
+
+
+def test_with_absolute_paths_resolves_only_local_relative_paths(tmp_path: Path) -> None:
+    from vidret.config import with_absolute_paths
+
+    cfg = load_config(None, ["run.out=runs/x", "data.manifest=s3://bucket/m", "train.storage_path=/abs/ray",
+                             "model.weights=file://w.pt", "eval.checkpoint=ck"])
+    out = with_absolute_paths(cfg, cwd=str(tmp_path))
+    assert out.run.out == str(tmp_path / "runs/x")
+    assert out.eval.checkpoint == str(tmp_path / "ck")
+    assert out.data.manifest == "s3://bucket/m"
+    assert out.train.storage_path == "/abs/ray"
+    assert out.model.weights == "file://w.pt"
+    assert with_absolute_paths(out, cwd="/elsewhere") == out  # idempotent

@@ -63,6 +63,9 @@ def ensure_ray(run: RunConfig) -> None:
     A local instance uses ``address="local"`` so a stale cluster file is never picked up (ray-notes P15).
     Does nothing when Ray is already initialised.
     """
+    ctx = ray.data.DataContext.get_current()  # periodic log lines instead of redrawn bars (job logs, CI)
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
     if ray.is_initialized():
         return
     if run.ray_address:

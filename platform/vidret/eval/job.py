@@ -17,7 +17,7 @@ import numpy as np
 import ray
 import torch
 
-from vidret.config import Config, DiffusionConfig, dump_yaml
+from vidret.config import Config, DiffusionConfig, dump_yaml, with_absolute_paths
 from vidret.diffusion.rerank import rerank_t2v, rerank_v2t
 from vidret.eval.metrics import metrics_table
 from vidret.eval.retrieval import EvalResult, FeatureSet, evaluate_features, top_k
@@ -83,6 +83,7 @@ def run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
     from vidret.train.loop import build_model  # noqa: PLC0415
     from vidret.train.trainer import build_feature_cache, check_placeholders, ensure_ray  # noqa: PLC0415
 
+    cfg = with_absolute_paths(cfg)
     check_placeholders(cfg)
     storage = Storage(cfg.storage)
     ensure_ray(cfg)

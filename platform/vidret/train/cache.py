@@ -71,6 +71,14 @@ class ShardWriter:
         return self.shards
 
 
+def write_index(storage: Storage, uri: str, info: Mapping[str, Any], texts: list[dict[str, Any]],
+                videos: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write the split's ``index.json`` (after all its shards): this is what makes the split valid."""
+    index = {"format": FORMAT, **info, "texts": texts, "videos": videos}
+    storage.write_text(join(uri, INDEX), json.dumps(index, indent=1, sort_keys=True))
+    return index
+
+
 def write_split(storage: Storage, uri: str, texts: Iterable[Mapping[str, np.ndarray]],
                 videos: Iterable[Mapping[str, np.ndarray]], info: Mapping[str, Any]) -> dict[str, Any]:
     """Write text and video feature batches as shards, then ``index.json`` (last). Returns the index."""
@@ -79,9 +87,7 @@ def write_split(storage: Storage, uri: str, texts: Iterable[Mapping[str, np.ndar
         tw.add(batch)
     for batch in videos:
         vw.add(batch)
-    index = {"format": FORMAT, **info, "texts": tw.close(), "videos": vw.close()}
-    storage.write_text(join(uri, INDEX), json.dumps(index, indent=1, sort_keys=True))
-    return index
+    return write_index(storage, uri, info, tw.close(), vw.close())
 
 
 def read_index(storage: Storage, uri: str) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ import math
 import random
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -107,34 +107,57 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + 17) % 2**63)
 
 
-def _val_score(model: RetrievalModel, val: FeatureSet | None, cfg: Config, ema: EMA) -> dict[str, float]:
+ValFeatures = Callable[[RetrievalModel], FeatureSet]
+"""Features of the validation split under the model's current weights."""
+
+
+def _val_score(model: RetrievalModel, val: ValFeatures, cfg: Config, ema: EMA) -> dict[str, float]:
     """t2v R@1 on the validation split for the live weights and the EMA (stage 2: after re-ranking)."""
-    if val is None:
-        return {}
     variant = "rerank" if cfg.train.stage == "generation" else "stage1"
     out = {}
     for name in ("model", "ema"):
         if name == "ema":
             with ema.swap(model):
-                res = evaluate_features(model, val, cfg.eval, rerank=variant == "rerank")
+                res = evaluate_features(model, val(model), cfg.eval, rerank=variant == "rerank")
         else:
-            res = evaluate_features(model, val, cfg.eval, rerank=variant == "rerank")
+            res = evaluate_features(model, val(model), cfg.eval, rerank=variant == "rerank")
         out[f"val_{name}_t2v_R1"] = res.metrics[variant]["t2v"]["R1"]
     model.train()
     return out
 
 
-def _encode_val_stage1(model: RetrievalModel, cfg: Config) -> FeatureSet | None:
-    """Decode+encode the validation split (one caption per video) through the 'val' dataset shard."""
+VAL_CACHE_BYTES = 512 << 20  # decoded validation batches kept in memory below this size
+
+
+def _stage1_val(cfg: Config) -> ValFeatures | None:
+    """Re-encodes the validation split (one caption per video, from the 'val' dataset shard) with the current
+    weights at each call. The decoded batches are kept in memory when small, else streamed (decoded) again."""
     shard = ray.train.get_dataset_shard("val")
     if shard is None:
         return None
-    it = shard.iter_batches(batch_size=cfg.eval.batch_size, batch_format="numpy", prefetch_batches=1)
-    feats = encode_batches(model, it)
-    order = torch.argsort(feats["video_index"])
-    text = {k: feats[k][order] for k in ("text", "text_mask", "text_weight", "text_eot")}
-    video = {k: feats[k][order] for k in ("video", "video_mask", "video_weight")}
-    return FeatureSet(text=text, video=video, text_to_video_T=torch.arange(len(order)))
+    kept: list[dict[str, np.ndarray]] = []
+    state = {"complete": False}
+
+    def batches() -> Iterator[dict[str, np.ndarray]]:
+        if state["complete"]:
+            yield from kept
+            return
+        size = 0
+        for batch in shard.iter_batches(batch_size=cfg.eval.batch_size, batch_format="numpy", prefetch_batches=1):
+            size += sum(np.asarray(v).nbytes for v in batch.values())
+            if size <= VAL_CACHE_BYTES:
+                kept.append(batch)
+            yield batch
+        state["complete"] = size <= VAL_CACHE_BYTES
+
+    def features(model: RetrievalModel) -> FeatureSet:
+        feats = encode_batches(model, batches())
+        order = torch.argsort(feats["video_index"])
+        text = {k: feats[k][order] for k in ("text", "text_mask", "text_weight", "text_eot")}
+        video = {k: feats[k][order] for k in ("video", "video_mask", "video_weight")}
+        return FeatureSet(text=text, video=video, text_to_video_T=torch.arange(len(order)))
+
+    return features
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -176,14 +199,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if tcfg.stage == "discrimination":
         # unsplit per-rank datasets: worker r reads exactly the rows the plan gives it (see trainer._run_stage1)
         batches = _stage1_batches(ray.train.get_dataset_shard(f"train_{rank}"), local_batch, start_step)
-        val = _encode_val_stage1(model, cfg) if rank == 0 else None
+        val = _stage1_val(cfg) if rank == 0 else None
     else:
         from vidret.train.cache import load_split  # noqa: PLC0415 - stage 2 only
 
         train_fs = load_split(storage, config["cache_uri"]["train"])
         my_rows = plan_rows[start_step:, rank * local_batch:(rank + 1) * local_batch].reshape(-1)
         batches = _stage2_batches(train_fs, my_rows, local_batch)
-        val = load_split(storage, config["cache_uri"]["val"]) if rank == 0 else None
+        val_fs = load_split(storage, config["cache_uri"]["val"]) if rank == 0 else None
+        val = (lambda _model: val_fs) if val_fs is not None else None  # frozen encoder: cached features
 
     writer = _tensorboard(config.get("tb_dir")) if rank == 0 else None
     steps_per_epoch = int(config["steps_per_epoch"])

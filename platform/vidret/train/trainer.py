@@ -24,7 +24,7 @@ import ray.train
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from vidret.config import Config, dump_yaml
+from vidret.config import Config, dump_yaml, replace, with_absolute_paths
 from vidret.data.pipeline import SplitRows, build_dataset, check_bad_fraction, load_split, tokenize_rows
 from vidret.data.pipeline import ensure_ray as pipeline_ensure_ray
 from vidret.data.tokenizer import ClipTokenizer
@@ -135,6 +135,7 @@ def _log(msg: str) -> None:
 
 def run_training(cfg: Config) -> dict[str, Any]:
     """Run ``train.stage`` and return a summary (exported weights, cache location, metrics, wall time)."""
+    cfg = with_absolute_paths(cfg)
     check_placeholders(cfg)
     storage = Storage(cfg.storage)
     ensure_ray(cfg)
@@ -166,7 +167,11 @@ def _run_stage1(cfg: Config, storage: Storage) -> dict[str, Any]:
         ds, log = build_dataset(_take(train, plan.worker_rows(r, world)), cfg.data, storage, drop_bad=False)
         datasets[f"train_{r}"] = ds
         logs.append(log)
-    datasets["val"], val_log = build_dataset(val, cfg.data, storage, drop_bad=False)
+    # The val pass runs at epoch ends while the train shard's decode actors still hold their CPUs (the train
+    # iterator is paused, not finished): its single decode actor reserves no CPU, or it would wait forever
+    # for one (ray-notes P8). It is short and runs while training waits for it.
+    val_data = replace(cfg.data, decode_cpus=0.0, decode_concurrency=1)
+    datasets["val"], _ = build_dataset(val, val_data, storage, drop_bad=False)
     _log(f"[train] stage 1: {train.table.num_rows} pairs over {train.num_videos} videos, {plan.total_steps} "
          f"steps of {cfg.train.batch_size} on {world} worker(s)")
     loop_config = {"cfg": cfg, "plan_rows": plan.rows_S_B, "steps_per_epoch": plan.steps_per_epoch,
@@ -239,48 +244,80 @@ class _Encoder:
 def build_feature_cache(cfg: Config, storage: Storage, weights_uri: str, key: str,
                         splits: list[str] | None = None) -> dict[str, str]:
     """Encode ``splits`` (default: train, val, test and extra) with the weights at ``weights_uri`` into
-    ``<run.out>/features/<key>/<split>``. Complete splits are reused. Returns {split: uri}.
+    ``<run.out>/features/<key>/<split>``. Complete splits are reused; the missing ones are encoded together,
+    in one text pass and one video pass (the actors start once). Returns {split: uri}.
     """
     root = cache_root(cfg, key)
-    out = {}
+    out, missing = {}, []
     for split in splits if splits is not None else eval_splits(cfg):
-        uri = feature_cache.split_uri(root, split)
-        out[split] = uri
-        if feature_cache.read_index(storage, uri) is not None:
-            _log(f"[cache] {split}: reusing {uri}")
-            continue
+        out[split] = feature_cache.split_uri(root, split)
+        if feature_cache.read_index(storage, out[split]) is not None:
+            _log(f"[cache] {split}: reusing {out[split]}")
+        else:
+            missing.append(split)
+    if missing:
         t0 = time.perf_counter()
-        info = _encode_split(cfg, storage, weights_uri, split, uri)
-        _log(f"[cache] {split}: {info['num_texts']} captions, {info['num_videos']} videos -> {uri} "
-             f"({time.perf_counter() - t0:.1f} s)")
+        infos = _encode_splits(cfg, storage, weights_uri, {s: out[s] for s in missing})
+        for split in missing:
+            _log(f"[cache] {split}: {infos[split]['num_texts']} captions, {infos[split]['num_videos']} videos "
+                 f"-> {out[split]}")
+        _log(f"[cache] encoded {', '.join(missing)} in {time.perf_counter() - t0:.1f} s")
     return out
 
 
-def _encode_split(cfg: Config, storage: Storage, weights_uri: str, split: str, uri: str) -> dict[str, Any]:
+def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[str, str]) -> dict[str, Any]:
+    """One text pass and one video pass over the union of the splits; rows are routed back to each split's
+    shards by their offset ranges (video rows ``[v0, v1)`` and caption rows ``[t0, t1)`` of the union)."""
     import pyarrow as pa  # noqa: PLC0415
 
-    pairs = load_split(cfg.data.manifest, split, storage, pairs=True)
-    videos = load_split(cfg.data.manifest, split, storage, pairs=False)
-    # texts: no decoding, keyed by their row in the split's caption order
-    text_table = pairs.table.append_column("caption_row", pa.array(np.arange(pairs.table.num_rows), pa.int64()))
-    text_ds = ray.data.from_arrow(text_table.select(["caption", "caption_row", "video_index"]))
-    video_ds, log = build_dataset(videos, cfg.data, storage, tokenize=False, drop_bad=False)
+    texts, videos, ranges, infos = [], [], {}, {}
+    v_off = t_off = 0
+    for split in uris:
+        pairs = load_split(cfg.data.manifest, split, storage, pairs=True)
+        vids = load_split(cfg.data.manifest, split, storage, pairs=False)
+        n_t, n_v = pairs.table.num_rows, vids.num_videos
+        texts.append(pa.table({"caption": pairs.table.column("caption"),
+                               "caption_row": pa.array(np.arange(n_t) + t_off, pa.int64()),
+                               "video_index": pa.array(pairs.table.column("video_index").to_numpy() + v_off)}))
+        vt = vids.table
+        videos.append(vt.set_column(vt.schema.get_field_index("video_index"), "video_index",
+                                    pa.array(vt.column("video_index").to_numpy() + v_off)))
+        ranges[split] = (t_off, t_off + n_t, v_off, v_off + n_v)
+        infos[split] = {"split": split, "num_texts": n_t, "num_videos": n_v, "weights": weights_uri,
+                        "video_ids": vt.column("video_id").to_pylist(),
+                        "captions": pairs.table.column("caption").to_pylist()}
+        t_off, v_off = t_off + n_t, v_off + n_v
+    union = SplitRows(table=pa.concat_tables(videos), num_videos=v_off)
+    video_ds, log = build_dataset(union, cfg.data, storage, tokenize=False, drop_bad=False)
     kwargs = {"concurrency": 1, "num_cpus": 0.5, "batch_size": cfg.eval.batch_size}  # headroom: P8
-    text_feats = text_ds.map_batches(_Encoder, fn_constructor_kwargs={"cfg": cfg, "weights_uri": weights_uri,
-                                                                     "what": "texts"}, **kwargs)
-    video_feats = video_ds.map_batches(_Encoder, fn_constructor_kwargs={"cfg": cfg, "weights_uri": weights_uri,
-                                                                       "what": "videos"}, **kwargs)
-    rows = videos.table.to_pydict()
-    info = {"split": split, "num_texts": pairs.table.num_rows, "num_videos": videos.num_videos,
-            "video_ids": rows["video_id"], "captions": pairs.table.column("caption").to_pylist(),
-            "weights": weights_uri}
-    index = feature_cache.write_split(
-        storage, uri,
-        text_feats.iter_batches(batch_size=cfg.eval.batch_size, batch_format="numpy", prefetch_batches=1),
-        video_feats.iter_batches(batch_size=cfg.eval.batch_size, batch_format="numpy", prefetch_batches=1),
-        {**info, "bad_videos": {}},
-    )
-    bad = check_bad_fraction(log, videos.num_videos, cfg.data)
-    if bad["bad"]:
-        index["bad_videos"] = bad["bad"]
-    return info
+    encoder = {"cfg": cfg, "weights_uri": weights_uri}
+    text_feats = ray.data.from_arrow(pa.concat_tables(texts)).map_batches(
+        _Encoder, fn_constructor_kwargs={**encoder, "what": "texts"}, **kwargs)
+    video_feats = video_ds.map_batches(_Encoder, fn_constructor_kwargs={**encoder, "what": "videos"}, **kwargs)
+    writers = {s: (feature_cache.ShardWriter(storage, u, "texts"), feature_cache.ShardWriter(storage, u, "videos"))
+               for s, u in uris.items()}
+    for kind, feats, row_key in (("texts", text_feats, "caption_row"), ("videos", video_feats, "video_index")):
+        for batch in feats.iter_batches(batch_size=cfg.eval.batch_size, batch_format="numpy", prefetch_batches=1):
+            for split, (t0, t1, v0, v1) in ranges.items():
+                lo, hi = (t0, t1) if kind == "texts" else (v0, v1)
+                sel = (batch[row_key] >= lo) & (batch[row_key] < hi)
+                if not sel.any():
+                    continue
+                part = {k: v[sel] for k, v in batch.items()}
+                part["video_index"] = part["video_index"] - v0
+                if kind == "texts":
+                    part["caption_row"] = part["caption_row"] - t0
+                writers[split][0 if kind == "texts" else 1].add(part)
+    bad = check_bad_fraction(log, union.num_videos, cfg.data)["bad"]
+    for split, uri in uris.items():
+        split_uris = {u for u in bad if u in set(_video_uris(videos, ranges[split]))}
+        feature_cache.write_index(storage, uri, {**infos[split], "bad_videos": {u: bad[u] for u in split_uris}},
+                                  writers[split][0].close(), writers[split][1].close())
+    return infos
+
+
+def _video_uris(tables: list[Any], rng: tuple[int, int, int, int]) -> list[str]:
+    import pyarrow as pa  # noqa: PLC0415
+
+    union = pa.concat_tables(tables)
+    return union.column("video_uri").to_pylist()[rng[2]:rng[3]]

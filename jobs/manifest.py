@@ -1,0 +1,8 @@
+"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/manifest.py --dataset msrvtt --anno URI ...`."""
+
+import sys
+
+from vidret.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main(["manifest", *sys.argv[1:]]))
