@@ -42,13 +42,6 @@ TINY_TRAIN = [
 ]
 SPLITS = ("train", "val", "test", "ood")
 UPLOAD_LIMIT_BYTES = 64 << 20  # Ray refuses > 512 MiB and warns at half; the code is ~1 MiB
-# On a 2-CPU head like CI's, train currently stalls: the Train worker (1 CPU) and the decode actors
-# (2 x 0.5 CPU) hold every CPU while the val dataset's repartition task waits for one (ray-notes P8).
-UNFINISHED = (
-    "`vidret train`/`evaluate` as Ray jobs on a 2-CPU head are still being finished (issue 7); remove this "
-    "xfail once they pass"
-)
-
 
 def _entrypoint(job: str, *args: str) -> list[str]:
     """What a user types after ``ray job submit ... --``."""
@@ -157,7 +150,6 @@ def test_working_dir_upload_is_code_only(head: LocalRayHead, synth_job: tuple[Jo
     assert (mod / "vidret" / "cli.py").is_file() and not (mod / "__init__.py").exists()
 
 
-@pytest.mark.xfail(strict=False, reason=UNFINISHED)
 def test_train_job_exports_stage1_weights(head: LocalRayHead, run_dir: Path) -> None:
     run = run_dir
     entry = _entrypoint(
@@ -173,7 +165,6 @@ def test_train_job_exports_stage1_weights(head: LocalRayHead, run_dir: Path) -> 
     assert weights.exists() and _files(weights), f"no exported weights under {weights}\n{job.describe()}"
 
 
-@pytest.mark.xfail(strict=False, reason=UNFINISHED)
 def test_evaluate_job_writes_results(head: LocalRayHead, run_dir: Path) -> None:
     run = run_dir
     if not (run / "checkpoints").exists():
