@@ -353,7 +353,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise _FieldError(key, "int", value)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond float range; too long to quote
+                raise _FieldError(key, "a float within float range (|x| < 1.8e308)") from None
         raise _FieldError(key, "float", value)
     if tp is str:
         if isinstance(value, str):
@@ -367,10 +370,17 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for k, v in values.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
+        # An empty, padded or non-string key (``train..lr``, ``1:``) is quoted so the message shows it.
+        shown = k if isinstance(k, str) and k and k.strip() == k else repr(k)
+        key = f"{prefix}.{shown}" if prefix else shown
         if k not in names:
             raise _FieldError(key, f"a known key (one of: {', '.join(sorted(names))})")
-        kwargs[k] = _coerce(v, hints[k], key)
+        try:
+            kwargs[k] = _coerce(v, hints[k], key)
+        except _FieldError as e:
+            if k in SECRET_FIELDS:  # never echo a credential, even a mistyped one
+                raise _FieldError(e.key, f"{e.expected} (the value is not shown)") from None
+            raise
     return cls(**kwargs)
 
 
@@ -385,18 +395,31 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _shown_override(text: str) -> str:
+    """``repr`` of an override for a message, its value replaced by ``***`` when it sets a credential."""
+    key = text.split("=", 1)[0].strip()
+    if "=" in text and set(key.split(".")) & SECRET_FIELDS:
+        return repr(f"{key}={REDACTED}")
+    return repr(text)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"train.lr=1e-4"`` -> ``("train.lr", 0.0001)``. Values are YAML scalars; ``1e-4`` is a float."""
     if "=" not in text:
         raise ValueError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
     key, raw = text.split("=", 1)
     key = key.strip()
+    shown = _shown_override(text)
     if not key:
-        raise ValueError(f"override {text!r}: empty key")
+        raise ValueError(f"override {shown}: empty key")
     try:
         value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ValueError(f"override {text!r}: value is not valid YAML ({e.__class__.__name__})") from None
+        raise ValueError(f"override {shown}: value is not valid YAML ({e.__class__.__name__})") from None
+    # ValueError: a tagged scalar that does not convert (``!!int x``, ``2001-13-01``); RecursionError: nesting.
+    except (ValueError, RecursionError) as e:
+        detail = "" if shown != repr(text) else f": {e}"
+        raise ValueError(f"override {shown}: value is not valid YAML ({e.__class__.__name__}{detail})") from None
     return key, value
 
 
@@ -408,35 +431,76 @@ def config_from_dict(values: dict[str, Any], source: str = "<dict>") -> Config:
         raise ValueError(f"{source}: {e}") from None
 
 
+def _yaml_reason(err: yaml.YAMLError) -> str:
+    """What is wrong and where, without the source lines PyYAML quotes (they could hold a credential)."""
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return str(err)
+    parts = []
+    for text, mark in ((err.context, err.context_mark), (err.problem, err.problem_mark)):
+        if text:
+            parts.append(text + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""))
+    return "; ".join(parts) or err.__class__.__name__
+
+
+def _read_tree(path: str | Path | None) -> dict[str, Any]:
+    """The YAML mapping at ``path`` ({} for None or an empty file); ``ValueError`` naming the file otherwise."""
+    if path is None:
+        return {}
+    source, p = str(path), Path(path)
+    if not p.is_file():
+        raise ValueError(f"{source}: config file not found")
+    try:
+        loaded = yaml_load(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source}: expected UTF-8 text, byte {e.start} is invalid ({e.reason})") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{source}: not valid YAML: {_yaml_reason(e)}") from None
+    # ValueError: a tagged scalar that does not convert (``!!int x``, a timestamp ``2001-13-01``).
+    except ValueError as e:
+        raise ValueError(f"{source}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: not valid YAML: nested too deeply") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{source}: expected a mapping at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
+def _from_overrides(key: str, path: str | Path | None, overrides: typing.Sequence[str]) -> bool:
+    """Whether the error at dotted ``key`` comes from the overrides: one sets that key, a key above it or below
+    it, or the file alone is valid (a cross-field check that an override broke)."""
+    for text in overrides:
+        o = text.split("=", 1)[0].strip()
+        if key == o or key.startswith((f"{o}.", f"{o}[")) or o.startswith(f"{key}."):
+            return True
+    if not overrides:
+        return False
+    try:
+        _build(Config, _read_tree(path), "")
+    except ValueError:  # _FieldError included: the file alone is invalid too
+        return False
+    return True
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
+    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides.
+
+    Every error is a ``ValueError`` naming the file (or ``<defaults>``), the dotted key and, when an override
+    caused it, ``(override ...)``.
+    """
     source = str(path) if path is not None else "<defaults>"
-    tree: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"{source}: config file not found")
-        try:
-            loaded = yaml_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ValueError(f"{source}: not valid YAML: {e}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{source}: expected a mapping at the top level, got {type(loaded).__name__}")
-        tree = loaded
+    tree = _read_tree(path)
     for text in overrides:
         key, value = parse_override(text)
         try:
             _set_dotted(tree, key, value)
         except _FieldError as e:
-            raise ValueError(f"{source} (override {text!r}): {e}") from None
+            raise ValueError(f"{source} (override {_shown_override(text)}): {e}") from None
     try:
         return _build(Config, tree, "")
     except _FieldError as e:
-        where = source
-        if any(o.split("=", 1)[0].strip() == e.key for o in overrides):
-            where = f"{source} (override)"
+        where = f"{source} (override)" if _from_overrides(e.key, path, overrides) else source
         raise ValueError(f"{where}: {e}") from None
 
 

@@ -123,6 +123,8 @@ def _load_json(storage: Storage, uri: str, needed_for: str) -> Any:
         raise ValueError(f"{uri}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
     except RecursionError as err:
         raise ValueError(f"{uri}: invalid JSON (nested too deeply)") from err
+    except ValueError as err:  # an integer longer than sys.get_int_max_str_digits()
+        raise ValueError(f"{uri}: invalid JSON ({err})") from err
 
 
 def parse_csv(text: str, uri: str, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict]]]:
@@ -221,6 +223,20 @@ def read_msrvtt(
     ]
 
 
+def brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters for an error message; never raises itself."""
+    try:
+        text = repr(value)
+    # A pickled int longer than sys.get_int_max_str_digits(), or a pathologically deep container.
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__} that cannot be shown>"
+    return text[:limit]
+
+
+class _RefusedGlobal(ValueError):
+    """The pickle names a global other than the allowed containers (raised as is, it names the file)."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that can only build plain containers: any other global (a class, a function) is refused."""
 
@@ -233,7 +249,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module in ("builtins", "__builtin__") and name in self._ALLOWED:
             return getattr(builtins, name)
-        raise ValueError(
+        raise _RefusedGlobal(
             f"{self._uri}: refusing to unpickle global {module}.{name}; only plain dict/list/str/tuple are allowed"
         )
 
@@ -242,9 +258,14 @@ def safe_unpickle(data: bytes, uri: str) -> Any:
     """Unpickle ``data`` allowing only builtins dict/list/str/tuple; ``ValueError`` naming ``uri`` otherwise."""
     try:
         return _RestrictedUnpickler(data, uri).load()
-    # MemoryError/OverflowError: a corrupt length field asks for an impossible allocation.
+    except _RefusedGlobal:
+        raise
+    # MemoryError/OverflowError: a corrupt length field asks for an impossible allocation; ValueError: an
+    # unknown protocol, undecodable text, an over-long int literal, or dict() given a malformed sequence.
     except (
         pickle.UnpicklingError,
+        ValueError,
+        RecursionError,
         EOFError,
         IndexError,
         KeyError,
@@ -291,7 +312,7 @@ def read_msvd(
             elif isinstance(tokens, (list, tuple)) and all(isinstance(t, str) for t in tokens):
                 caps.append(Caption(" ".join(tokens), where))
             else:
-                raise ValueError(f"{where}: expected a list of string tokens, got {tokens!r:.80}")
+                raise ValueError(f"{where}: expected a list of string tokens, got {brief(tokens)}")
         records.append(AnnRecord(vid, tuple(caps), f"{list_uri}:line {i + 1}", f"{vid}.avi", (vid,)))
     return records
 
@@ -299,13 +320,13 @@ def read_msvd(
 def finite_number(value: Any, where: str) -> float:
     """``value`` as a finite float; bools, strings and huge or non-finite numbers raise ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: expected a finite number, got {value!r:.80}")
+        raise ValueError(f"{where}: expected a finite number, got {brief(value)}")
     try:
         out = float(value)
     except OverflowError:
         out = math.inf
     if not math.isfinite(out):
-        raise ValueError(f"{where}: expected a finite number, got {value!r:.80}")
+        raise ValueError(f"{where}: expected a finite number, got {brief(value)}")
     return out
 
 

@@ -73,6 +73,8 @@ def _jsonl_rows(text: str, uri: str) -> list[tuple[int, dict]]:
             raise ValueError(f"{uri}:row {line_no}: invalid JSON ({err.msg} at column {err.colno})") from err
         except RecursionError as err:
             raise ValueError(f"{uri}:row {line_no}: invalid JSON (nested too deeply)") from err
+        except ValueError as err:  # an integer longer than sys.get_int_max_str_digits()
+            raise ValueError(f"{uri}:row {line_no}: invalid JSON ({err})") from err
         if not isinstance(row, dict):
             raise ValueError(f"{uri}:row {line_no}: expected a JSON object, got {type(row).__name__}")
         missing = [c for c in REQUIRED_COLUMNS if c not in row]

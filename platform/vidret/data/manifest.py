@@ -18,7 +18,8 @@ Schema (``MANIFEST_SCHEMA``): ``video_id`` string, ``video_uri`` string, ``capti
    their default URI (``on_missing="keep"``, the decoder then reports them as ``missing``). Custom tables may
    name files outside ``videos``: each such parent directory is listed once.
 
-Errors: malformed annotations raise ``ValueError`` naming file and row/field; I/O failures raise
+Errors: malformed annotations (including text that cannot be stored as UTF-8, e.g. a JSON ``\\ud800``
+escape) raise ``ValueError`` naming file and row/field; I/O failures raise
 ``StorageError`` from ``vidret.storage``. Nothing else is raised on bad input.
 """
 
@@ -149,13 +150,28 @@ class _Row:
     captions: list[str]
 
 
+def _unicode(text: str, where: str, what: str) -> str:
+    """``text`` if it can be stored as UTF-8; a JSON ``\\ud800`` escape or a pickled str can hold a lone
+    surrogate, which Parquet cannot store: ``ValueError`` naming where it came from."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{where}: {what} is not valid Unicode (unpaired surrogate {text[err.start]!r} at character "
+            f"{err.start}); expected text that can be stored as UTF-8"
+        ) from None
+    return text
+
+
 def _clean(records: list[AnnRecord], report: ManifestReport) -> list[_Row]:
     """Strip captions, drop empty ones, drop captionless records, resolve duplicate ids (module docstring)."""
     rows: dict[str, _Row] = {}
     for rec in records:
+        _unicode(rec.video_id, rec.where, "video id")
+        _unicode(rec.video_rel, rec.where, "video path")
         captions = []
         for cap in rec.captions:
-            text = cap.text.strip()
+            text = _unicode(cap.text, cap.where, "caption").strip()
             if text:
                 captions.append(text)
             else:

@@ -57,11 +57,15 @@ _MAX_INPUT_BLOCK_ROWS = 1024  # rows per input block at most (one object in the 
 _BLOCKS_PER_ACTOR = 8  # input blocks per decode actor at least, so every actor has work
 
 
+LOCAL_RAY_HOST = "127.0.0.1"  # a local instance is reachable from this machine only
+
+
 def ensure_ray(run: RunConfig) -> None:
     """Connect to (``run.ray_address``, or ``RAY_ADDRESS`` inside ``ray job submit``) or start a local Ray.
 
-    A local instance uses ``address="local"`` so a stale cluster file is never picked up (ray-notes P15).
-    Does nothing when Ray is already initialised.
+    A local instance uses ``address="local"`` so a stale cluster file is never picked up (ray-notes P15), has
+    no dashboard, and binds every Ray process (GCS, raylet, agents, workers) to ``127.0.0.1``: see
+    :func:`_init_local_ray`. Does nothing when Ray is already initialised.
     """
     ctx = ray.data.DataContext.get_current()  # periodic log lines instead of redrawn bars (job logs, CI)
     ctx.enable_progress_bars = False
@@ -73,7 +77,27 @@ def ensure_ray(run: RunConfig) -> None:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(address="local", num_cpus=run.num_cpus, include_dashboard=False)
+        _init_local_ray(run.num_cpus)
+
+
+def _init_local_ray(num_cpus: int | None) -> None:
+    """``ray.init`` of a local instance bound to loopback.
+
+    On Linux Ray replaces a loopback ``_node_ip_address`` with the machine's routable address, so its GCS,
+    raylet and agents would listen on every interface, unless its cluster mode is off
+    (``ray._private.services.get_node_ip_address``; the flag is ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``, read at
+    import). The flag is switched off for this call only: a later connection to a real cluster in the same
+    process must still see the routable address.
+    """
+    from ray._private import ray_constants  # noqa: PLC0415 - the one private switch, pinned with ray
+
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host=LOCAL_RAY_HOST,
+                 _node_ip_address=LOCAL_RAY_HOST)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
 
 
 def _absolute(uri: str) -> str:

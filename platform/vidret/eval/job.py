@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -102,6 +103,7 @@ def run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
     report_inputs = {}
     from vidret.train.cache import load_split  # noqa: PLC0415
 
+    bad_videos = {split: _bad_videos(storage, cache[split]) for split in cfg.eval.splits}
     for split in cfg.eval.splits:
         fs = load_split(storage, cache[split])
         res = evaluate_features(
@@ -112,13 +114,28 @@ def run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
         tables.append(f"{split}:\n" + metrics_table({LABELS[k]: v for k, v in res.metrics.items()}))
         report_inputs[split] = (fs, res)
     summary = {"checkpoint": checkpoint_uri, "stage": exported.get("stage"), "splits": results,
-               "wall_s": round(time.perf_counter() - t0, 1), "out": out_dir}
+               "bad_videos": bad_videos, "wall_s": round(time.perf_counter() - t0, 1), "out": out_dir}
     if cfg.eval.report:  # the report writes its own metrics.json first; the full summary replaces it below
         summary["report"] = _write_report(cfg, storage, out_dir, report_inputs)
     storage.write_text(join(out_dir, "metrics.json"), json.dumps(summary, indent=1, sort_keys=True))
     storage.write_text(join(out_dir, "config.yaml"), dump_yaml(cfg))
     summary["table"] = "\n".join(tables)
     return summary
+
+
+def _bad_videos(storage: Storage, split_uri: str) -> dict[str, Any]:
+    """The videos of a cached split that could not be decoded (masked rows with ``ok`` False in the features):
+    ``{"total", "bad", "bad_fraction", "by_reason", "videos": {uri: reason}}``. Always within
+    ``data.max_bad_fraction``: above it the cache build fails with ``TooManyBadVideosError`` instead."""
+    from vidret.train.cache import read_index  # noqa: PLC0415
+
+    index = read_index(storage, split_uri)
+    if index is None:
+        raise ValueError(f"{split_uri}: no complete feature cache here (index.json missing or shards incomplete)")
+    bad = dict(index.get("bad_videos", {}))
+    total = len(index.get("video_ids", []))
+    return {"total": total, "bad": len(bad), "bad_fraction": len(bad) / total if total else 0.0,
+            "by_reason": dict(Counter(bad.values())), "videos": bad}
 
 
 def _write_report(cfg: Config, storage: Storage, out_dir: str,

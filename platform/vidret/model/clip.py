@@ -255,7 +255,9 @@ def read_clip_weights(uri: str, fmt: WeightsFormat = "auto", storage: Storage | 
         try:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            refused = [line.split(". Please use", 1)[0] for line in lines if line.startswith("WeightsUnpickler")]
+            first = (refused or lines or [type(e).__name__])[0][:200]  # which global was refused, if said
             raise ValueError(
                 f"CLIP weights {uri}: refused to load, not a plain tensor checkpoint (it would need to run "
                 f"pickled code or is corrupt): {first}"

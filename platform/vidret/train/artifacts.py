@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from vidret.storage import Storage, join
-from vidret.train.checkpoint import META_FILE, STATE_FILE, load_checkpoint, read_meta, save_checkpoint
+from vidret.train.checkpoint import (
+    META_FILE,
+    STATE_FILE,
+    CheckpointError,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
 
 
 def upload_checkpoint(local_dir: str | Path, uri: str, storage: Storage) -> str:
@@ -35,11 +42,21 @@ def save_state(uri: str, state: dict[str, Any], storage: Storage) -> str:
 
 
 def load_state(uri: str, storage: Storage) -> dict[str, Any]:
-    """Download and verify the checkpoint at ``uri`` and load it (tensors only, ``weights_only``)."""
+    """Download and verify the checkpoint at ``uri`` and load it (tensors only, ``weights_only``).
+
+    ``CheckpointError`` (corrupt, incomplete, or a pickle that would run code) names the files under ``uri``,
+    not the temporary download.
+    """
     with tempfile.TemporaryDirectory(prefix="vidret-ckpt-") as tmp:
         for name in (META_FILE, STATE_FILE):
             (Path(tmp) / name).write_bytes(storage.read_bytes(join(uri, name)))
-        return load_checkpoint(tmp)
+        try:
+            return load_checkpoint(tmp)
+        except CheckpointError as err:
+            msg = str(err)
+            for name in (META_FILE, STATE_FILE):
+                msg = msg.replace(str(Path(tmp) / name), join(uri, name))
+            raise CheckpointError(msg.replace(tmp, uri)) from None
 
 
 def checkpoint_exists(uri: str, storage: Storage) -> bool:

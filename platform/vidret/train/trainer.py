@@ -25,7 +25,14 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from vidret.config import Config, dump_yaml, replace, with_absolute_paths
-from vidret.data.pipeline import SplitRows, build_dataset, check_bad_fraction, load_split, tokenize_rows
+from vidret.data.pipeline import (
+    SplitRows,
+    build_dataset,
+    check_bad_fraction,
+    iter_numpy_batches,
+    load_split,
+    tokenize_rows,
+)
 from vidret.data.pipeline import ensure_ray as pipeline_ensure_ray
 from vidret.data.tokenizer import ClipTokenizer
 from vidret.storage import Storage, is_remote, join
@@ -296,8 +303,12 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
     video_feats = video_ds.map_batches(_Encoder, fn_constructor_kwargs={**encoder, "what": "videos"}, **kwargs)
     writers = {s: (feature_cache.ShardWriter(storage, u, "texts"), feature_cache.ShardWriter(storage, u, "videos"))
                for s, u in uris.items()}
-    for kind, feats, row_key in (("texts", text_feats, "caption_row"), ("videos", video_feats, "video_index")):
-        for batch in feats.iter_batches(batch_size=cfg.eval.batch_size, batch_format="numpy", prefetch_batches=1):
+    # the video pass is read with its bad-video log: past data.max_bad_fraction it raises the typed
+    # TooManyBadVideosError listing them (Ray Data would hand over a wrapped RayTaskError(UserCodeException))
+    passes = (("texts", text_feats, "caption_row", None), ("videos", video_feats, "video_index", log))
+    for kind, feats, row_key, pass_log in passes:
+        for batch in iter_numpy_batches(feats, cfg.eval.batch_size, log=pass_log, total=union.num_videos,
+                                        cfg=cfg.data):
             for split, (t0, t1, v0, v1) in ranges.items():
                 lo, hi = (t0, t1) if kind == "texts" else (v0, v1)
                 sel = (batch[row_key] >= lo) & (batch[row_key] < hi)
