@@ -361,8 +361,11 @@ def write_manifest(result_or_table: ManifestResult | pa.Table, out_uri: str, sto
 def read_manifest(uri: str, storage: Storage) -> pa.Table:
     """Read and validate a manifest written by ``write_manifest``; returns a table with ``MANIFEST_SCHEMA``."""
     data = storage.read_bytes(uri)
-    try:
+    try:  # corrupt bytes surface as Arrow errors, OSError or (undecodable names) UnicodeDecodeError
         table = pq.read_table(pa.BufferReader(data))
-    except (pa.ArrowInvalid, OSError) as err:
+    except (pa.ArrowException, OSError, ValueError, NotImplementedError) as err:
         raise ValueError(f"{uri}: not a readable Parquet manifest ({err})") from err
-    return validate_manifest(table, uri)
+    try:
+        return validate_manifest(table, uri)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{uri}: not a readable Parquet manifest ({err})") from err
