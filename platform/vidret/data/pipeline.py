@@ -21,6 +21,7 @@ of training on a shrinking dataset. Memory stays bounded by Ray Data's streaming
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -95,9 +96,17 @@ def _init_local_ray(num_cpus: int | None) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host=LOCAL_RAY_HOST,
-                 _node_ip_address=LOCAL_RAY_HOST)
+                 _node_ip_address=LOCAL_RAY_HOST,
+                 runtime_env={"worker_process_setup_hook": "vidret.data.pipeline.quiet_local_ray_logs"})
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
+def quiet_local_ray_logs() -> None:
+    """Worker setup hook of the local Ray: silence Ray Train's placement-group cleaner, which asks the state
+    API (served by the dashboard, which a local instance does not start) about the Train controller every
+    second and logs a warning each time it cannot. Errors still show."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def _absolute(uri: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -58,6 +59,13 @@ class _GenerationStep(nn.Module):
         return self.model.generation_loss(local, gathered, pos_BG, row_offset=row_offset, t_B=t_B,
                                           noise_t2v_BK=noise_t2v_BK, noise_v2t_BK=noise_v2t_BK)
 
+
+
+def _say(line: str) -> None:
+    """One progress line on this worker's stdout (forwarded to the driver by Ray). Not ``print``: Ray Train
+    patches it to write to stdout *and* its logger, so every line reached the driver twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -189,7 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         start_step, best, best_state = int(state["step"]), dict(state["best"]), state.get("best_state")
         restore_rng(state["rng"])
         if rank == 0:
-            print(f"[train] resuming {tcfg.stage} at step {start_step}/{total_steps}", flush=True)
+            _say(f"[train] resuming {tcfg.stage} at step {start_step}/{total_steps}")
 
     step_module: nn.Module = _GenerationStep(model) if tcfg.stage == "generation" else model
     ddp = prepare_model(step_module, parallel_strategy_kwargs={"find_unused_parameters": True})
@@ -256,8 +264,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics["data_wait_s"] = wait
             t_last, wait = now, 0.0
             if rank == 0:
-                print(f"[train] {tcfg.stage} step {done}/{total_steps} loss {loss_value:.4f} "
-                      f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.1f} samples/s", flush=True)
+                _say(f"[train] {tcfg.stage} step {done}/{total_steps} loss {loss_value:.4f} "
+                     f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.1f} samples/s")
         if end_of_epoch and rank == 0 and val is not None:
             scores = _val_score(model, val, cfg, ema)
             metrics.update(scores)
@@ -267,9 +275,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 best = {"score": score, "step": done, "source": source}
                 best_state = _selected_state(model, ema, source)
             metrics.update(best_val_t2v_R1=best["score"], best_step=best["step"])
-            print(f"[train] epoch {done // steps_per_epoch} val t2v R@1 model {scores['val_model_t2v_R1']:.2f} "
-                  f"ema {scores['val_ema_t2v_R1']:.2f} (best {best['score']:.2f} at step {best['step']}, "
-                  f"{best['source']})", flush=True)
+            _say(f"[train] epoch {done // steps_per_epoch} val t2v R@1 model {scores['val_model_t2v_R1']:.2f} "
+                 f"ema {scores['val_ema_t2v_R1']:.2f} (best {best['score']:.2f} at step {best['step']}, "
+                 f"{best['source']})")
         if writer is not None:
             for key, value in metrics.items():
                 writer.add_scalar(f"{tcfg.stage}/{key}", value, done)
