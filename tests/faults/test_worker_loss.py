@@ -100,16 +100,17 @@ class _KillWhileHeld(threading.Thread):
     """Once ``hold`` holds its read and ``ready()`` is true, SIGKILLs every Ray process whose title has
     ``marker``, then releases the read (always: the pipeline never hangs on the proxy)."""
 
-    def __init__(self, hold: _Hold, marker: str, ready: Callable[[], int] = lambda: 1) -> None:
+    def __init__(self, hold: _Hold, marker: str, ready: Callable[[], int] = lambda: 1,
+                 snapshot: Callable[[], int] | None = None) -> None:
         super().__init__(daemon=True)
-        self.hold, self.marker, self.ready = hold, marker, ready
+        self.hold, self.marker, self.ready, self.snapshot = hold, marker, ready, snapshot or ready
         self.killed: list[int] = []
-        self.ready_at_kill = 0  # what ``ready()`` said when the kill went out
+        self.ready_at_kill = 0  # what ``snapshot()`` said when the kill went out
 
     def run(self) -> None:
         try:
             if self.hold.reached.wait(self.hold.timeout_s) and wait_until(self.ready, 120):
-                self.ready_at_kill = self.ready()
+                self.ready_at_kill = self.snapshot()
                 for pid in ray_pids(self.marker):
                     os.kill(pid, signal.SIGKILL)
                     self.killed.append(pid)
@@ -203,8 +204,12 @@ def test_encoder_actor_sigkill_mid_pass_features_complete_and_equal(
     monkeypatch.setattr(cache.ShardWriter, "add", counting_add)
     train = read_manifest(str(corpus.manifest / "train.parquet"), Storage())
     hold = pb.proxy.policy = _Hold(Path(train.column("video_uri")[HELD].as_py()).name)
-    # the train videos come first in the video pass: the first features are written, the rest wait on the hold
-    killer = _KillWhileHeld(hold, ENCODER_ACTOR, ready=lambda: delivered["videos"])
+    # the train videos come first in the video pass: the kill goes out once the decode of the held video waits
+    # and the encoder actor is up, so the held video's features (at least) come from the restarted actor. (Not
+    # "once some features were written": the held video may share its decode block with those before it, and
+    # on a loaded machine a client timeout and retry got past the hold first, so the kill came after the pass.)
+    killer = _KillWhileHeld(hold, ENCODER_ACTOR, ready=lambda: ray_pids(ENCODER_ACTOR),
+                            snapshot=lambda: delivered["videos"])
     faults.inject("worker_loss", "SIGKILL the feature-encoder actor half-way through the video pass")
     killer.start()
     run_evaluation(cfg, reference.init)
