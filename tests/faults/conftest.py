@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fault_helpers import ProxiedBucket
 from s3proxy import FaultProxy
 
 from vidret.config import StorageConfig
@@ -102,14 +103,6 @@ def fault_proxy(moto_server: str) -> Iterator[FaultProxy]:
         proxy.close()
 
 
-@dataclass(frozen=True)
-class ProxiedBucket:
-    storage: StorageConfig  # endpoint = the proxy; 2 retries, fast backoff
-    direct: StorageConfig  # endpoint = moto itself (to inspect what the server really holds)
-    root: str  # s3://<bucket>
-    proxy: FaultProxy
-
-
 @pytest.fixture
 def proxied_bucket(s3_bucket: tuple[StorageConfig, str], fault_proxy: FaultProxy) -> ProxiedBucket:
     """A fresh bucket reached through the fault proxy, with ``max_retries=2`` and a 20 ms backoff base."""
@@ -128,16 +121,8 @@ def fault_ray(moto_server: str) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    old = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.25"  # faster worker-failure detection in Ray Train
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 << 20,
-             log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
+    from train_helpers import local_ray  # noqa: PLC0415 - importable once INTEGRATION_DIR is on sys.path
+
+    with local_ray(object_store_memory=256 << 20):
+        ray.data.DataContext.get_current().enable_progress_bars = False
         yield
-    finally:
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
-        else:
-            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = old

@@ -1,26 +1,18 @@
-"""Helpers of the fault tests: Ray worker processes of this driver's local Ray, polling."""
+"""Helpers of the fault tests: the proxied bucket, polling (Ray process lookup is ``train_helpers.ray_pids``).
+
+Shared types live here, not in ``conftest.py``: ``from conftest import ...`` would find another directory's
+conftest module when pytest collects several test folders in one session."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from s3proxy import FaultProxy
 
-def ray_pids(marker: str) -> list[int]:
-    """Live processes below this one (our local Ray's workers) whose command line contains ``marker``."""
-    import psutil
-    import ray  # noqa: F401 - psutil is vendored by ray (ray-notes P16)
-
-    out = []
-    for proc in psutil.Process(os.getpid()).children(recursive=True):
-        try:
-            if marker in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
-                out.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return out
+from vidret.config import StorageConfig
 
 
 def wait_until(cond: Callable[[], Any], timeout_s: float, poll_s: float = 0.05) -> Any:
@@ -32,3 +24,11 @@ def wait_until(cond: Callable[[], Any], timeout_s: float, poll_s: float = 0.05) 
             return value
         time.sleep(poll_s)
     return None
+
+
+@dataclass(frozen=True)
+class ProxiedBucket:
+    storage: StorageConfig  # endpoint = the proxy; 2 retries, fast backoff
+    direct: StorageConfig  # endpoint = moto itself (to inspect what the server really holds)
+    root: str  # s3://<bucket>
+    proxy: FaultProxy

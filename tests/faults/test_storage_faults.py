@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fault_helpers import ProxiedBucket
 from s3proxy import CUT_REQUEST, CUT_RESPONSE, PASS, REFUSE, SLOW_DOWN, Request
 
-from conftest import ProxiedBucket
 from vidret.data.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
 from vidret.eval.report import write_report
 from vidret.storage import Storage, StorageError, StorageNotFoundError, join

@@ -28,13 +28,20 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from fault_helpers import ray_pids, wait_until
+from fault_helpers import ProxiedBucket, wait_until
 from s3proxy import PASS, Request
 from test_evaluate import _export  # random debug weights exported as a checkpoint
 from test_train import _assert_resumed, _Killer  # the stage-1 kill test's killer and resume check
-from train_helpers import SPLITS, Corpus, final_checkpoint, make_corpus, small_config, train_worker_pids
+from train_helpers import (
+    SPLITS,
+    Corpus,
+    final_checkpoint,
+    make_corpus,
+    ray_pids,
+    small_config,
+    train_worker_pids,
+)
 
-from conftest import ProxiedBucket
 from vidret.config import Config, DataConfig, replace
 from vidret.data.decode import decode_with_config
 from vidret.data.manifest import read_manifest, write_manifest

@@ -30,6 +30,7 @@ from train_helpers import (
     changed_keys,
     exported,
     final_checkpoint,
+    local_ray,
     make_corpus,
     max_abs_diff,
     read_scalars,
@@ -51,7 +52,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 STAGE1_STEPS = 8
 STAGE2_STEPS = 8
-HEALTH_CHECK_S = "0.25"
 # 1 vs 2 workers: the same global batch, but sums over ranks in another order (gather, all-reduce, DDP
 # averaging), so float32 rounding differs and Adam's normalisation amplifies it where gradients are ~0 (stage 2's
 # fresh denoisers). Measured: loss 2e-7 relative; the runs end 9e-6 (stage 1) and 2.4e-4 (stage 2) of a
@@ -73,17 +73,8 @@ def train_ray() -> Iterator[None]:
             )
         yield
         return
-    old = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = HEALTH_CHECK_S  # inherited by the controller actor
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_ray():
         yield
-    finally:
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
-        else:
-            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = old
 
 
 @pytest.fixture(scope="module")

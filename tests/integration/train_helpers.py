@@ -7,13 +7,15 @@ Nothing here starts Ray; the tests' module fixture and the benchmark do.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -196,20 +198,44 @@ def changed_keys(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]
 
 
 # -- Ray Train workers of this driver's local Ray instance -------------------------------------------------
-def train_worker_pids() -> list[int]:
-    """PIDs of live Ray Train worker processes below this process (a local Ray instance started here runs
-    its raylet, and so its workers, as our descendants: other users' Ray instances are never matched)."""
+def ray_pids(marker: str) -> list[int]:
+    """PIDs of live processes below this one whose command line contains ``marker`` (a local Ray instance
+    started here runs its raylet, and so its workers, as our descendants: other users' Ray instances are never
+    matched)."""
     importlib.import_module("ray")  # psutil is vendored by ray: importable only after it (ray-notes P16)
     psutil = importlib.import_module("psutil")
 
     pids = []
     for proc in psutil.Process(os.getpid()).children(recursive=True):
         try:
-            if TRAIN_WORKER_CLASS in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+            if marker in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
                 pids.append(proc.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return pids
+
+
+def train_worker_pids() -> list[int]:
+    """PIDs of this driver's live Ray Train worker processes."""
+    return ray_pids(TRAIN_WORKER_CLASS)
+
+
+@contextlib.contextmanager
+def local_ray(**init_kwargs: Any) -> Iterator[None]:
+    """A local 2-CPU Ray instance (no dashboard, worker logs kept off the driver) with Ray Train's worker
+    health check every 0.25 s, so a killed worker is noticed at once; restores the environment after."""
+    ray = importlib.import_module("ray")
+    old = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.25"  # inherited by the Train controller actor
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, **init_kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
+        else:
+            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = old
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float, poll_s: float = 0.02) -> bool:
