@@ -223,6 +223,16 @@ def _as_state_dict(obj: object, uri: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def unpickling_refusal(err: pickle.UnpicklingError) -> str:
+    """The line of a refused ``torch.load(weights_only=True)`` that names the refused global (torch's message
+    also carries bypass advice, which we do not repeat); else its last line. At most 200 characters."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return line.split(". Please use", 1)[0][:200]
+    return lines[-1][:200] if lines else type(err).__name__
+
+
 def read_clip_weights(uri: str, fmt: WeightsFormat = "auto", storage: Storage | None = None) -> ClipWeights:
     """Read a CLIP state dict from ``uri`` (local path, ``file://`` or an object-storage URI).
 
@@ -255,9 +265,7 @@ def read_clip_weights(uri: str, fmt: WeightsFormat = "auto", storage: Storage | 
         try:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            refused = [line.split(". Please use", 1)[0] for line in lines if line.startswith("WeightsUnpickler")]
-            first = (refused or lines or [type(e).__name__])[0][:200]  # which global was refused, if said
+            first = unpickling_refusal(e)
             raise ValueError(
                 f"CLIP weights {uri}: refused to load, not a plain tensor checkpoint (it would need to run "
                 f"pickled code or is corrupt): {first}"

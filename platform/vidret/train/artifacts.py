@@ -52,11 +52,8 @@ def load_state(uri: str, storage: Storage) -> dict[str, Any]:
             (Path(tmp) / name).write_bytes(storage.read_bytes(join(uri, name)))
         try:
             return load_checkpoint(tmp)
-        except CheckpointError as err:
-            msg = str(err)
-            for name in (META_FILE, STATE_FILE):
-                msg = msg.replace(str(Path(tmp) / name), join(uri, name))
-            raise CheckpointError(msg.replace(tmp, uri)) from None
+        except CheckpointError as err:  # <tmp>/state.pt -> <uri>/state.pt
+            raise CheckpointError(str(err).replace(tmp, uri)) from None
 
 
 def checkpoint_exists(uri: str, storage: Storage) -> bool:

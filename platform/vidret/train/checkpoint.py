@@ -63,15 +63,6 @@ def _check_safe(obj: Any, where: str) -> None:
     )
 
 
-def _unpickler_reason(err: pickle.UnpicklingError) -> str:
-    """The line of a refused ``weights_only`` load that says which global was refused (else its last line)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith("WeightsUnpickler error:"):
-            return line.split(". Please use", 1)[0][:200]
-    return lines[-1][:200] if lines else type(err).__name__
-
-
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -200,7 +191,9 @@ def load_checkpoint(
     try:
         state = torch.load(state_path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = _unpickler_reason(e)
+        from vidret.model.clip import unpickling_refusal  # noqa: PLC0415 - open_clip only on this error path
+
+        first = unpickling_refusal(e)
         raise CheckpointError(
             f"{state_path}: refused: the pickle would construct objects that weights_only loading does not "
             f"allow (possibly code execution); {first}"
