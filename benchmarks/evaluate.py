@@ -12,8 +12,8 @@ as a cross-check. The timed path is the job's: ``evaluate_features`` with ``rera
 in process) as its re-ranking, stage-1 and re-ranked metrics of both directions.
 
 ``rerank_vs_loop``: the job's vectorised re-ranking (the functions ``rerank_distributed`` runs: ``topk``
-candidates, conditioning and prepared projections once per 256-query chunk, DDIM steps of
-``CandidateDenoiser.step``, one ``scatter_add_`` fusion) against the released code's structure (method §4):
+candidates, conditioning and sampling tables once per 256-query chunk, DDIM steps of
+``CandidateDenoiser.sample_step``, one ``scatter_add_`` fusion) against the released code's structure (method §4):
 per 32 queries, per-query ``topk`` and a Python gather of every candidate's features, ``ddim_sample`` calling
 the denoiser module's full forward (frame attention + every projection) at each step, and one scalar ``+=``
 per (query, candidate). Both directions, at the method's width D = 512 (headline) and the tiny D = 128. The
@@ -462,9 +462,11 @@ def main(argv: list[str] | None = None) -> int:
         "rerank_vs_loop_same_subset times the vectorised functions on that subset only. Outputs are asserted "
         "equal (max abs diff < 1e-4: the loop's full forward and the prepared step differ by float summation "
         "order). Times are the best of --repeat runs (loop: one fewer) on a possibly shared machine.",
-        "Why the ratio grows with D: the loop's step costs ~7 K D^2 per query; the vectorised step ~3 D^2 + "
-        "6 K D plus memory-bound elementwise passes over the (chunk, K, 2D) decoder tensor, after a one-off "
-        "~5 K D^2 prepare. At D = 128 those elementwise passes weigh relatively more.",
+        "Why the ratio grows with D: the loop's step costs ~7 K D^2 multiply-adds per query; the vectorised "
+        "step (CandidateDenoiser.sample_step) one (D, 2D) matmul (2 D^2), an alpha-weighted sum of the K "
+        "candidates and three elementwise passes over the (K, 2D) decoder hidden layer (in L2-sized row "
+        "blocks), after a one-off 2-3 K D^2 prepare_sampling per query that also tables every c(t) term of "
+        "the T steps. At D = 128 the per-step elementwise passes and op overheads weigh relatively more.",
     ]
     print(json.dumps(report, indent=2))
     return 0

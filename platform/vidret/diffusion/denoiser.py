@@ -20,6 +20,9 @@ Two evaluation paths give the same numbers up to float summation order:
   candidate-sized projections are step-invariant. ``prepare`` computes them once (DDIM: once per chunk
   of queries for all steps); ``step`` only adds the per-row (B, D) terms of cond(t) and h. Per step that
   is O(B (D^2 + K D)) instead of O(B K D^2). Training uses it too (``RetrievalModel.generation_loss``).
+* ``prepare_sampling`` once, then ``sample_step`` per DDIM step (inference): sampling visits a known set
+  of steps, so the c(t) terms of the attention logits are tabled per step and the value path is folded
+  into the decoder's first layer; a step is one (B, D) x (D, 2D) matmul plus the decoder's hidden layer.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch import Tensor, nn
 from vidret.config import DiffusionConfig
 
 FrameSoftmax = Literal["mask_after", "renormalise"]
+_HIDDEN_BLOCK_ELEMS = 1 << 18  # 1 MiB of float32 decoder hidden per block of sample_step (L2-sized)
 
 
 def init_linear_normal(module: nn.Module, std: float = 0.02) -> None:
@@ -145,11 +149,7 @@ class CandidateDenoiser(nn.Module):
         decoder's first layer with its bias. Differentiable: gradients reach the parameters through
         ``step`` exactly as through ``denoise``.
         """
-        if cand_BKD.ndim != 3 or query_BXD.ndim != 3 or query_BXD.shape[1] not in (1, cand_BKD.shape[1]):
-            raise ValueError(
-                f"denoiser.prepare: expected query (B, 1 or K, D) and candidates (B, K, D), got "
-                f"{tuple(query_BXD.shape)} and {tuple(cand_BKD.shape)}"
-            )
+        _check_query_cand(query_BXD, cand_BKD)
         first = self.decoder[0]
         q_BXD = self.q_proj(query_BXD)
         k_BKD = self.k_proj(cand_BKD)
@@ -197,6 +197,91 @@ class CandidateDenoiser(nn.Module):
         # the one (B, K, E) tensor per step: ReLU in place (autograd-safe after an add) saves a pass over it
         hidden_BKE = (dec_BKE + F.linear(h_BD, first.weight[:, : self.dim])[:, None, :]).relu_()
         return last(hidden_BKE).squeeze(-1) + alpha_BK
+
+    @torch.no_grad()
+    def prepare_sampling(self, query_BXD: Tensor, cand_BKD: Tensor, t_S: Tensor) -> dict[str, Tensor]:
+        """Tables for ``sample_step`` at the known steps ``t_S`` (DDIM inference; no autograd).
+
+        Sampling visits a fixed set of S steps, so every term of the attention logits that involves c(t)
+        is tabled once per chunk: with Q = W_q query, Kc = W_k cand, cq_s = W_q c(t_s), ck_s = W_k c(t_s),
+        ``logit_SBK``[s, b, k] = <Q, Kc_k> + <Q, ck_s> + <cq_s, Kc_k> + <cq_s, ck_s>, the bilinear forms
+        computed as cand (W_k^T q) etc. so W_k cand and W_v cand are never formed. The value path folds
+        into the decoder's first layer: W_h (W_p (sum_k alpha_k W_v (cand_k + c)) + b_p) =
+        ``mv_ED`` (sum_k alpha_k cand_k) + (sum_k alpha_k) ``cvh_SE``[s] + W_h b_p with ``mv_ED`` = W_h W_p
+        W_v; W_h b_p goes into ``dec_BKE`` = W_c cand + b + W_h b_p. Same maths as ``step`` up to float
+        summation order; ``t_S`` is sorted and deduplicated.
+        """
+        _check_query_cand(query_BXD, cand_BKD)
+        if t_S.ndim != 1 or t_S.numel() == 0 or t_S.is_floating_point():
+            raise ValueError(f"prepare_sampling: expected a 1-D integer tensor of steps, got {t_S!r}")
+        t_S = torch.unique(t_S)
+        d, (first, _, _) = self.dim, self.decoder
+        w_q, w_k, w_h = self.q_proj.weight, self.k_proj.weight, first.weight[:, : self.dim]
+        cond_SD = self.time_embed(t_S)
+        cq_SD, ck_SD, cv_SD = self.q_proj(cond_SD), self.k_proj(cond_SD), self.v_proj(cond_SD)
+        if query_BXD.shape[1] == 1:  # T2V: one query row; <Q, Kc_k> = <cand_k, W_k^T Q>
+            q_BD = self.q_proj(query_BXD[:, 0])
+            qk_BK = torch.bmm(cand_BKD, (q_BD @ w_k)[:, :, None]).squeeze(-1)
+            qck_BXS = (q_BD @ ck_SD.T)[:, None, :]
+        else:  # V2T: a query row per candidate; <W_q p, W_k c> = <p, W_q^T W_k c>
+            qk_BK = (query_BXD * (cand_BKD @ (w_q.T @ w_k).T)).sum(-1)
+            qck_BXS = query_BXD @ (ck_SD @ w_q).T
+        kcq_BKS = cand_BKD @ (cq_SD @ w_k).T
+        logit_BKS = qk_BK[..., None] + qck_BXS + kcq_BKS + (cq_SD * ck_SD).sum(-1)
+        return {
+            "t_S": t_S,
+            "logit_SBK": logit_BKS.permute(2, 0, 1).contiguous(),  # one contiguous (B, K) slab per step
+            "cand_BKD": cand_BKD,
+            "mv_ED": w_h @ self.proj.weight @ self.v_proj.weight,
+            "cvh_SE": F.linear(cv_SD, self.proj.weight) @ w_h.T,
+            "dec_BKE": F.linear(cand_BKD, first.weight[:, d:], first.bias + w_h @ self.proj.bias),
+        }
+
+    @torch.no_grad()
+    def sample_step(
+        self,
+        x_BK: Tensor,
+        t_B: Tensor,
+        t_S: Tensor,
+        logit_SBK: Tensor,
+        cand_BKD: Tensor,
+        mv_ED: Tensor,
+        cvh_SE: Tensor,
+        dec_BKE: Tensor,
+    ) -> Tensor:
+        """``denoise`` from ``prepare_sampling`` tables, for steps in its ``t_S`` (ValueError otherwise).
+
+        Per call: one (B, D) x (D, E) matmul, one alpha-weighted sum of the candidates and the decoder's
+        (B, K, E) hidden layer, on CPU in row blocks that stay in the L2 cache (that layer is read and
+        written three times; from main memory it took about half the step).
+        """
+        _check_step_shapes(x_BK, t_B, cand_BKD)
+        s_B = torch.searchsorted(t_S, t_B)
+        if bool((s_B >= t_S.numel()).any()) or not torch.equal(t_S[s_B.clamp_max(t_S.numel() - 1)], t_B):
+            raise ValueError(
+                f"sample_step: steps {sorted(set(t_B.tolist()) - set(t_S.tolist()))} were not prepared "
+                f"(prepare_sampling got {t_S.tolist()})"
+            )
+        rows = x_BK.shape[0]
+        alpha_BK = (logit_SBK[s_B, torch.arange(rows, device=x_BK.device)] + x_BK).softmax(dim=-1)
+        pooled_BD = torch.bmm(alpha_BK[:, None, :], cand_BKD).squeeze(1)  # sum_k alpha_k cand_k
+        u_BE = torch.addcmul(F.linear(pooled_BD, mv_ED), alpha_BK.sum(-1, keepdim=True), cvh_SE[s_B])
+        last, e = self.decoder[2], dec_BKE.shape[-1]
+        out_BK = torch.empty_like(x_BK)
+        # CPU: L2-sized row blocks; an accelerator streams the whole layer in one launch per op
+        block = max(1, _HIDDEN_BLOCK_ELEMS // (dec_BKE.shape[1] * e)) if x_BK.device.type == "cpu" else rows
+        for s in range(0, rows, block):
+            hidden_bKE = (dec_BKE[s : s + block] + u_BE[s : s + block, None, :]).relu_()
+            torch.mv(hidden_bKE.view(-1, e), last.weight[0], out=out_BK[s : s + block].view(-1))
+        return out_BK + last.bias + alpha_BK
+
+
+def _check_query_cand(query_BXD: Tensor, cand_BKD: Tensor) -> None:
+    if cand_BKD.ndim != 3 or query_BXD.ndim != 3 or query_BXD.shape[1] not in (1, cand_BKD.shape[1]):
+        raise ValueError(
+            f"denoiser.prepare: expected query (B, 1 or K, D) and candidates (B, K, D), got "
+            f"{tuple(query_BXD.shape)} and {tuple(cand_BKD.shape)}"
+        )
 
 
 def _check_step_shapes(x_BK: Tensor, t_B: Tensor, cand_BKD: Tensor) -> None:

@@ -4,8 +4,8 @@ Shape legend: B batch, Q queries, N gallery items, K candidates, F frames, D wid
 
 Everything is vectorised: selection is ``topk`` + ``gather``, fusion is ``scatter_add_``. DDIM runs over
 all queries at once; ``chunk`` only bounds memory. Per chunk the denoiser's conditioning is encoded and
-its candidate-side projections prepared once (``CandidateDenoiser.prepare``); each of the T steps then
-runs only ``CandidateDenoiser.step``. The initial noise of a query depends on (seed, query id) only, so a
+tabled once for the steps DDIM will visit (``CandidateDenoiser.prepare_sampling``); each of the T steps
+then runs only ``CandidateDenoiser.sample_step``. The initial noise of a query depends on (seed, query id) only, so a
 re-ranked matrix does not depend on chunking or worker count.
 
 The text-to-video conditioning never materialises the candidates' frames (Q, K, F, D) (1000 queries x 32
@@ -224,17 +224,18 @@ def _sample_chunks(
     if chunk < 1:
         raise ValueError(f"chunk: expected an integer >= 1, got {chunk}")
     x0 = []
+    steps_S = torch.tensor(diffusion.ddim_timesteps(num_steps), device=like.device)
     for s in range(0, cand_QK.shape[0], chunk):
         rows = slice(s, s + chunk)
         c_CK = cand_QK[rows]
         noise_CK = seeded_noise(ids_Q[rows], c_CK.shape[1], seed, device=like.device).to(like.dtype)
-        # the frame attention and every candidate-sized projection do not depend on the step: encode and
-        # prepare once per chunk, then each DDIM step costs only per-query (C, D) work (denoiser.step)
+        # the frame attention, every candidate-sized projection and every c(t) term of the steps DDIM will
+        # visit are fixed per chunk: encode and table them once, then each step is per-query (C, D) work
         x0.append(
             diffusion.ddim_sample(
-                denoiser.step,
+                denoiser.sample_step,
                 c_CK.shape,
-                denoiser.prepare(**cond_of(rows, c_CK)),
+                denoiser.prepare_sampling(**cond_of(rows, c_CK), t_S=steps_S),
                 noise=noise_CK,
                 clip_denoised=clip_denoised,
                 num_steps=num_steps,

@@ -206,3 +206,67 @@ def test_prepare_and_step_reject_bad_shapes() -> None:
     cache = model.prepare(**enc)
     with pytest.raises(ValueError, match=r"x \(B, K\)"):
         model.step(inp["x_BK"][:, :2], inp["t_B"], **cache)
+
+
+def _random_biases(model: CandidateDenoiser, seed: int) -> CandidateDenoiser:
+    # the upstream init zeroes every bias; the sampling tables fold proj's and the decoder's biases
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+@pytest.mark.parametrize("direction", ["t2v", "v2t"])
+@pytest.mark.parametrize("mode", ["mask_after", "renormalise"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sample_step_equals_reference_forward(direction: str, mode: str, dtype: torch.dtype) -> None:
+    model, inp, enc = _pair(direction, mode, dtype, seed=12)
+    _random_biases(model, seed=13)
+    tables = model.prepare_sampling(**enc, t_S=torch.tensor([49, 0, 7, 20, 7, 3, 1, 2]))
+    assert tables["t_S"].tolist() == [0, 1, 2, 3, 7, 20, 49]  # sorted, deduplicated
+    assert tables["logit_SBK"].shape == (7, B, K) and tables["dec_BKE"].shape == (B, K, 2 * D)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    # one step for all rows (DDIM) and a different step per row, at other noisy states too
+    for t, scale in (([7, 7, 7], 1.0), ([7, 0, 49], 1.0), ([20, 3, 1], -2.0), ([2, 2, 49], 0.5)):
+        t_B, x_BK = torch.tensor(t), inp["x_BK"] * scale
+        ref = model(**dict(inp, x_BK=x_BK, t_B=t_B))
+        out = model.sample_step(x_BK, t_B, **tables)
+        torch.testing.assert_close(out, ref, **tol)
+        torch.testing.assert_close(out, model.step(x_BK, t_B, **model.prepare(**enc)), **tol)
+    # the tables do depend on the step and on the candidates
+    base = model.sample_step(inp["x_BK"], torch.tensor([7, 7, 7]), **tables)
+    assert not torch.allclose(model.sample_step(inp["x_BK"], torch.tensor([20, 20, 20]), **tables), base)
+    other = model.prepare_sampling(enc["query_BXD"], enc["cand_BKD"].flip(1), t_S=torch.tensor([7]))
+    assert not torch.allclose(model.sample_step(inp["x_BK"], torch.tensor([7, 7, 7]), **other), base)
+
+
+def test_sample_step_row_blocks_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vidret.diffusion.denoiser as denoiser_mod
+
+    model, inp, enc = _pair("t2v", "mask_after", torch.float64, seed=14)
+    _random_biases(model, seed=15)
+    tables = model.prepare_sampling(**enc, t_S=torch.arange(50))
+    whole = model.sample_step(inp["x_BK"], inp["t_B"], **tables)
+    for rows in (1, 2):  # blocks of 1 and 2 rows over B = 3 (a short last block); gemv may sum differently
+        monkeypatch.setattr(denoiser_mod, "_HIDDEN_BLOCK_ELEMS", rows * K * 2 * D)
+        out = model.sample_step(inp["x_BK"], inp["t_B"], **tables)
+        torch.testing.assert_close(out, whole, rtol=1e-13, atol=1e-13)
+
+
+def test_sample_step_rejects_unprepared_steps_and_bad_tables() -> None:
+    model, inp, enc = _pair("v2t", "mask_after", torch.float32, seed=16)
+    tables = model.prepare_sampling(**enc, t_S=torch.tensor([0, 7, 49]))
+    with pytest.raises(ValueError, match=r"steps \[5\] were not prepared"):
+        model.sample_step(inp["x_BK"], torch.tensor([7, 5, 0]), **tables)
+    with pytest.raises(ValueError, match=r"steps \[50\] were not prepared"):
+        model.sample_step(inp["x_BK"], torch.tensor([50, 50, 50]), **tables)
+    with pytest.raises(ValueError, match=r"x \(B, K\)"):
+        model.sample_step(inp["x_BK"][:, :2], inp["t_B"], **tables)
+    with pytest.raises(ValueError, match="1-D integer tensor of steps"):
+        model.prepare_sampling(**enc, t_S=torch.tensor([0.0, 7.0]))
+    with pytest.raises(ValueError, match="1-D integer tensor of steps"):
+        model.prepare_sampling(**enc, t_S=torch.tensor([], dtype=torch.long))
+    with pytest.raises(ValueError, match=r"query \(B, 1 or K, D\)"):
+        model.prepare_sampling(enc["query_BXD"][:, :2], enc["cand_BKD"], t_S=torch.tensor([0]))
