@@ -11,11 +11,11 @@ import pyarrow as pa
 import pytest
 
 from vidret.config import DataConfig
-from vidret.data.batches import MODEL_COLUMNS, split_rows
+from vidret.data.batches import MODEL_COLUMNS, SplitRows, split_rows
 from vidret.data.check import TooManyBadVideosError
 from vidret.data.decode import decode_with_config
 from vidret.data.manifest import MANIFEST_SCHEMA
-from vidret.data.pipeline import build_dataset, check_bad_fraction, iter_numpy_batches
+from vidret.data.pipeline import build_dataset, check_bad_fraction, check_bad_fractions, iter_numpy_batches
 from vidret.data.tokenizer import ClipTokenizer
 from vidret.storage import Storage, join
 
@@ -126,6 +126,31 @@ def test_bad_videos_are_skipped_and_reported(small_corpus, tmp_path: Path) -> No
     assert sorted(got["video_index"].tolist()) == list(range(small_corpus["manifest"].num_rows))
     report = check_bad_fraction(log, rows.num_videos, cfg)
     assert report["bad"] == bad and report["seen"] == table.num_rows
+
+
+def test_bad_videos_over_worker_shards_count_once_against_the_videos(small_corpus, tmp_path: Path) -> None:
+    """Stage 1 gives each training worker its own shard of one split: a bad video read on two shards is one
+    bad video, and the budget is a fraction of the split's videos (not of its caption rows)."""
+    table, bad = _with_bad_rows(small_corpus["manifest"], tmp_path)
+    rows = split_rows(table, "all", pairs=False)
+    n_good, (garbage, _, missing) = small_corpus["manifest"].num_rows, list(bad)
+    uri_at = {u: i for i, u in enumerate(rows.table.column("video_uri").to_pylist())}
+    shards = [list(range(0, 6)) + [uri_at[u] for u in bad], list(range(6, n_good)) + [uri_at[garbage], uri_at[missing]]]
+    cfg = DataConfig(**{**CFG.__dict__, "max_bad_fraction": 0.25})  # budget floor(15 * 0.25) = 3 videos
+    logs = []
+    for idx, n_bad in zip(shards, (3, 2), strict=True):
+        shard = SplitRows(table=rows.table.take(pa.array(idx)), num_videos=rows.num_videos)
+        ds, log = build_dataset(shard, cfg, Storage(), tokenize=False, drop_bad=False)
+        assert (~_collect((ds, log), rows.num_videos, cfg)["ok"]).sum() == n_bad
+        logs.append(log)
+    report = check_bad_fractions(logs, rows.num_videos, cfg)  # 5 failed rows, 3 distinct videos: within
+    assert report["bad"] == bad and len(report["failures"]) == 3
+    assert report["seen"] == sum(map(len, shards)) and report["total"] == rows.num_videos == 15
+    assert report["bad_fraction"] == pytest.approx(3 / 15)
+    # one video fewer in the budget fails, listing all three
+    with pytest.raises(TooManyBadVideosError) as info:
+        check_bad_fractions(logs, rows.num_videos, DataConfig(**{**cfg.__dict__, "max_bad_fraction": 0.19}))
+    assert info.value.bad == bad
 
 
 def test_bad_rows_can_be_kept_with_ok_false(small_corpus, tmp_path: Path) -> None:

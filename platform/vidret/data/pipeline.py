@@ -48,7 +48,8 @@ from vidret.data.prepare import PrepareSettings, plan_outputs, prepare_one
 from vidret.storage import Storage, is_remote, join, parse_uri
 
 __all__ = [
-    "BadVideoLog", "SplitRows", "TooManyBadVideosError", "build_dataset", "check_bad_fraction", "decode_rows",
+    "BadVideoLog", "SplitRows", "TooManyBadVideosError", "build_dataset", "check_bad_fraction", "check_bad_fractions",
+    "decode_rows",
     "ensure_ray", "iter_numpy_batches", "load_split", "prepare_splits", "run_check", "run_prepare", "split_rows",
     "tokenize_rows",
 ]
@@ -258,10 +259,24 @@ def build_dataset(rows: SplitRows, cfg: DataConfig, storage: Storage, *, tokeniz
 def check_bad_fraction(log: Any, total: int, cfg: DataConfig) -> dict[str, Any]:
     """What ``log`` recorded: ``{"seen", "bad": {uri: reason}, "failures": [...], "total", "bad_fraction"}``;
     raises ``TooManyBadVideosError`` listing them when more than ``cfg.max_bad_fraction`` of ``total`` failed."""
-    failures = ray.get(log.failures.remote())
-    bad = {f["video_uri"]: f["reason"] for f in failures}
+    return check_bad_fractions([log], total, cfg)
+
+
+def check_bad_fractions(logs: Sequence[Any], total: int, cfg: DataConfig) -> dict[str, Any]:
+    """:func:`check_bad_fraction` over several pipelines reading shards of one split (one per training worker).
+
+    A video whose rows landed on two shards counts once (first failure kept), ``seen`` adds up the shards'
+    rows, and the budget is ``cfg.max_bad_fraction`` of ``total``, the split's distinct videos, as in the
+    decode stage's fail-fast check.
+    """
+    failures: dict[str, dict[str, Any]] = {}
+    for per_log in ray.get([log.failures.remote() for log in logs]):
+        for f in per_log:
+            failures.setdefault(f["video_uri"], f)
+    bad = {uri: f["reason"] for uri, f in failures.items()}
     enforce_budget(bad, total, cfg.max_bad_fraction)
-    return {"seen": ray.get(log.rows_seen.remote()), "bad": bad, "failures": failures, "total": total,
+    seen = sum(ray.get([log.rows_seen.remote() for log in logs]))
+    return {"seen": seen, "bad": bad, "failures": list(failures.values()), "total": total,
             "bad_fraction": len(bad) / total if total else 0.0}
 
 

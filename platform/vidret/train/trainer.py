@@ -29,6 +29,7 @@ from vidret.data.pipeline import (
     SplitRows,
     build_dataset,
     check_bad_fraction,
+    check_bad_fractions,
     iter_numpy_batches,
     load_split,
     tokenize_rows,
@@ -184,12 +185,14 @@ def _run_stage1(cfg: Config, storage: Storage) -> dict[str, Any]:
     loop_config = {"cfg": cfg, "plan_rows": plan.rows_S_B, "steps_per_epoch": plan.steps_per_epoch,
                    "tb_dir": _tb_dir(cfg, "discrimination")}
     result = _fit(cfg, storage, loop_config, datasets, "discrimination")
-    bad = [check_bad_fraction(log, train.table.num_rows, cfg.data) for log in logs]
+    # one verdict over the workers' shards: a bad video whose captions landed on two workers counts once,
+    # against the split's distinct videos (the decode stage's fail-fast budget), not its caption rows
+    bad = check_bad_fractions(logs, train.num_videos, cfg.data)
     uri, key = _export(result, cfg, storage, "discrimination")
     _log(f"[train] stage 1 weights -> {uri} (key {key})")
     cache = build_feature_cache(cfg, storage, uri, key)
     return {"stage": "discrimination", "weights": uri, "key": key, "cache": cache, "steps": plan.total_steps,
-            "metrics": result.metrics, "bad_videos": sum(len(b["bad"]) for b in bad)}
+            "metrics": result.metrics, "bad_videos": len(bad["bad"]), "bad_videos_by_uri": bad["bad"]}
 
 
 def _tb_dir(cfg: Config, stage: str) -> str | None:
