@@ -214,7 +214,7 @@ class CandidateDenoiser(nn.Module):
         _check_query_cand(query_BXD, cand_BKD)
         if t_S.ndim != 1 or t_S.numel() == 0 or t_S.is_floating_point():
             raise ValueError(f"prepare_sampling: expected a 1-D integer tensor of steps, got {t_S!r}")
-        t_S = torch.unique(t_S)
+        t_S = torch.unique(t_S.long())
         d, (first, _, _) = self.dim, self.decoder
         w_q, w_k, w_h = self.q_proj.weight, self.k_proj.weight, first.weight[:, : self.dim]
         cond_SD = self.time_embed(t_S)
@@ -256,8 +256,8 @@ class CandidateDenoiser(nn.Module):
         written three times; from main memory it took about half the step).
         """
         _check_step_shapes(x_BK, t_B, cand_BKD)
-        s_B = torch.searchsorted(t_S, t_B)
-        if bool((s_B >= t_S.numel()).any()) or not torch.equal(t_S[s_B.clamp_max(t_S.numel() - 1)], t_B):
+        s_B = torch.searchsorted(t_S, t_B).clamp_max(t_S.numel() - 1)
+        if bool((t_S[s_B] != t_B).any()):
             raise ValueError(
                 f"sample_step: steps {sorted(set(t_B.tolist()) - set(t_S.tolist()))} were not prepared "
                 f"(prepare_sampling got {t_S.tolist()})"
