@@ -87,7 +87,12 @@ def encode_batches(
 
 
 def _t(x: Any) -> Tensor:
-    return x if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x))
+    if isinstance(x, Tensor):
+        return x
+    arr = np.asarray(x)
+    # Ray Data hands batch inference read-only views of the object store, which torch would warn about
+    # (and a tensor over them could write into shared memory): copy those, wrap the others
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 def direction_metrics(

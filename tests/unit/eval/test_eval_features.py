@@ -197,3 +197,35 @@ def test_caption_map_of_the_wrong_length_is_rejected() -> None:
     fs = known_features(S_TV, TEXT_TO_VIDEO)
     with pytest.raises(ValueError, match=r"text_to_video_T has shape \(4,\), expected \(5,\)"):
         FeatureSet(text=fs.text, video=fs.video, text_to_video_T=torch.tensor([0, 0, 1, 2]))
+
+
+def test_encode_batches_reads_read_only_arrays_without_warning(model: RetrievalModel) -> None:
+    """Ray Data hands batch inference read-only views of the object store: same features, no torch warning,
+    and the caller's buffers are not aliased by the returned tensors."""
+    import warnings
+
+    from vidret.eval.retrieval import encode_batches
+
+    rng = np.random.default_rng(0)
+    ids = np.zeros((2, 8), np.int64)
+    ids[:, 0], ids[:, 1:4], ids[:, 4] = 49406, rng.integers(1, 49000, (2, 3)), 49407  # SOT, words, EOT
+    batch = {
+        "text_ids": ids,
+        "text_mask": (ids > 0).astype(np.int64),
+        "video": rng.integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8),
+        "video_mask": np.array([[1, 1, 1], [1, 1, 0]], np.int64),
+        "video_index": np.array([4, 7], np.int64),
+    }
+    frozen = {}
+    for k, v in batch.items():
+        frozen[k] = v.copy()
+        frozen[k].flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the non-writable-array UserWarning would fail here
+        got = encode_batches(model, [frozen])
+    want = encode_batches(model, [batch])
+    assert set(got) == set(want) and "video_index" in got
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    got["video_index"][0] = -1
+    assert frozen["video_index"][0] == 4
