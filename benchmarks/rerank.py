@@ -322,7 +322,7 @@ def inference_section(args: argparse.Namespace, den: T2VDenoiser) -> dict[str, A
     }
 
 
-def _encode_once_denoise_each_step(
+def _earlier_vectorised_rerank(
     sim: Tensor,
     text: Tensor,
     video: Tensor,
@@ -374,13 +374,13 @@ def full_rerank_section(args: argparse.Namespace) -> dict[str, Any]:
         loop_w, loop_c, loop_out = _timed(
             lambda: loop_full_rerank(sim[:sub], text[:sub], video, mask, den, diff, k, 42)
         )
-        once_w, once_c, once_out = _timed(
-            lambda: _encode_once_denoise_each_step(
+        once_w, _, once_out = _timed(
+            lambda: _earlier_vectorised_rerank(
                 sim[:sub], text[:sub], video, mask, den, diff, k, 42, args.chunk
             )
         )
-        prep_w, prep_c, prep_out = _timed(
-            lambda: _encode_once_denoise_each_step(
+        prep_w, _, prep_out = _timed(
+            lambda: _earlier_vectorised_rerank(
                 sim[:sub], text[:sub], video, mask, den, diff, k, 42, args.chunk, prepared=True
             )
         )
