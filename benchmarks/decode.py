@@ -66,9 +66,15 @@ def manifest(paths: list[str], split: str) -> pa.Table:
 
     n = len(paths)
     return pa.table(
-        {"video_id": [Path(p).stem for p in paths], "video_uri": paths,
-         "captions": [[f"a clip number {i} of a red object moving over a texture"] for i in range(n)],
-         "start": [None] * n, "end": [None] * n, "split": [split] * n, "dataset": ["custom"] * n},
+        {
+            "video_id": [Path(p).stem for p in paths],
+            "video_uri": paths,
+            "captions": [[f"a clip number {i} of a red object moving over a texture"] for i in range(n)],
+            "start": [None] * n,
+            "end": [None] * n,
+            "split": [split] * n,
+            "dataset": ["custom"] * n,
+        },
         schema=MANIFEST_SCHEMA,
     )
 
@@ -89,8 +95,10 @@ def bare_decord(paths: list[str]) -> dict[str, float]:
         batch = vr.get_batch(idx.tolist()).asnumpy()
         out = np.stack([frame_to_square(f, SIZE) for f in batch])
         frames += out.shape[0]
-    return {**_rate(len(paths), frames, time.perf_counter() - t),
-            "cpu_s_per_video": round((time.process_time() - cpu) / len(paths), 4)}
+    return {
+        **_rate(len(paths), frames, time.perf_counter() - t),
+        "cpu_s_per_video": round((time.process_time() - cpu) / len(paths), 4),
+    }
 
 
 def bare_vidret(paths: list[str]) -> dict[str, float]:
@@ -98,9 +106,13 @@ def bare_vidret(paths: list[str]) -> dict[str, float]:
     from vidret.data.decode import decode_local
 
     t, cpu = time.perf_counter(), time.process_time()
-    frames = sum(int(decode_local(p, max_frames=MAX_FRAMES, framerate=FRAMERATE, size=SIZE)[1].sum()) for p in paths)
-    return {**_rate(len(paths), frames, time.perf_counter() - t),
-            "cpu_s_per_video": round((time.process_time() - cpu) / len(paths), 4)}
+    frames = sum(
+        int(decode_local(p, max_frames=MAX_FRAMES, framerate=FRAMERATE, size=SIZE)[1].sum()) for p in paths
+    )
+    return {
+        **_rate(len(paths), frames, time.perf_counter() - t),
+        "cpu_s_per_video": round((time.process_time() - cpu) / len(paths), 4),
+    }
 
 
 def bare_decord_pool(paths: list[str], processes: int = 2) -> dict[str, float]:
@@ -142,14 +154,22 @@ def opencv_upstream(paths: list[str]) -> dict[str, float]:
             if not ok:
                 break
         cap.release()
-        keep = np.linspace(0, len(images) - 1, MAX_FRAMES, dtype=int) if len(images) > MAX_FRAMES else range(len(images))
+        keep = (
+            np.linspace(0, len(images) - 1, MAX_FRAMES, dtype=int)
+            if len(images) > MAX_FRAMES
+            else range(len(images))
+        )
         frames += len(np.stack([images[i] for i in keep]))
     return _rate(len(paths), frames, time.perf_counter() - t)
 
 
 def _rate(videos: int, frames: int, seconds: float) -> dict[str, float]:
-    return {"videos": videos, "seconds": round(seconds, 3), "videos_per_s": round(videos / seconds, 3),
-            "frames_per_s": round(frames / seconds, 2)}
+    return {
+        "videos": videos,
+        "seconds": round(seconds, 3),
+        "videos_per_s": round(videos / seconds, 3),
+        "frames_per_s": round(frames / seconds, 2),
+    }
 
 
 def one_core(fn: Any, *args: Any) -> dict[str, float]:
@@ -233,18 +253,23 @@ def run_pipeline(paths: list[str], cfg: Any) -> dict[str, float]:
         raise RuntimeError(f"pipeline returned {rows} rows for {len(paths)} videos")
     out = _rate(rows, frames, t_end - t0)
     steady = t_end - t_first
-    out.update(first_batch_s=round(t_first - t0, 3),
-               steady_videos_per_s=round((rows - first_rows) / steady, 3) if steady > 0 else None,
-               steady_frames_per_s=round(frames * (rows - first_rows) / rows / steady, 2) if steady > 0 else None,
-               peak_pss_mib=round(mem.peak_pss / 2**20, 1), peak_rss_mib=round(mem.peak_rss / 2**20, 1),
-               steady_cpu_s_per_video=round((cpu_end - cpu_first) / max(rows - first_rows, 1), 4))
+    out.update(
+        first_batch_s=round(t_first - t0, 3),
+        steady_videos_per_s=round((rows - first_rows) / steady, 3) if steady > 0 else None,
+        steady_frames_per_s=round(frames * (rows - first_rows) / rows / steady, 2) if steady > 0 else None,
+        peak_pss_mib=round(mem.peak_pss / 2**20, 1),
+        peak_rss_mib=round(mem.peak_rss / 2**20, 1),
+        steady_cpu_s_per_video=round((cpu_end - cpu_first) / max(rows - first_rows, 1), 4),
+    )
     return out
 
 
 # ------------------------------------------------------------------------------------------------ main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=24, help="N: videos in the small pipeline run (4N in the big one)")
+    parser.add_argument(
+        "--n", type=int, default=24, help="N: videos in the small pipeline run (4N in the big one)"
+    )
     parser.add_argument("--pool", type=int, default=8, help="distinct clips generated (cycled to 4N files)")
     parser.add_argument("--bare", type=int, default=0, help="videos in the single-core loops (default N)")
     parser.add_argument("--work", default="", help="working folder (default: a temporary one, removed)")
@@ -274,22 +299,46 @@ def main() -> None:
         if not dst.exists():
             shutil.copyfile(pool[i % len(pool)], dst)
         raw.append(str(dst))
-    result["media"] = {"clips": len(pool), "files": len(raw), "generate_s": round(time.perf_counter() - t, 1),
-                       "mean_raw_bytes": int(np.mean([p.stat().st_size for p in pool]))}
+    result["media"] = {
+        "clips": len(pool),
+        "files": len(raw),
+        "generate_s": round(time.perf_counter() - t, 1),
+        "mean_raw_bytes": int(np.mean([p.stat().st_size for p in pool])),
+    }
 
-    data = DataConfig(size=SIZE, max_frames=MAX_FRAMES, framerate=FRAMERATE, rows_per_block=4,
-                      decode_concurrency=2, decode_cpus=0.5, manifest=str(work / "manifest"),
-                      prepare_out=str(work / "prepared"), max_bad_fraction=0.0)
+    data = DataConfig(
+        size=SIZE,
+        max_frames=MAX_FRAMES,
+        framerate=FRAMERATE,
+        rows_per_block=4,
+        decode_concurrency=2,
+        decode_cpus=0.5,
+        manifest=str(work / "manifest"),
+        prepare_out=str(work / "prepared"),
+        max_bad_fraction=0.0,
+    )
     cfg = Config(data=data, run=RunConfig(num_cpus=2))
-    result["setup"] = {"n": n, "size": SIZE, "max_frames": MAX_FRAMES, "framerate": FRAMERATE,
-                       "decoder": data.decoder, "decode_concurrency": data.decode_concurrency,
-                       "decode_cpus": data.decode_cpus, "ray_cpus": 2}
+    result["setup"] = {
+        "n": n,
+        "size": SIZE,
+        "max_frames": MAX_FRAMES,
+        "framerate": FRAMERATE,
+        "decoder": data.decoder,
+        "decode_concurrency": data.decode_concurrency,
+        "decode_cpus": data.decode_cpus,
+        "ray_cpus": 2,
+    }
 
     result["raw_bare_decord"] = one_core(bare_decord, raw[:bare_n])
     result["raw_opencv_upstream"] = one_core(opencv_upstream, raw[:bare_n])
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 << 20,
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=512 << 20,
+        log_to_driver=False,
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     write_manifest(manifest(raw, "train"), str(work / "manifest" / "train.parquet"), _storage())
     shutil.rmtree(work / "prepared", ignore_errors=True)
@@ -297,8 +346,13 @@ def main() -> None:
         t = time.perf_counter()
         prep = run_prepare(cfg, splits=["train"])
         seconds = time.perf_counter() - t
-        result[label] = {"videos": len(raw), "transcoded": prep["transcoded"], "skipped": prep["skipped"],
-                         "seconds": round(seconds, 2), "videos_per_s": round(len(raw) / seconds, 3)}
+        result[label] = {
+            "videos": len(raw),
+            "transcoded": prep["transcoded"],
+            "skipped": prep["skipped"],
+            "seconds": round(seconds, 2),
+            "videos_per_s": round(len(raw) / seconds, 3),
+        }
     prepared = [str(work / "prepared" / "videos" / Path(p).name) for p in raw]
     result["prepared_bare_decord"] = one_core(bare_decord, prepared[:bare_n])
     result["prepared_opencv_upstream"] = one_core(opencv_upstream, prepared[:bare_n])
@@ -307,8 +361,10 @@ def main() -> None:
     with PeakMemory() as idle:  # what an idle Ray instance costs (raylet, GCS, driver threads)
         cpu0 = idle.cpu_total()
         time.sleep(5.0)
-        result["ray_idle"] = {"cpu_cores": round((idle.cpu_total() - cpu0) / 5.0, 3),
-                              "pss_mib": round(idle.peak_pss / 2**20, 1)}
+        result["ray_idle"] = {
+            "cpu_cores": round((idle.cpu_total() - cpu0) / 5.0, 3),
+            "pss_mib": round(idle.peak_pss / 2**20, 1),
+        }
     result["raw_pipeline_N"] = run_pipeline(raw[:n], data)
     # Other jobs share this machine: each side gets its best of several runs, interleaved in time.
     bare_runs, pipe_runs = [result["raw_bare_decord"]], []
@@ -334,17 +390,25 @@ def main() -> None:
     result["pipeline_vs_bare_per_core"] = round(pipe / cpus / bare, 3)
     result["pipeline_vs_opencv"] = round(pipe / cv, 3)
     result["pipeline_vs_same_decoder_per_core"] = round(
-        pipe / cpus / result["raw_bare_vidret_decoder"]["videos_per_s"], 3)
+        pipe / cpus / result["raw_bare_vidret_decoder"]["videos_per_s"], 3
+    )
     result["pipeline_vs_bare_2proc"] = round(pipe / result["raw_bare_decord_2proc"]["videos_per_s"], 3)
-    result["pipeline_vs_bare_cpu"] = round(result["raw_bare_decord"]["cpu_s_per_video"]
-                                           / result["raw_pipeline_4N"]["steady_cpu_s_per_video"], 3)
+    result["pipeline_vs_bare_cpu"] = round(
+        result["raw_bare_decord"]["cpu_s_per_video"] / result["raw_pipeline_4N"]["steady_cpu_s_per_video"], 3
+    )
     result["pipeline_vs_opencv_per_core"] = round(pipe / cpus / cv, 3)
     result["prepared_vs_raw"] = round(result["prepared_pipeline_4N"]["steady_videos_per_s"] / pipe, 3)
     result["prepared_vs_raw_bare_decord"] = round(result["prepared_bare_decord"]["videos_per_s"] / bare, 3)
     result["rss_growth_4x"] = round(peak_4n["peak_pss_mib"] / result["raw_pipeline_N"]["peak_pss_mib"], 3)
     result["rss_growth_4x_rss"] = round(peak_4n["peak_rss_mib"] / result["raw_pipeline_N"]["peak_rss_mib"], 3)
-    targets = {"pipeline_vs_bare_per_core": (">=", 0.8), "pipeline_vs_opencv": (">=", 2.0), "rss_growth_4x": ("<=", 1.25)}
-    result["targets_met"] = {k: (result[k] >= v if op == ">=" else result[k] <= v) for k, (op, v) in targets.items()}
+    targets = {
+        "pipeline_vs_bare_per_core": (">=", 0.8),
+        "pipeline_vs_opencv": (">=", 2.0),
+        "rss_growth_4x": ("<=", 1.25),
+    }
+    result["targets_met"] = {
+        k: (result[k] >= v if op == ">=" else result[k] <= v) for k, (op, v) in targets.items()
+    }
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))

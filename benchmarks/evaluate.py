@@ -339,7 +339,8 @@ def rerank_vs_loop(args: argparse.Namespace, dim: int, loop_queries: int) -> dic
         )
     diffs = [(loop_t2v - vec_t2v[:sub]).abs().max().item(), (loop_v2t - vec_v2t[:sub]).abs().max().item()]
     assert max(diffs) < 1e-4, f"loop and vectorised re-ranking differ by {max(diffs):.3g}"
-    assert torch.equal(sub_t2v, vec_t2v[:sub]) and torch.equal(sub_v2t, vec_v2t[:sub])
+    assert torch.equal(sub_t2v, vec_t2v[:sub])
+    assert torch.equal(sub_v2t, vec_v2t[:sub])
     boost = (vec_t2v - sim_TV).abs().max().item()
     return {
         "rerank_vs_loop": round((loop_s / sub) / (vec_s / n), 1),

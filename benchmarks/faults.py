@@ -73,14 +73,21 @@ def summarise(records: list[dict[str, Any]], pytest_rc: int, wall_s: float) -> d
 
 def healthy(result: dict[str, Any]) -> bool:
     """No data lost, no corrupt checkpoint loaded, every fault survived (known bugs aside), pytest passed."""
-    return (result["rows_lost"] == 0 and result["checkpoints_corrupted"] == 0 and not result["failed"]
-            and result["pytest_rc"] == 0)
+    return (
+        result["rows_lost"] == 0
+        and result["checkpoints_corrupted"] == 0
+        and not result["failed"]
+        and result["pytest_rc"] == 0
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     epilog="Other arguments (e.g. -k EXPR, -x) are passed to pytest.")
-    parser.add_argument("--path", default="tests/faults", help="test folder or file, relative to the repo root")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog="Other arguments (e.g. -k EXPR, -x) are passed to pytest."
+    )
+    parser.add_argument(
+        "--path", default="tests/faults", help="test folder or file, relative to the repo root"
+    )
     args, pytest_args = parser.parse_known_args()
     with tempfile.TemporaryDirectory(prefix="vidret-faults-") as tmp:
         log = Path(tmp) / "faults.jsonl"

@@ -276,7 +276,7 @@ def inference_section(args: argparse.Namespace, den: T2VDenoiser) -> dict[str, A
         assert same, "vectorised and loop re-ranking differ"
         del loop_enc, vec_enc
         loop_w, loop_c, _ = _timed(lambda: loop_select_encode_fuse(sim, text, video, mask, den, x0, k))
-        ints_w, ints_c, _ = _timed(
+        ints_w, _ints_c, _ = _timed(
             lambda: loop_select_encode_fuse(sim, text, video, mask, den, x0, k, as_ints=True)
         )
         vec_w, vec_c, _ = _timed(
@@ -563,9 +563,7 @@ def train_section(args: argparse.Namespace, den: T2VDenoiser) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--queries", type=int, default=1000)
-    p.add_argument(
-        "--loop-queries", type=int, default=128, help="queries the loop re-ranks (the first rows)"
-    )
+    p.add_argument("--loop-queries", type=int, default=128, help="queries the loop re-ranks (the first rows)")
     p.add_argument("--batch", type=int, default=128, help="training batch (num = batch - 1)")
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--steps", type=int, default=50)

@@ -40,18 +40,18 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from train_helpers import make_corpus, scalar_times, small_config  # noqa: E402
+from train_helpers import make_corpus, scalar_times, small_config
 
-from vidret.config import Config  # noqa: E402
-from vidret.data.batches import decode_rows, split_rows, tokenize_rows  # noqa: E402
-from vidret.data.manifest import read_manifest  # noqa: E402
-from vidret.data.tokenizer import ClipTokenizer  # noqa: E402
-from vidret.model.retrieval import RetrievalModel  # noqa: E402
-from vidret.storage import Storage, join  # noqa: E402
-from vidret.train import distributed as dist  # noqa: E402
-from vidret.train.ema import EMA  # noqa: E402
-from vidret.train.loop import SIM_KEYS, build_model  # noqa: E402
-from vidret.train.optim import build_optimizer, build_scheduler, clip_gradients  # noqa: E402
+from vidret.config import Config
+from vidret.data.batches import decode_rows, split_rows, tokenize_rows
+from vidret.data.manifest import read_manifest
+from vidret.data.tokenizer import ClipTokenizer
+from vidret.model.retrieval import RetrievalModel
+from vidret.storage import Storage, join
+from vidret.train import distributed as dist
+from vidret.train.ema import EMA
+from vidret.train.loop import SIM_KEYS, build_model
+from vidret.train.optim import build_optimizer, build_scheduler, clip_gradients
 
 MODEL_KEYS = ("video", "video_mask", "text_ids", "text_mask", "video_index")
 

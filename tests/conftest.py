@@ -73,7 +73,7 @@ def s3_bucket(moto_server: str) -> Iterator[tuple[StorageConfig, str]]:
 
 
 @functools.cache
-def _s3_client(endpoint_url: str):  # noqa: ANN202 - a boto3 S3 client
+def _s3_client(endpoint_url: str):
     import boto3
 
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=TEST_REGION)

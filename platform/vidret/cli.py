@@ -67,9 +67,21 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from vidret.data.synthetic import generate_corpus
     from vidret.storage import Storage
 
-    cfg = _load(args, _flags(args, {"out": "synth.out", "videos": "synth.videos", "seed": "synth.seed",
-                                    "size": "synth.size", "seconds": "synth.seconds", "fps": "synth.fps",
-                                    "workers": "synth.workers"}))
+    cfg = _load(
+        args,
+        _flags(
+            args,
+            {
+                "out": "synth.out",
+                "videos": "synth.videos",
+                "seed": "synth.seed",
+                "size": "synth.size",
+                "seconds": "synth.seconds",
+                "fps": "synth.fps",
+                "workers": "synth.workers",
+            },
+        ),
+    )
     storage = Storage(cfg.storage)
     print(f"vidret synth: {cfg.synth.videos} videos -> {cfg.synth.out}", file=sys.stderr)
     summary = generate_corpus(cfg.synth, storage, progress=_progress("synth") if not args.quiet else None)
@@ -108,8 +120,9 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
     cfg = _load(args, _flags(args, {"dataset": "data.dataset"}))
     storage = Storage(cfg.storage)
     out = args.out or manifest_uri(cfg, args.split)
-    result = build_manifest(cfg.data.dataset, args.anno, args.videos, args.split, storage,
-                            check_videos=not args.no_check_videos)
+    result = build_manifest(
+        cfg.data.dataset, args.anno, args.videos, args.split, storage, check_videos=not args.no_check_videos
+    )
     print(result.report.format_text(), file=sys.stderr)
     write_manifest(result, out, storage)
     _print_json({"manifest": out, **result.report.counts()})
@@ -130,8 +143,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from vidret.data.pipeline import ensure_ray, run_prepare
 
-    cfg = _load(args, _flags(args, {"out": "data.prepare_out", "fps": "data.prepare_fps",
-                                    "short_side": "data.prepare_short_side"}))
+    cfg = _load(
+        args,
+        _flags(
+            args,
+            {"out": "data.prepare_out", "fps": "data.prepare_fps", "short_side": "data.prepare_short_side"},
+        ),
+    )
     ensure_ray(cfg.run)
     _print_json(run_prepare(cfg, splits=args.split or None, progress=_progress("prepare")))
     return 0
@@ -145,9 +163,12 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
     overrides = []
     if args.out:
-        overrides = [f"run.out={args.out}", f"synth.out={join(args.out, 'corpus')}",
-                     f"data.manifest={join(args.out, 'manifest')}",
-                     f"train.storage_path={join(args.out, 'ray-results')}"]
+        overrides = [
+            f"run.out={args.out}",
+            f"synth.out={join(args.out, 'corpus')}",
+            f"data.manifest={join(args.out, 'manifest')}",
+            f"train.storage_path={join(args.out, 'ray-results')}",
+        ]
     cfg = _load(args, overrides)
     summary = run_quickstart(cfg, progress=_progress("synth"))
     table = summary.pop("table")
@@ -226,8 +247,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     handlers["synth"] = _cmd_synth
 
     p = sub.add_parser("manifest", help="read a dataset's annotation files into a Parquet manifest")
-    p.add_argument("--dataset", choices=["msrvtt", "msvd", "activitynet", "didemo", "lsmdc", "custom",
-                                         "synthetic"])
+    p.add_argument(
+        "--dataset", choices=["msrvtt", "msvd", "activitynet", "didemo", "lsmdc", "custom", "synthetic"]
+    )
     p.add_argument("--anno", required=True, metavar="PATH_OR_URI", help="annotation folder (or file, custom)")
     p.add_argument("--videos", required=True, metavar="URI", help="folder or prefix holding the videos")
     p.add_argument("--split", required=True, help="split name, e.g. train, val, test")
@@ -283,8 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser, handlers = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

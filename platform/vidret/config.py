@@ -37,7 +37,7 @@ _Loader.add_implicit_resolver(
 
 def yaml_load(text: str) -> Any:
     """Parse YAML safely (no object construction), with scientific-notation floats."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    return yaml.load(text, Loader=_Loader)
 
 
 SECRET_FIELDS = frozenset({"access_key_id", "secret_access_key", "session_token"})
@@ -117,11 +117,17 @@ class DataConfig:
         _check(self.size > 0, "data.size", "an integer > 0", self.size)
         _check(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "a number in [0, 1]")
         _check(self.decode_timeout_s > 0, "data.decode_timeout_s", "a number > 0", self.decode_timeout_s)
-        _check(self.decode_concurrency > 0, "data.decode_concurrency", "an integer > 0", self.decode_concurrency)
+        _check(
+            self.decode_concurrency > 0, "data.decode_concurrency", "an integer > 0", self.decode_concurrency
+        )
         _check(self.rows_per_block > 0, "data.rows_per_block", "an integer > 0", self.rows_per_block)
         _check(self.prepare_fps > 0, "data.prepare_fps", "a number > 0", self.prepare_fps)
-        _check(self.prepare_short_side >= 2 and self.prepare_short_side % 2 == 0, "data.prepare_short_side",
-               "an even integer >= 2", self.prepare_short_side)
+        _check(
+            self.prepare_short_side >= 2 and self.prepare_short_side % 2 == 0,
+            "data.prepare_short_side",
+            "an even integer >= 2",
+            self.prepare_short_side,
+        )
 
 
 @dataclass(frozen=True)
@@ -219,8 +225,11 @@ class TrainConfig:
         _check(0 <= self.warmup_proportion < 1, "train.warmup_proportion", "a number in [0, 1)")
         _check(0 <= self.ema_decay < 1, "train.ema_decay", "a number in [0, 1)")
         _check(self.num_workers >= 1, "train.num_workers", "an integer >= 1", self.num_workers)
-        _check(self.batch_size % self.num_workers == 0, "train.batch_size",
-               f"a multiple of train.num_workers ({self.num_workers})")
+        _check(
+            self.batch_size % self.num_workers == 0,
+            "train.batch_size",
+            f"a multiple of train.num_workers ({self.num_workers})",
+        )
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "an integer >= 1", self.checkpoint_every)
         _check(0 < self.val_fraction < 1, "train.val_fraction", "a number in (0, 1)")
 
@@ -419,7 +428,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     # ValueError: a tagged scalar that does not convert (``!!int x``, ``2001-13-01``); RecursionError: nesting.
     except (ValueError, RecursionError) as e:
         detail = "" if shown != repr(text) else f": {e}"
-        raise ValueError(f"override {shown}: value is not valid YAML ({e.__class__.__name__}{detail})") from None
+        raise ValueError(
+            f"override {shown}: value is not valid YAML ({e.__class__.__name__}{detail})"
+        ) from None
     return key, value
 
 
@@ -524,9 +535,16 @@ def dump_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg, redact=True), sort_keys=False)
 
 
-PATH_FIELDS = (("run", "out"), ("synth", "out"), ("data", "manifest"), ("data", "prepare_out"),
-               ("train", "storage_path"), ("train", "init_checkpoint"), ("eval", "checkpoint"),
-               ("model", "weights"))
+PATH_FIELDS = (
+    ("run", "out"),
+    ("synth", "out"),
+    ("data", "manifest"),
+    ("data", "prepare_out"),
+    ("train", "storage_path"),
+    ("train", "init_checkpoint"),
+    ("eval", "checkpoint"),
+    ("model", "weights"),
+)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -536,7 +554,7 @@ def with_absolute_paths(cfg: Config, cwd: str | None = None) -> Config:
     Ray workers do not share the driver's working directory, so the driver resolves paths once. URIs with a
     scheme (``s3://``, ``file://``) are left as they are.
     """
-    import os  # noqa: PLC0415 - only here
+    import os
 
     base = cwd or os.getcwd()
     out = cfg
@@ -544,7 +562,9 @@ def with_absolute_paths(cfg: Config, cwd: str | None = None) -> Config:
         sec = getattr(out, section)
         value = getattr(sec, name)
         if value and not _SCHEME.match(value) and not os.path.isabs(value):
-            out = dataclasses.replace(out, **{section: dataclasses.replace(sec, **{name: os.path.join(base, value)})})
+            out = dataclasses.replace(
+                out, **{section: dataclasses.replace(sec, **{name: os.path.join(base, value)})}
+            )
     return out
 
 

@@ -40,10 +40,10 @@ def existing_corpus(storage: Storage, cfg: Config) -> dict[str, Any] | None:
 
 def run_quickstart(cfg: Config, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run the whole pipeline on the synthetic corpus; returns the summary (metrics tables, report path)."""
-    from vidret.data.manifest import build_manifest, write_manifest  # noqa: PLC0415
-    from vidret.data.synthetic import generate_corpus  # noqa: PLC0415
-    from vidret.eval.job import run_evaluation  # noqa: PLC0415
-    from vidret.train.trainer import ensure_ray, run_training, stage_uri  # noqa: PLC0415
+    from vidret.data.manifest import build_manifest, write_manifest
+    from vidret.data.synthetic import generate_corpus
+    from vidret.eval.job import run_evaluation
+    from vidret.train.trainer import ensure_ray, run_training, stage_uri
 
     cfg = with_absolute_paths(cfg)
     storage = Storage(cfg.storage)
@@ -57,8 +57,9 @@ def run_quickstart(cfg: Config, progress: Callable[[int, int], None] | None = No
     else:
         print("      reusing the complete corpus found there", file=sys.stderr)
     for split in SYNTH_SPLITS:
-        result = build_manifest("synthetic", join(cfg.synth.out, "anns"), join(cfg.synth.out, "videos"), split,
-                                storage)
+        result = build_manifest(
+            "synthetic", join(cfg.synth.out, "anns"), join(cfg.synth.out, "videos"), split, storage
+        )
         write_manifest(result, join(cfg.data.manifest, f"{split}.parquet"), storage)
     _done(t0)
 
@@ -69,7 +70,9 @@ def run_quickstart(cfg: Config, progress: Callable[[int, int], None] | None = No
     _done(t0)
 
     t0 = _announce(3, "stage 2 (generation) on cached features")
-    s2 = replace(cfg, train=replace(cfg.train, stage="generation", init_checkpoint=stage_uri(cfg, "discrimination")))
+    s2 = replace(
+        cfg, train=replace(cfg.train, stage="generation", init_checkpoint=stage_uri(cfg, "discrimination"))
+    )
     stage2 = run_training(s2)
     _done(t0)
 
@@ -78,8 +81,12 @@ def run_quickstart(cfg: Config, progress: Callable[[int, int], None] | None = No
     _done(t0)
 
     _announce(5, "summary")
-    return {"corpus": {k: corpus[k] for k in ("videos", "splits") if k in corpus},
-            "stage1": {k: stage1.get(k) for k in ("weights", "steps", "wall_s", "bad_videos")},
-            "stage2": {k: stage2.get(k) for k in ("weights", "steps", "wall_s")},
-            "evaluation": {k: evaluation.get(k) for k in ("splits", "report", "out", "wall_s")},
-            "table": evaluation["table"], "wall_s": round(time.perf_counter() - t_all, 1), "run": cfg.run.out}
+    return {
+        "corpus": {k: corpus[k] for k in ("videos", "splits") if k in corpus},
+        "stage1": {k: stage1.get(k) for k in ("weights", "steps", "wall_s", "bad_videos")},
+        "stage2": {k: stage2.get(k) for k in ("weights", "steps", "wall_s")},
+        "evaluation": {k: evaluation.get(k) for k in ("splits", "report", "out", "wall_s")},
+        "table": evaluation["table"],
+        "wall_s": round(time.perf_counter() - t_all, 1),
+        "run": cfg.run.out,
+    }

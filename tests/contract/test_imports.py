@@ -6,8 +6,19 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[2] / "platform" / "vidret"
 
 # Layer of each top-level area; a module may import only from its own layer or lower ones.
-LAYER = {"config": 0, "storage": 1, "data": 2, "model": 2, "diffusion": 2, "data.pipeline": 3,
-         "train": 3, "eval": 3, "cli": 4, "quickstart": 4, "__main__": 5}
+LAYER = {
+    "config": 0,
+    "storage": 1,
+    "data": 2,
+    "model": 2,
+    "diffusion": 2,
+    "data.pipeline": 3,
+    "train": 3,
+    "eval": 3,
+    "cli": 4,
+    "quickstart": 4,
+    "__main__": 5,
+}
 RAY_ALLOWED = ("cli", "data.pipeline", "train", "eval")
 
 
@@ -47,7 +58,7 @@ def test_import_direction() -> None:
         for imp in _imports(tree):
             if not imp.startswith("vidret.") or imp == "vidret.__version__":
                 continue
-            target = _area(imp[len("vidret."):])
+            target = _area(imp[len("vidret.") :])
             if target in LAYER and LAYER[target] > mine and _area(name) != target:
                 bad.append(f"{name} imports {imp}")
             # model and diffusion are siblings except that model.retrieval composes diffusion
@@ -70,14 +81,27 @@ def test_ray_and_torch_distributed_stay_at_the_edges() -> None:
 
 
 def _from_names(tree: ast.Module, module: str) -> list[str]:
-    return [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == module
-            for a in n.names]
+    return [
+        a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module == module
+        for a in n.names
+    ]
 
 
 def test_no_import_time_side_effects() -> None:
     """Modules define things; they do not run code at import (only defs, classes, constants, imports)."""
-    allowed = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,
-               ast.AnnAssign, ast.If, ast.Try)
+    allowed = (
+        ast.Import,
+        ast.ImportFrom,
+        ast.FunctionDef,
+        ast.AsyncFunctionDef,
+        ast.ClassDef,
+        ast.Assign,
+        ast.AnnAssign,
+        ast.If,
+        ast.Try,
+    )
     bad = []
     for name, tree in _modules():
         for node in tree.body:

@@ -42,8 +42,9 @@ class FaultRecorder:
 
     def inject(self, kind: str, detail: str) -> None:
         """Note a fault about to be injected (``kind``: worker_loss, storage, bad_corpus, bad_input, security)."""
-        self.entries.append({"test": self.test, "kind": kind, "detail": detail, "rows_lost": 0,
-                             "checkpoints_corrupted": 0})
+        self.entries.append(
+            {"test": self.test, "kind": kind, "detail": detail, "rows_lost": 0, "checkpoints_corrupted": 0}
+        )
 
     def loss(self, *, rows_lost: int = 0, checkpoints_corrupted: int = 0) -> None:
         """Record the damage measured after the last injected fault (before asserting it is zero)."""
@@ -107,8 +108,9 @@ def fault_proxy(moto_server: str) -> Iterator[FaultProxy]:
 def proxied_bucket(s3_bucket: tuple[StorageConfig, str], fault_proxy: FaultProxy) -> ProxiedBucket:
     """A fresh bucket reached through the fault proxy, with ``max_retries=2`` and a 20 ms backoff base."""
     direct, root = s3_bucket
-    via_proxy = StorageConfig(endpoint_url=fault_proxy.url, region=direct.region, max_retries=2,
-                              retry_backoff_s=0.02)
+    via_proxy = StorageConfig(
+        endpoint_url=fault_proxy.url, region=direct.region, max_retries=2, retry_backoff_s=0.02
+    )
     return ProxiedBucket(storage=via_proxy, direct=direct, root=root, proxy=fault_proxy)
 
 
@@ -121,7 +123,7 @@ def fault_ray(moto_server: str) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    from train_helpers import local_ray  # noqa: PLC0415 - importable once INTEGRATION_DIR is on sys.path
+    from train_helpers import local_ray
 
     with local_ray(object_store_memory=256 << 20):
         ray.data.DataContext.get_current().enable_progress_bars = False

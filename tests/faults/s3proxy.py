@@ -18,6 +18,7 @@ fault tests; the Storage under test is pointed at ``proxy.url`` through ``Storag
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -25,7 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-PASS, REFUSE, CUT_REQUEST, CUT_RESPONSE, SLOW_DOWN = "pass", "refuse", "cut_request", "cut_response", "slow_down"
+PASS, REFUSE, CUT_REQUEST, CUT_RESPONSE, SLOW_DOWN = (
+    "pass",
+    "refuse",
+    "cut_request",
+    "cut_response",
+    "slow_down",
+)
 _SLOW_DOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
@@ -143,10 +150,8 @@ class FaultProxy:
         """Stop listening and drop every open connection: new connections are refused."""
         sock, self._listener = self._listener, None
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
         with self._lock:
             conns, self._conns = list(self._conns), set()
@@ -230,8 +235,6 @@ class FaultProxy:
 
 
 def _close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()

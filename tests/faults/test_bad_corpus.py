@@ -85,9 +85,13 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> MixedCorpus:
     (bad_dir / "truncated.mp4").write_bytes(source[: len(source) // 2])
     (bad_dir / "zero.mp4").write_bytes(b"")
     _audio_only(bad_dir / "audio_only.m4a")
-    made = {"corrupt.mp4": ("corrupt", "corrupt"), "truncated.mp4": ("truncated", "corrupt"),  # file: kind, reason
-            "zero.mp4": ("zero-byte", "corrupt"), "audio_only.m4a": ("audio-only", "no_video_stream"),
-            "missing.mp4": ("missing", "missing")}  # never written
+    made = {
+        "corrupt.mp4": ("corrupt", "corrupt"),
+        "truncated.mp4": ("truncated", "corrupt"),  # file: kind, reason
+        "zero.mp4": ("zero-byte", "corrupt"),
+        "audio_only.m4a": ("audio-only", "no_video_stream"),
+        "missing.mp4": ("missing", "missing"),
+    }  # never written
     bad = {str(bad_dir / name): reason for name, (_, reason) in made.items()}
     kinds = {str(bad_dir / name): kind for name, (kind, _) in made.items()}
     real = REAL_DIR.is_dir()
@@ -103,9 +107,18 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> MixedCorpus:
     for i, uri in enumerate(bad):  # spread the bad ones among the good ones
         uris.insert(2 + 3 * i, uri)
     n = len(uris)
-    table = pa.table({"video_id": [Path(u).stem for u in uris], "video_uri": uris,
-                      "captions": [[f"a clip called {Path(u).stem}"] for u in uris], "start": [None] * n,
-                      "end": [None] * n, "split": ["test"] * n, "dataset": ["custom"] * n}, schema=MANIFEST_SCHEMA)
+    table = pa.table(
+        {
+            "video_id": [Path(u).stem for u in uris],
+            "video_uri": uris,
+            "captions": [[f"a clip called {Path(u).stem}"] for u in uris],
+            "start": [None] * n,
+            "end": [None] * n,
+            "split": ["test"] * n,
+            "dataset": ["custom"] * n,
+        },
+        schema=MANIFEST_SCHEMA,
+    )
     write_manifest(table, str(root / "manifest" / "test.parquet"), Storage())
     return MixedCorpus(root=root, manifest=root / "manifest", good=good, bad=bad, kinds=kinds, real=real)
 
@@ -121,8 +134,14 @@ def _below(m: MixedCorpus) -> float:
 
 
 def _config(m: MixedCorpus, out: str, max_bad_fraction: float, *overrides: str) -> Config:
-    return small_config(m.root / out, m.manifest, f"data.max_bad_fraction={max_bad_fraction}", "eval.rerank=false",
-                        "eval.report=false", *overrides)
+    return small_config(
+        m.root / out,
+        m.manifest,
+        f"data.max_bad_fraction={max_bad_fraction}",
+        "eval.rerank=false",
+        "eval.report=false",
+        *overrides,
+    )
 
 
 # -------------------------------------------------------------------------------------------------- check
@@ -130,7 +149,9 @@ def _config(m: MixedCorpus, out: str, max_bad_fraction: float, *overrides: str) 
 def checked(fault_ray: None, mixed: MixedCorpus) -> dict:
     """``vidret check`` of the mixed manifest, one bad video over the budget; its summary as written."""
     out = str(mixed.root / "check.json")
-    summary = run_check(_config(mixed, "check", _below(mixed)), str(mixed.manifest / "test.parquet"), out_uri=out)
+    summary = run_check(
+        _config(mixed, "check", _below(mixed)), str(mixed.manifest / "test.parquet"), out_uri=out
+    )
     assert json.loads(Path(out).read_text()) == summary
     return summary
 
@@ -140,7 +161,11 @@ def test_check_summary_counts_and_lists_every_kind(mixed: MixedCorpus, checked: 
     listed = {f["video_uri"]: f["reason"] for f in checked["failures"]}
     faults.loss(rows_lost=len(set(mixed.bad) ^ set(listed)))  # bad ones not listed + good ones listed
     assert listed == mixed.bad, {mixed.kinds.get(u, u): r for u, r in listed.items()}
-    assert (checked["total"], checked["ok"], checked["bad_videos"]) == (mixed.total, len(mixed.good), len(mixed.bad))
+    assert (checked["total"], checked["ok"], checked["bad_videos"]) == (
+        mixed.total,
+        len(mixed.good),
+        len(mixed.bad),
+    )
     assert {r: n for r, n in checked["by_reason"].items() if n} == dict(Counter(mixed.bad.values()))
     assert checked["within_budget"] is False  # one bad video over data.max_bad_fraction
 
@@ -148,7 +173,9 @@ def test_check_summary_counts_and_lists_every_kind(mixed: MixedCorpus, checked: 
 def test_real_torture_clips_in_the_mix(mixed: MixedCorpus, checked: dict) -> None:
     if not mixed.real:
         pytest.skip(f"{REAL_DIR} is missing: the mixed corpus holds generated videos only")
-    listed = {Path(f["video_uri"]).name: f["reason"] for f in checked["failures"] if "/real/" in f["video_uri"]}
+    listed = {
+        Path(f["video_uri"]).name: f["reason"] for f in checked["failures"] if "/real/" in f["video_uri"]
+    }
     assert listed == REAL_BAD  # and the real good clips (MPEG-4 Part 2, odd-sized VP9) decoded
 
 
@@ -172,7 +199,9 @@ def _cache_uri(cfg: Config, w: Weights) -> str:
 def test_evaluation_skips_and_lists_bad_videos_in_its_summary(
     fault_ray: None, mixed: MixedCorpus, weights: Weights, faults
 ) -> None:
-    faults.inject("bad_corpus", f"evaluation over {mixed.total} videos, {len(mixed.bad)} bad, within the budget")
+    faults.inject(
+        "bad_corpus", f"evaluation over {mixed.total} videos, {len(mixed.bad)} bad, within the budget"
+    )
     cfg = _config(mixed, "eval", _within(mixed))
     summary = run_evaluation(cfg, weights.uri)
     written = json.loads((Path(summary["out"]) / "metrics.json").read_text())
@@ -188,13 +217,16 @@ def test_evaluation_skips_and_lists_bad_videos_in_its_summary(
     is_bad = np.array([u in mixed.bad for u in uris])
     np.testing.assert_array_equal(fs.video_ok, ~is_bad)
     mask = fs.video["video_mask"].numpy()
-    assert not mask[is_bad].any() and mask[~is_bad, 0].all()
+    assert not mask[is_bad].any()
+    assert mask[~is_bad, 0].all()
 
 
 def test_evaluation_above_the_budget_fails_listing_them(
     fault_ray: None, mixed: MixedCorpus, weights: Weights, faults
 ) -> None:
-    faults.inject("bad_corpus", f"evaluation over {mixed.total} videos, {len(mixed.bad)} bad, one over the budget")
+    faults.inject(
+        "bad_corpus", f"evaluation over {mixed.total} videos, {len(mixed.bad)} bad, one over the budget"
+    )
     # Ray Data 2.60 leaves an actor of a failed pipeline alive: at 0 CPU it blocks nothing that shares this Ray
     cfg = _config(mixed, "eval-strict", _below(mixed), "data.decode_cpus=0.0")
     with pytest.raises(TooManyBadVideosError) as info:
@@ -204,4 +236,6 @@ def test_evaluation_above_the_budget_fails_listing_them(
     assert f"{len(mixed.bad)} of {mixed.total} videos failed to decode" in message
     for uri, reason in mixed.bad.items():
         assert f"{uri} ({reason})" in message
-    assert cache.read_index(Storage(), _cache_uri(cfg, weights)) is None, "the failed run left a valid-looking cache"
+    assert cache.read_index(Storage(), _cache_uri(cfg, weights)) is None, (
+        "the failed run left a valid-looking cache"
+    )

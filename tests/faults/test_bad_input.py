@@ -84,31 +84,101 @@ def _csv(rows: list[list[str]]) -> bytes:
 
 LSMDC_IDS = [f"1001_Movie_{i:02d}.00.00.000-00.00.0{i}.000" for i in range(1, 4)]
 LAYOUTS: dict[str, tuple[str, str, dict[str, bytes]]] = {
-    "msrvtt_pairs": ("msrvtt", "test", {"MSRVTT_JSFUSION_test.csv": _csv(
-        [["key", "vid_key", "video_id", "sentence"]] + [[f"ret{i}", f"msr{i}", f"video{i}", f"a dog runs {i}"]
-                                                       for i in range(3)])}),
-    "msrvtt_ids": ("msrvtt", "train", {
-        "MSRVTT_train.9k.csv": _csv([["video_id"]] + [[f"video{i}"] for i in range(3)]),
-        "MSRVTT_data.json": json.dumps({"sentences": [{"video_id": f"video{i}", "caption": f"cap {i} {j}",
-                                                       "sen_id": 2 * i + j} for i in range(3) for j in range(2)]
-                                        }).encode()}),
-    "msvd": ("msvd", "test", {"test_list.txt": b"vid0\nvid1\nvid2\n",
-                              "raw-captions.pkl": _pkl({f"vid{i}": [["a", "cat", str(j)] for j in range(2)]
-                                                        for i in range(3)})}),
-    "activitynet": ("activitynet", "test", {"val_1.json": json.dumps(
-        {f"v_{i}": {"duration": 12.5, "timestamps": [[0, 5], [5, 12]], "sentences": ["A man.", " He sits."]}
-         for i in range(3)}).encode()}),
-    "didemo": ("didemo", "test", {"test_data.json": json.dumps(
-        [{"description": f"a dog {j}", "times": [[0, 1]], "video": f"{i}_video.mp4"}
-         for i in range(3) for j in range(2)]).encode()}),
-    "lsmdc": ("lsmdc", "test", {"LSMDC16_challenge_1000_publictect.csv": _tsv(
-        [[c, "0", "1", "0", "1", f"Someone walks {i}."] for i, c in enumerate(LSMDC_IDS)])}),
-    "custom_csv": ("custom", "train", {"table.csv": _csv(
-        [["video", "caption", "start", "end", "split"]] + [[f"v{i}.mp4", f"cap {i}", "", "", "train"]
-                                                           for i in range(3)])}),
-    "custom_jsonl": ("custom", "train", {"table.jsonl": "".join(
-        json.dumps({"video": f"v{i}.mp4", "caption": [f"cap {i}", "more"], "start": i, "end": i + 2.5}) + "\n"
-        for i in range(3)).encode()}),
+    "msrvtt_pairs": (
+        "msrvtt",
+        "test",
+        {
+            "MSRVTT_JSFUSION_test.csv": _csv(
+                [["key", "vid_key", "video_id", "sentence"]]
+                + [[f"ret{i}", f"msr{i}", f"video{i}", f"a dog runs {i}"] for i in range(3)]
+            )
+        },
+    ),
+    "msrvtt_ids": (
+        "msrvtt",
+        "train",
+        {
+            "MSRVTT_train.9k.csv": _csv([["video_id"]] + [[f"video{i}"] for i in range(3)]),
+            "MSRVTT_data.json": json.dumps(
+                {
+                    "sentences": [
+                        {"video_id": f"video{i}", "caption": f"cap {i} {j}", "sen_id": 2 * i + j}
+                        for i in range(3)
+                        for j in range(2)
+                    ]
+                }
+            ).encode(),
+        },
+    ),
+    "msvd": (
+        "msvd",
+        "test",
+        {
+            "test_list.txt": b"vid0\nvid1\nvid2\n",
+            "raw-captions.pkl": _pkl({f"vid{i}": [["a", "cat", str(j)] for j in range(2)] for i in range(3)}),
+        },
+    ),
+    "activitynet": (
+        "activitynet",
+        "test",
+        {
+            "val_1.json": json.dumps(
+                {
+                    f"v_{i}": {
+                        "duration": 12.5,
+                        "timestamps": [[0, 5], [5, 12]],
+                        "sentences": ["A man.", " He sits."],
+                    }
+                    for i in range(3)
+                }
+            ).encode()
+        },
+    ),
+    "didemo": (
+        "didemo",
+        "test",
+        {
+            "test_data.json": json.dumps(
+                [
+                    {"description": f"a dog {j}", "times": [[0, 1]], "video": f"{i}_video.mp4"}
+                    for i in range(3)
+                    for j in range(2)
+                ]
+            ).encode()
+        },
+    ),
+    "lsmdc": (
+        "lsmdc",
+        "test",
+        {
+            "LSMDC16_challenge_1000_publictect.csv": _tsv(
+                [[c, "0", "1", "0", "1", f"Someone walks {i}."] for i, c in enumerate(LSMDC_IDS)]
+            )
+        },
+    ),
+    "custom_csv": (
+        "custom",
+        "train",
+        {
+            "table.csv": _csv(
+                [["video", "caption", "start", "end", "split"]]
+                + [[f"v{i}.mp4", f"cap {i}", "", "", "train"] for i in range(3)]
+            )
+        },
+    ),
+    "custom_jsonl": (
+        "custom",
+        "train",
+        {
+            "table.jsonl": "".join(
+                json.dumps(
+                    {"video": f"v{i}.mp4", "caption": [f"cap {i}", "more"], "start": i, "end": i + 2.5}
+                )
+                + "\n"
+                for i in range(3)
+            ).encode()
+        },
+    ),
 }
 
 
@@ -127,8 +197,9 @@ def _build(root: Path, layout: str, files: dict[str, bytes]) -> ValueError | Non
     dataset, split, _ = LAYOUTS[layout]
     anno = _anno_dir(root, layout, files)
     anno_arg = str(anno / "table.jsonl") if layout == "custom_jsonl" else str(anno)
-    return _outcome(lambda: build_manifest(dataset, anno_arg, str(root / "videos"), split, STORAGE,
-                                           check_videos=False))
+    return _outcome(
+        lambda: build_manifest(dataset, anno_arg, str(root / "videos"), split, STORAGE, check_videos=False)
+    )
 
 
 def test_valid_layouts_build(tmp_path: Path) -> None:
@@ -139,36 +210,59 @@ def test_valid_layouts_build(tmp_path: Path) -> None:
 
 # Inserted whole: an integer over Python's 4300-digit str limit, deep nesting, a lone surrogate escape, a BOM,
 # odd line breaks, JSON's non-finite literals, a quote that never closes.
-NASTY = [b"1" * 5000, b"[" * 5000, b'"\\ud800"', b"\xef\xbb\xbf", b"\r", b"\x0b\x1c\xe2\x80\xa8", b"NaN",
-         b"-Infinity", b'"', b"\t", b"{}", b"null"]
+NASTY = [
+    b"1" * 5000,
+    b"[" * 5000,
+    b'"\\ud800"',
+    b"\xef\xbb\xbf",
+    b"\r",
+    b"\x0b\x1c\xe2\x80\xa8",
+    b"NaN",
+    b"-Infinity",
+    b'"',
+    b"\t",
+    b"{}",
+    b"null",
+]
 
 
 @st.composite
 def _garbled(draw: st.DrawFn, data: bytes) -> bytes:
     """``data`` truncated, emptied, spliced with random, non-UTF-8 or nasty bytes, a byte flipped, or replaced."""
-    kind = draw(st.sampled_from(["truncate", "empty", "non_utf8", "splice", "nasty", "flip", "replace", "nul"]))
+    kind = draw(
+        st.sampled_from(["truncate", "empty", "non_utf8", "splice", "nasty", "flip", "replace", "nul"])
+    )
     cut = draw(st.integers(0, max(len(data) - 1, 0)))
     if kind == "nasty":
-        return data[:cut] + draw(st.sampled_from(NASTY)) + data[cut + draw(st.integers(0, 3)):]
+        return data[:cut] + draw(st.sampled_from(NASTY)) + data[cut + draw(st.integers(0, 3)) :]
     if kind == "truncate":
         return data[:cut]
     if kind == "empty":
         return b""
     if kind == "non_utf8":
-        return data[:cut] + draw(st.binary(min_size=1, max_size=4).map(lambda b: bytes(x | 0x80 for x in b))) \
+        return (
+            data[:cut]
+            + draw(st.binary(min_size=1, max_size=4).map(lambda b: bytes(x | 0x80 for x in b)))
             + data[cut:]
+        )
     if kind == "splice":
-        return data[:cut] + draw(st.binary(min_size=1, max_size=24)) + data[cut + draw(st.integers(0, 8)):]
+        return data[:cut] + draw(st.binary(min_size=1, max_size=24)) + data[cut + draw(st.integers(0, 8)) :]
     if kind == "flip":
-        return data[:cut] + bytes([data[cut] ^ draw(st.integers(1, 255))]) + data[cut + 1:] if data else data
+        return data[:cut] + bytes([data[cut] ^ draw(st.integers(1, 255))]) + data[cut + 1 :] if data else data
     if kind == "nul":
         return data[:cut] + b"\x00" + data[cut:]
     return draw(st.binary(max_size=64))
 
 
 def test_garbled_annotation_files_raise_only_value_errors_naming_the_file(tmp_path: Path, faults) -> None:
-    faults.inject("bad_input", "annotation files (every dataset) truncated, emptied, non-UTF-8, spliced, replaced")
-    for layout, (_, _, valid) in LAYOUTS.items():  # every nasty snippet in every file, at 3 places: exhaustive
+    faults.inject(
+        "bad_input", "annotation files (every dataset) truncated, emptied, non-UTF-8, spliced, replaced"
+    )
+    for layout, (
+        _,
+        _,
+        valid,
+    ) in LAYOUTS.items():  # every nasty snippet in every file, at 3 places: exhaustive
         for name, data in valid.items():
             for snippet in NASTY:
                 for cut in (0, len(data) // 2, len(data) - 2):
@@ -193,9 +287,14 @@ def test_garbled_annotation_files_raise_only_value_errors_naming_the_file(tmp_pa
 # -- wrong types and missing keys in JSON/pickle annotations, with the exact location the error must name ---
 def _not(*kinds: str) -> st.SearchStrategy[Any]:
     """JSON-able values of every kind except ``kinds`` (str, list, dict, number, bool, null)."""
-    pool = {"str": WORDS, "list": st.lists(st.integers(), max_size=2), "dict": st.just({"x": 1}),
-            "number": st.integers(-5, 5) | st.floats(allow_nan=False, allow_infinity=False),
-            "bool": st.booleans(), "null": st.none()}
+    pool = {
+        "str": WORDS,
+        "list": st.lists(st.integers(), max_size=2),
+        "dict": st.just({"x": 1}),
+        "number": st.integers(-5, 5) | st.floats(allow_nan=False, allow_infinity=False),
+        "bool": st.booleans(),
+        "null": st.none(),
+    }
     return st.one_of(*(s for k, s in pool.items() if k not in kinds))
 
 
@@ -272,8 +371,11 @@ def _bad_json_case(draw: st.DrawFn) -> tuple[str, dict[str, bytes], str, str]:
     else:
         name = "table.jsonl"
         rows = [json.loads(line) for line in files[name].decode().splitlines()]
-        field = draw(st.sampled_from(["<row>", "video", "caption", "start", "end", "start>=end", "video_id",
-                                      "split", "surrogate"]))
+        field = draw(
+            st.sampled_from(
+                ["<row>", "video", "caption", "start", "end", "start>=end", "video_id", "split", "surrogate"]
+            )
+        )
         row = rows[i]
         if field == "surrogate":
             what = draw(st.sampled_from(["video", "caption"]))
@@ -293,8 +395,12 @@ def _bad_json_case(draw: st.DrawFn) -> tuple[str, dict[str, bytes], str, str]:
             loc = f":row {i + 1}.caption"
         elif field in ("start", "end"):
             not_seconds = WORDS.filter(lambda s: s not in ("inf", "nan", "infinity"))
-            row[field] = draw(_not("number", "null", "str") | not_seconds | st.floats(max_value=-0.001)
-                              | st.sampled_from(["NaN", "-inf"]))
+            row[field] = draw(
+                _not("number", "null", "str")
+                | not_seconds
+                | st.floats(max_value=-0.001)
+                | st.sampled_from(["NaN", "-inf"])
+            )
             loc = f":row {i + 1}.{field}"
         else:
             row["start"] = row["end"] + draw(st.sampled_from([0, 0.5, 3]))
@@ -306,14 +412,19 @@ def _bad_json_case(draw: st.DrawFn) -> tuple[str, dict[str, bytes], str, str]:
 
 
 def test_wrong_types_and_missing_keys_in_json_annotations_name_file_and_field(tmp_path: Path, faults) -> None:
-    faults.inject("bad_input", "JSON/JSONL annotations with wrong-typed fields, missing keys, non-finite numbers")
+    faults.inject(
+        "bad_input", "JSON/JSONL annotations with wrong-typed fields, missing keys, non-finite numbers"
+    )
 
     @BOUNDED
     @given(case=_bad_json_case())
     def run(case: tuple[str, dict[str, bytes], str, str]) -> None:
         layout, files, name, loc = case
-        _names(_build(tmp_path, layout, files), str(tmp_path / layout / name) + ("" if loc[0] in "'" else loc),
-               loc)
+        _names(
+            _build(tmp_path, layout, files),
+            str(tmp_path / layout / name) + ("" if loc[0] in "'" else loc),
+            loc,
+        )
 
     run()
 
@@ -324,16 +435,27 @@ def _bad_msvd_case(draw: st.DrawFn) -> tuple[bytes, str]:
     raw = pickle.loads(LAYOUTS["msvd"][2]["raw-captions.pkl"])
     vid, j = f"vid{draw(st.integers(0, 2))}", draw(st.integers(0, 1))
     kind = draw(st.sampled_from(["top", "entries", "tokens", "global", "huge_int", "surrogate"]))
-    non_container = st.integers() | st.none() | st.booleans() | st.binary(max_size=4) | st.floats() \
-        | st.sets(st.integers(), max_size=2) | st.dictionaries(WORDS, st.integers(), max_size=2)
+    non_container = (
+        st.integers()
+        | st.none()
+        | st.booleans()
+        | st.binary(max_size=4)
+        | st.floats()
+        | st.sets(st.integers(), max_size=2)
+        | st.dictionaries(WORDS, st.integers(), max_size=2)
+    )
     if kind == "top":
-        return _pkl(draw(st.lists(st.integers(), max_size=2) | st.text(max_size=4) | st.none())), "expected a dict"
+        return _pkl(
+            draw(st.lists(st.integers(), max_size=2) | st.text(max_size=4) | st.none())
+        ), "expected a dict"
     if kind == "entries":
         raw[vid] = draw(non_container)
         return _pkl(raw), f"[{vid!r}]"
     if kind == "tokens":
-        raw[vid][j] = draw(non_container.filter(lambda v: not isinstance(v, str))
-                           | st.lists(st.integers() | st.none(), min_size=1, max_size=2))
+        raw[vid][j] = draw(
+            non_container.filter(lambda v: not isinstance(v, str))
+            | st.lists(st.integers() | st.none(), min_size=1, max_size=2)
+        )
         return _pkl(raw), f"[{vid!r}][{j}]"
     if kind == "surrogate":
         raw[vid][j] = ["a", draw(SURROGATES)]
@@ -341,7 +463,9 @@ def _bad_msvd_case(draw: st.DrawFn) -> tuple[bytes, str]:
     if kind == "huge_int":  # pickled ints have no digit limit; repr()ing one in a message must not crash
         raw[vid][j] = [10**5000]
         return _pkl(raw), f"[{vid!r}][{j}]"
-    raw[vid][j] = draw(st.sampled_from([datetime.date(2020, 1, 1), Fraction(1, 3), frozenset({"a"}).__class__]))
+    raw[vid][j] = draw(
+        st.sampled_from([datetime.date(2020, 1, 1), Fraction(1, 3), frozenset({"a"}).__class__])
+    )
     return _pkl(raw), "refusing to unpickle global"
 
 
@@ -406,9 +530,18 @@ def _parquet(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-VALID_MANIFEST = pa.table({"video_id": ["a", "b"], "video_uri": ["/v/a.mp4", "/v/b.mp4"],
-                           "captions": [["x", "y"], ["z"]], "start": [None, 1.0], "end": [None, 2.0],
-                           "split": ["test", "test"], "dataset": ["custom", "custom"]}, schema=MANIFEST_SCHEMA)
+VALID_MANIFEST = pa.table(
+    {
+        "video_id": ["a", "b"],
+        "video_uri": ["/v/a.mp4", "/v/b.mp4"],
+        "captions": [["x", "y"], ["z"]],
+        "start": [None, 1.0],
+        "end": [None, 2.0],
+        "split": ["test", "test"],
+        "dataset": ["custom", "custom"],
+    },
+    schema=MANIFEST_SCHEMA,
+)
 
 
 @st.composite
@@ -421,7 +554,9 @@ def _bad_manifest(draw: st.DrawFn) -> bytes:
     if kind == "drop_column":
         table = table.drop_columns([col])
     elif kind == "retype":
-        new = draw(st.sampled_from([pa.int64(), pa.float32(), pa.binary(), pa.list_(pa.int32()), pa.string()]))
+        new = draw(
+            st.sampled_from([pa.int64(), pa.float32(), pa.binary(), pa.list_(pa.int32()), pa.string()])
+        )
         if new.equals(MANIFEST_SCHEMA.field(col).type):
             new = pa.null()
         table = table.set_column(table.column_names.index(col), col, pa.nulls(2, new))
@@ -433,7 +568,9 @@ def _bad_manifest(draw: st.DrawFn) -> bytes:
 
 
 def test_corrupt_or_mistyped_manifests_raise_value_errors_naming_the_file(tmp_path: Path, faults) -> None:
-    faults.inject("bad_input", "Parquet manifests corrupted, truncated, missing columns, wrong types, bad ids")
+    faults.inject(
+        "bad_input", "Parquet manifests corrupted, truncated, missing columns, wrong types, bad ids"
+    )
     path = tmp_path / "manifest.parquet"
     path.write_bytes(_parquet(VALID_MANIFEST))
     assert read_manifest(str(path), STORAGE).equals(VALID_MANIFEST)
@@ -463,10 +600,12 @@ def _fields() -> list[tuple[str, str, Any]]:
 FIELDS = _fields()
 LETTERS = st.text(string.ascii_letters, min_size=1, max_size=8)  # never a YAML number, so a str stays a str
 KINDS: dict[str, st.SearchStrategy[Any]] = {
-    "bool": st.booleans(), "int": st.integers(-100, 100), "str": LETTERS,
+    "bool": st.booleans(),
+    "int": st.integers(-100, 100),
+    "str": LETTERS,
     "float": st.floats(allow_nan=False, allow_infinity=False).filter(lambda x: x != int(x)),
-    "list": st.lists(st.integers(0, 3), min_size=1, max_size=2), "dict": st.dictionaries(LETTERS, st.integers(),
-                                                                                         min_size=1, max_size=2),
+    "list": st.lists(st.integers(0, 3), min_size=1, max_size=2),
+    "dict": st.dictionaries(LETTERS, st.integers(), min_size=1, max_size=2),
 }
 
 
@@ -477,12 +616,18 @@ def _wrong_for(tp: Any) -> st.SearchStrategy[Any]:
         (inner,) = [a for a in args if a is not type(None)]
         return _wrong_for(inner)
     if origin is Literal:
-        return st.one_of(*(KINDS[k] for k in ("bool", "int", "float", "list", "dict")),
-                         LETTERS.filter(lambda s: s not in args))
+        return st.one_of(
+            *(KINDS[k] for k in ("bool", "int", "float", "list", "dict")),
+            LETTERS.filter(lambda s: s not in args),
+        )
     if origin is tuple:
-        item_wrong = {str: ("int", "bool", "dict"), int: ("str", "bool", "float"), float: ("str", "bool")}[args[0]]
-        return st.one_of(*(KINDS[k] for k in ("bool", "int", "str", "dict")),
-                         st.lists(st.one_of(*(KINDS[k] for k in item_wrong)), min_size=1, max_size=2))
+        item_wrong = {str: ("int", "bool", "dict"), int: ("str", "bool", "float"), float: ("str", "bool")}[
+            args[0]
+        ]
+        return st.one_of(
+            *(KINDS[k] for k in ("bool", "int", "str", "dict")),
+            st.lists(st.one_of(*(KINDS[k] for k in item_wrong)), min_size=1, max_size=2),
+        )
     accepted = {bool: {"bool"}, int: {"int"}, float: {"int", "float"}, str: {"str"}}[tp]
     return st.one_of(*(s for k, s in KINDS.items() if k not in accepted))
 
@@ -537,11 +682,22 @@ def test_unknown_config_keys_name_file_and_dotted_key(tmp_path: Path, faults) ->
 
 
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
-YAML_GARBAGE = st.sampled_from([
-    "train: {lr: 2001-13-01}", "train: {lr: !!int abc}", "train: {lr: !!float x}", "[" * 3000,
-    f"train: {{lr: {10**400}}}", "a: &x [*x, *y]", "train: !!python/object:os.system {}", "train:\n\tlr: 1",
-    "train: {lr: 1e-4, lr: 2}", "? [a]\n: 1", "train: {epochs: 0x1G}", "train: {lr: .nan}",
-])
+YAML_GARBAGE = st.sampled_from(
+    [
+        "train: {lr: 2001-13-01}",
+        "train: {lr: !!int abc}",
+        "train: {lr: !!float x}",
+        "[" * 3000,
+        f"train: {{lr: {10**400}}}",
+        "a: &x [*x, *y]",
+        "train: !!python/object:os.system {}",
+        "train:\n\tlr: 1",
+        "train: {lr: 1e-4, lr: 2}",
+        "? [a]\n: 1",
+        "train: {epochs: 0x1G}",
+        "train: {lr: .nan}",
+    ]
+)
 
 
 @st.composite
@@ -555,7 +711,9 @@ def _garbled_config(draw: st.DrawFn) -> bytes:
 
 
 def test_garbled_config_files_raise_value_errors_naming_the_file(tmp_path: Path, faults) -> None:
-    faults.inject("bad_input", "config files truncated, non-UTF-8, invalid YAML, bad tags, huge numbers, deep nesting")
+    faults.inject(
+        "bad_input", "config files truncated, non-UTF-8, invalid YAML, bad tags, huge numbers, deep nesting"
+    )
     path = tmp_path / "c.yaml"
 
     @BOUNDED
@@ -569,11 +727,33 @@ def test_garbled_config_files_raise_value_errors_naming_the_file(tmp_path: Path,
     run()
 
 
-SEGMENTS = st.sampled_from(sorted({s for s, _, _ in FIELDS} | {n for _, n, _ in FIELDS})) | WORDS \
+SEGMENTS = (
+    st.sampled_from(sorted({s for s, _, _ in FIELDS} | {n for _, n, _ in FIELDS}))
+    | WORDS
     | st.sampled_from(["", " ", "train ", "[0]", "x.y"])
-OVERRIDE_VALUES = st.sampled_from(["1", "1e-4", "abc", "true", "null", "[1, 2]", "{lr: abc}", "{nope: 1}", "[",
-                                   "2001-13-01", "!!int x", "\x07", "[" * 2000, "'unterminated", str(10**400),
-                                   "{a: {b: {c: 1}}}", "- 1", "a: b: c"]) | st.text(max_size=12)
+)
+OVERRIDE_VALUES = st.sampled_from(
+    [
+        "1",
+        "1e-4",
+        "abc",
+        "true",
+        "null",
+        "[1, 2]",
+        "{lr: abc}",
+        "{nope: 1}",
+        "[",
+        "2001-13-01",
+        "!!int x",
+        "\x07",
+        "[" * 2000,
+        "'unterminated",
+        str(10**400),
+        "{a: {b: {c: 1}}}",
+        "- 1",
+        "a: b: c",
+    ]
+) | st.text(max_size=12)
 
 
 @st.composite
@@ -584,7 +764,9 @@ def _override(draw: st.DrawFn) -> str:
 
 
 def test_bad_dotted_overrides_raise_value_errors_naming_the_override(tmp_path: Path, faults) -> None:
-    faults.inject("bad_input", "dotted overrides with unknown keys, keys below scalars, wrong types, invalid YAML")
+    faults.inject(
+        "bad_input", "dotted overrides with unknown keys, keys below scalars, wrong types, invalid YAML"
+    )
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 0.001\n  epochs: 2\n")
 

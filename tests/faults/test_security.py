@@ -173,21 +173,34 @@ def test_credentials_never_appear_in_errors_logs_output_configs_or_reports(
     env_secret = os.environ["AWS_SECRET_ACCESS_KEY"]  # set by the moto_server fixture (distinctive too)
     secrets = [ACCESS_KEY, SECRET_KEY, SESSION_TOKEN, env_secret, NUMERIC_SECRET]
     creds = {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY, "session_token": SESSION_TOKEN}
-    down = StorageConfig(endpoint_url=f"http://127.0.0.1:{_closed_port()}", region="us-east-1", max_retries=1,
-                         retry_backoff_s=0.01, **creds)
-    up = StorageConfig(endpoint_url=moto_server, region="us-east-1", max_retries=1, retry_backoff_s=0.01, **creds)
+    down = StorageConfig(
+        endpoint_url=f"http://127.0.0.1:{_closed_port()}",
+        region="us-east-1",
+        max_retries=1,
+        retry_backoff_s=0.01,
+        **creds,
+    )
+    up = StorageConfig(
+        endpoint_url=moto_server, region="us-east-1", max_retries=1, retry_backoff_s=0.01, **creds
+    )
     assert SECRET_KEY in str(to_dict(down, redact=False))  # the scan below looks for the real values
     seen: list[str] = []
 
     faults.inject("security", "storage errors with config credentials: endpoint down, missing object/bucket")
     st = Storage(down)
-    for call in (lambda: st.read_bytes("s3://bucket/key"), lambda: st.write_bytes("s3://bucket/key", b"x"),
-                 lambda: st.list("s3://bucket/prefix"), lambda: st.exists("s3://bucket/key")):
+    for call in (
+        lambda: st.read_bytes("s3://bucket/key"),
+        lambda: st.write_bytes("s3://bucket/key", b"x"),
+        lambda: st.list("s3://bucket/prefix"),
+        lambda: st.exists("s3://bucket/key"),
+    ):
         seen.append(_errors(call, StorageError))
     st = Storage(up)
     for call in (lambda: st.read_bytes("s3://no-such-bucket/key"), lambda: st.list("s3://no-such-bucket/p")):
         seen.append(_errors(call, StorageError))
-    env_st = Storage(StorageConfig(endpoint_url=moto_server, max_retries=0))  # credentials from the environment
+    env_st = Storage(
+        StorageConfig(endpoint_url=moto_server, max_retries=0)
+    )  # credentials from the environment
     seen.append(_errors(lambda: env_st.read_text("s3://no-such-bucket/key"), StorageError))
     seen += [repr(down), str(down), repr(Storage(down)), repr(Config(storage=down)), repr(env_st)]
     seen.append(pickle.dumps(env_st).decode("latin-1"))  # environment credentials stay out of pickles
@@ -198,8 +211,12 @@ def test_credentials_never_appear_in_errors_logs_output_configs_or_reports(
     seen.append(_errors(lambda: load_config(bad), ValueError))
     bad.write_text(f'storage:\n  secret_access_key: "{SECRET_KEY}\n  region: [\n')
     seen.append(_errors(lambda: load_config(bad), ValueError))
-    for override in (f"storage.secret_access_key=[{SECRET_KEY}", f"storage.secret_access_key={{a: {SECRET_KEY}}}",
-                     f"storage.session_token.x={SESSION_TOKEN}", f"storage.access_key_id=!!int {ACCESS_KEY}"):
+    for override in (
+        f"storage.secret_access_key=[{SECRET_KEY}",
+        f"storage.secret_access_key={{a: {SECRET_KEY}}}",
+        f"storage.session_token.x={SESSION_TOKEN}",
+        f"storage.access_key_id=!!int {ACCESS_KEY}",
+    ):
         seen.append(_errors(lambda o=override: load_config(None, [o]), ValueError))
 
     faults.inject("security", "resolved configs, checkpoints and reports written with credentials configured")
@@ -209,17 +226,40 @@ def test_credentials_never_appear_in_errors_logs_output_configs_or_reports(
     seen.append(written.read_text())
     save_checkpoint(tmp_path / "ckpt", {"step": 1, "config": dump_yaml(cfg), "w": torch.ones(1)})
     seen += [(tmp_path / "ckpt" / n).read_bytes().decode("latin-1") for n in (STATE_FILE, META_FILE)]
-    report = write_report(str(tmp_path / "report"), Storage(), metrics={"stage 1": {"t2v": {"R1": 1.0}}},
-                          ranks={}, samples=[], thumbnails={}, title="fault", config_yaml=dump_yaml(cfg))
+    report = write_report(
+        str(tmp_path / "report"),
+        Storage(),
+        metrics={"stage 1": {"t2v": {"R1": 1.0}}},
+        ranks={},
+        samples=[],
+        thumbnails={},
+        title="fault",
+        config_yaml=dump_yaml(cfg),
+    )
     seen += [Path(report).read_text(), (tmp_path / "report" / "metrics.json").read_text()]
 
     faults.inject("security", "CLI runs failing with credentials in the config file and in overrides")
     good = tmp_path / "creds.yaml"
-    good.write_text(f"storage:\n  endpoint_url: {down.endpoint_url}\n  max_retries: 0\n"
-                    f"  access_key_id: {ACCESS_KEY}\n  secret_access_key: {SECRET_KEY}\n"
-                    f"  session_token: {SESSION_TOKEN}\n")
-    manifest = ["manifest", "--dataset", "msrvtt", "--anno", "s3://bucket/anno", "--videos", "s3://bucket/v",
-                "--split", "test", "--out", "s3://bucket/out/test.parquet", "--config", str(good)]
+    good.write_text(
+        f"storage:\n  endpoint_url: {down.endpoint_url}\n  max_retries: 0\n"
+        f"  access_key_id: {ACCESS_KEY}\n  secret_access_key: {SECRET_KEY}\n"
+        f"  session_token: {SESSION_TOKEN}\n"
+    )
+    manifest = [
+        "manifest",
+        "--dataset",
+        "msrvtt",
+        "--anno",
+        "s3://bucket/anno",
+        "--videos",
+        "s3://bucket/v",
+        "--split",
+        "test",
+        "--out",
+        "s3://bucket/out/test.parquet",
+        "--config",
+        str(good),
+    ]
     assert cli.main(manifest) == cli.EXIT_ERROR
     assert cli.main([*manifest, f"storage.secret_access_key=[{SECRET_KEY}"]) == cli.EXIT_ERROR
     assert cli.main([*manifest[:-2], "--config", str(bad)]) == cli.EXIT_ERROR
@@ -227,7 +267,12 @@ def test_credentials_never_appear_in_errors_logs_output_configs_or_reports(
     seen += [out.out, out.err, caplog.text]
     assert "vidret manifest: error:" in out.err and "s3://bucket/anno" in out.err, out.err
 
-    leaks = [(s, text[max(0, text.find(s) - 80): text.find(s) + 40]) for text in seen for s in secrets if s in text]
+    leaks = [
+        (s, text[max(0, text.find(s) - 80) : text.find(s) + 40])
+        for text in seen
+        for s in secrets
+        if s in text
+    ]
     faults.loss()
     assert not leaks, f"credentials leaked: {leaks[:3]}"
     assert "***" in dump_yaml(cfg)  # redacted, not dropped: the saved config says credentials were set
@@ -237,7 +282,9 @@ def test_credentials_never_appear_in_errors_logs_output_configs_or_reports(
 def _listening(proc: Any) -> list[str]:
     import psutil
 
-    conns = proc.net_connections(kind="inet") if hasattr(proc, "net_connections") else proc.connections("inet")
+    conns = (
+        proc.net_connections(kind="inet") if hasattr(proc, "net_connections") else proc.connections("inet")
+    )
     return [c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN]
 
 
@@ -264,11 +311,11 @@ def test_local_ray_and_its_dashboard_bind_to_loopback_only(monkeypatch: pytest.M
     faults.inject("security", "local Ray started by ensure_ray reachable from the network")
     ensure_ray(RunConfig(num_cpus=1))
     try:
-        assert ray_constants.ENABLE_RAY_CLUSTER == cluster_mode, "ensure_ray left Ray's cluster mode changed"
+        assert cluster_mode == ray_constants.ENABLE_RAY_CLUSTER, "ensure_ray left Ray's cluster mode changed"
         assert ray.util.get_node_ip_address() == "127.0.0.1"
         assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
         assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
-        assert ray.get(ray.remote(lambda: ray.util.get_node_ip_address()).remote()) == "127.0.0.1"
+        assert ray.get(ray.remote(ray.util.get_node_ip_address).remote()) == "127.0.0.1"
         webui = ray._private.worker.global_worker.node.address_info.get("webui_url") or ""
         assert webui == "" or webui.startswith(("127.0.0.1:", "http://127.0.0.1:")), webui
         exposed = {}

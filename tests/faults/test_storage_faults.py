@@ -46,7 +46,7 @@ def _put_direct(pb: ProxiedBucket, uri: str, data: bytes) -> None:
     Storage(pb.direct).write_bytes(uri, data)
 
 
-def _first_n(n: int, action: str, method: str, contains: str = ""):  # noqa: ANN202 - a proxy policy
+def _first_n(n: int, action: str, method: str, contains: str = ""):
     """A policy applying ``action`` to the first ``n`` matching requests, then passing everything."""
     hits = {"n": 0}
 
@@ -73,7 +73,9 @@ def test_server_down_read_and_write_give_bounded_retries_then_error_naming_uri(
     t0 = time.monotonic()
     with pytest.raises(StorageError, match=rf"cannot read {uri}:.*gave up after {ATTEMPTS} attempts"):
         st.read_bytes(uri)
-    with pytest.raises(StorageError, match=rf"cannot write {join(pb.root, 'new.bin')}:.*after {ATTEMPTS} attempts"):
+    with pytest.raises(
+        StorageError, match=rf"cannot write {join(pb.root, 'new.bin')}:.*after {ATTEMPTS} attempts"
+    ):
         st.write_bytes(join(pb.root, "new.bin"), b"x")
     assert time.monotonic() - t0 < 10, "retries are bounded: two calls with 2 retries each"
     retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
@@ -101,7 +103,9 @@ def test_connection_cut_mid_read_is_retried_and_never_returns_partial_bytes(
         assert f.read(50_000) == payload[1000:51_000]
     faults.inject("storage", "connection dropped mid-read on every attempt")
     pb.proxy.policy = lambda req: CUT_RESPONSE if req.method == "GET" else PASS
-    with pytest.raises(StorageError, match=rf"cannot read {uri}:.*ClientPayloadError.*after {ATTEMPTS} attempts"):
+    with pytest.raises(
+        StorageError, match=rf"cannot read {uri}:.*ClientPayloadError.*after {ATTEMPTS} attempts"
+    ):
         st.read_bytes(uri)
     assert pb.proxy.count("GET", "video.bin") >= 2 + ATTEMPTS
 
@@ -145,7 +149,11 @@ def test_throttling_and_a_slow_server_are_survived(proxied_bucket: ProxiedBucket
 
 # -- checkpoints -----------------------------------------------------------------------------------------
 def _state(v: float) -> dict:
-    return {"model": {"w": torch.full((64, 64), v), "b": torch.arange(8.0) * v}, "step": int(v), "key": f"k{v}"}
+    return {
+        "model": {"w": torch.full((64, 64), v), "b": torch.arange(8.0) * v},
+        "step": int(v),
+        "key": f"k{v}",
+    }
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -171,7 +179,8 @@ def test_checkpoint_upload_interrupted_is_never_loaded_and_reupload_works(
         corrupted += 1  # anything loaded here is old meta over new state or similar
         pytest.fail(f"an incomplete checkpoint loaded (step {loaded.get('step')})")
     except StorageNotFoundError as exc:
-        assert "meta.json" in str(exc) and uri in str(exc)
+        assert "meta.json" in str(exc)
+        assert uri in str(exc)
     faults.inject("storage", "checkpoint state.pt truncated on the server")
     save_state(uri, _state(3.0), st)
     full = _objects(pb)["run/checkpoints/discrimination/state.pt"]
@@ -189,14 +198,20 @@ V, T = 6, 12  # videos, captions of a tiny split
 
 def _texts(lo: int, hi: int) -> dict[str, np.ndarray]:
     rows = np.arange(lo, hi)
-    return {"text": np.random.default_rng(lo).standard_normal((hi - lo, 4, 8)).astype(np.float32),
-            "video_index": rows // 2, "caption_row": rows}
+    return {
+        "text": np.random.default_rng(lo).standard_normal((hi - lo, 4, 8)).astype(np.float32),
+        "video_index": rows // 2,
+        "caption_row": rows,
+    }
 
 
 def _videos(lo: int, hi: int) -> dict[str, np.ndarray]:
     rows = np.arange(lo, hi)
-    return {"video": np.random.default_rng(100 + lo).standard_normal((hi - lo, 3, 8)).astype(np.float32),
-            "video_index": rows, "ok": np.ones(hi - lo, bool)}
+    return {
+        "video": np.random.default_rng(100 + lo).standard_normal((hi - lo, 3, 8)).astype(np.float32),
+        "video_index": rows,
+        "ok": np.ones(hi - lo, bool),
+    }
 
 
 def _write_split(st: Storage, uri: str) -> dict:
@@ -205,8 +220,9 @@ def _write_split(st: Storage, uri: str) -> dict:
         tw.add(_texts(lo, lo + 3))
     for lo in range(0, V, 2):
         vw.add(_videos(lo, lo + 2))
-    return cache.write_index(st, uri, {"split": "test", "video_ids": [f"v{i}" for i in range(V)]},
-                             tw.close(), vw.close())
+    return cache.write_index(
+        st, uri, {"split": "test", "video_ids": [f"v{i}" for i in range(V)]}, tw.close(), vw.close()
+    )
 
 
 def _rows(st: Storage, uri: str, index: dict, kind: str, key: str) -> np.ndarray:
@@ -234,7 +250,8 @@ def test_feature_cache_split_interrupted_is_invalid_then_rebuilt_complete(
     captions = _rows(st, uri, index, "texts", "caption_row")
     lost = (V - len(set(videos.tolist()))) + (T - len(set(captions.tolist())))
     faults.loss(rows_lost=lost)
-    assert sorted(videos.tolist()) == list(range(V)) and sorted(captions.tolist()) == list(range(T))
+    assert sorted(videos.tolist()) == list(range(V))
+    assert sorted(captions.tolist()) == list(range(T))
     faults.inject("storage", "a feature shard truncated on the server after the index was written")
     shard = index["videos"][1]["name"]
     _put_direct(pb, join(uri, shard), _objects(pb)[f"run/features/abc/test/{shard}"][:100])
@@ -247,9 +264,18 @@ def test_feature_cache_split_interrupted_is_invalid_then_rebuilt_complete(
 
 # -- manifests and reports -------------------------------------------------------------------------------
 def _manifest(n: int) -> pa.Table:
-    return pa.table({"video_id": [f"v{i}" for i in range(n)], "video_uri": [f"s3://b/v{i}.mp4" for i in range(n)],
-                     "captions": [[f"caption {i}"] for i in range(n)], "start": [None] * n, "end": [None] * n,
-                     "split": ["test"] * n, "dataset": ["custom"] * n}, schema=MANIFEST_SCHEMA)
+    return pa.table(
+        {
+            "video_id": [f"v{i}" for i in range(n)],
+            "video_uri": [f"s3://b/v{i}.mp4" for i in range(n)],
+            "captions": [[f"caption {i}"] for i in range(n)],
+            "start": [None] * n,
+            "end": [None] * n,
+            "split": ["test"] * n,
+            "dataset": ["custom"] * n,
+        },
+        schema=MANIFEST_SCHEMA,
+    )
 
 
 def test_manifest_write_interrupted_is_absent_and_a_truncated_one_is_refused(
@@ -280,7 +306,14 @@ def test_report_write_interrupted_leaves_no_partial_report(proxied_bucket: Proxi
     pb, st = proxied_bucket, Storage(proxied_bucket.storage)
     out = join(pb.root, "run", "eval", "generation")
     metrics = {"stage 1": {"t2v": {"R1": 10.0, "R5": 50.0}, "v2t": {"R1": 12.0, "R5": 40.0}}}
-    kwargs = {"metrics": metrics, "ranks": {}, "samples": [], "thumbnails": {}, "title": "t", "config_yaml": "a: 1\n"}
+    kwargs = {
+        "metrics": metrics,
+        "ranks": {},
+        "samples": [],
+        "thumbnails": {},
+        "title": "t",
+        "config_yaml": "a: 1\n",
+    }
     faults.inject("storage", "connection dropped mid-upload of report.html on every attempt")
     pb.proxy.policy = lambda req: CUT_REQUEST if req.method == "PUT" and "report.html" in req.path else PASS
     with pytest.raises(StorageError, match=rf"cannot write {join(out, 'report.html')}"):

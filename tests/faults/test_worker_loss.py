@@ -57,8 +57,16 @@ ENCODER_ACTOR = "MapBatches(_Encoder)"
 HELD = 6  # the video whose first read is held: the 7th of the train split, half-way through the pass
 EVAL_SPLITS = ("train", "val")  # what stage 2 needs (data.test_split=val)
 STAGE2_STEPS = 8
-DATA = DataConfig(size=32, max_frames=4, max_words=16, decoder="pyav", rows_per_block=2, decode_concurrency=1,
-                  decode_cpus=0.25, max_bad_fraction=0.0)
+DATA = DataConfig(
+    size=32,
+    max_frames=4,
+    max_words=16,
+    decoder="pyav",
+    rows_per_block=2,
+    decode_concurrency=1,
+    decode_cpus=0.25,
+    max_bad_fraction=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +95,12 @@ class _Hold:
 
     def __init__(self, key: str, timeout_s: float = 180.0) -> None:
         self.key, self.timeout_s = key, timeout_s
-        self.reached, self._open, self._lock, self._seen = threading.Event(), threading.Event(), threading.Lock(), 0
+        self.reached, self._open, self._lock, self._seen = (
+            threading.Event(),
+            threading.Event(),
+            threading.Lock(),
+            0,
+        )
 
     def __call__(self, req: Request) -> str:
         if req.method == "GET" and req.key.endswith(self.key):
@@ -107,8 +120,13 @@ class _KillWhileHeld(threading.Thread):
     """Once ``hold`` holds its read and ``ready()`` is true, SIGKILLs every Ray process whose title has
     ``marker``, then releases the read (always: the pipeline never hangs on the proxy)."""
 
-    def __init__(self, hold: _Hold, marker: str, ready: Callable[[], int] = lambda: 1,
-                 snapshot: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        hold: _Hold,
+        marker: str,
+        ready: Callable[[], int] = lambda: 1,
+        snapshot: Callable[[], int] | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self.hold, self.marker, self.ready, self.snapshot = hold, marker, ready, snapshot or ready
         self.killed: list[int] = []
@@ -166,8 +184,16 @@ def test_decode_actor_sigkill_mid_task_every_video_once(
 
 # -------------------------------------------------------------------------------------------------- (b)
 def _eval_config(out: Path, corpus: Corpus, *overrides: str) -> Config:
-    return small_config(out, corpus.manifest, "data.test_split=val", f"eval.splits=[{', '.join(EVAL_SPLITS)}]",
-                        "eval.rerank=false", "eval.report=false", "eval.batch_size=4", *overrides)
+    return small_config(
+        out,
+        corpus.manifest,
+        "data.test_split=val",
+        f"eval.splits=[{', '.join(EVAL_SPLITS)}]",
+        "eval.rerank=false",
+        "eval.report=false",
+        "eval.batch_size=4",
+        *overrides,
+    )
 
 
 @dataclass(frozen=True)
@@ -195,8 +221,12 @@ def _split_uri(cfg: Config, key: str, split: str) -> str:
 @pytest.mark.s3
 @pytest.mark.slow
 def test_encoder_actor_sigkill_mid_pass_features_complete_and_equal(
-    reference: Reference, corpus: Corpus, proxied_bucket: ProxiedBucket, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, faults
+    reference: Reference,
+    corpus: Corpus,
+    proxied_bucket: ProxiedBucket,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    faults,
 ) -> None:
     pb = proxied_bucket
     base = _eval_config(tmp_path / "kill", corpus)
@@ -215,8 +245,9 @@ def test_encoder_actor_sigkill_mid_pass_features_complete_and_equal(
     # and the encoder actor is up, so the held video's features (at least) come from the restarted actor. (Not
     # "once some features were written": the held video may share its decode block with those before it, and
     # on a loaded machine a client timeout and retry got past the hold first, so the kill came after the pass.)
-    killer = _KillWhileHeld(hold, ENCODER_ACTOR, ready=lambda: ray_pids(ENCODER_ACTOR),
-                            snapshot=lambda: delivered["videos"])
+    killer = _KillWhileHeld(
+        hold, ENCODER_ACTOR, ready=lambda: ray_pids(ENCODER_ACTOR), snapshot=lambda: delivered["videos"]
+    )
     faults.inject("worker_loss", "SIGKILL the feature-encoder actor half-way through the video pass")
     killer.start()
     run_evaluation(cfg, reference.init)
@@ -240,15 +271,23 @@ def test_encoder_actor_sigkill_mid_pass_features_complete_and_equal(
         for kind in ("text", "video"):
             for k, v in getattr(want, kind).items():
                 torch.testing.assert_close(getattr(got, kind)[k], v, rtol=1e-5, atol=1e-6, msg=f"{split} {k}")
-        assert got.video_ok.all() and torch.equal(got.text_to_video_T, want.text_to_video_T)
+        assert got.video_ok.all()
+        assert torch.equal(got.text_to_video_T, want.text_to_video_T)
     faults.loss(rows_lost=lost)
 
 
 # -------------------------------------------------------------------------------------------------- (c)
 def _stage2(root: Path, corpus: Corpus, ref: Reference, name: str) -> Config:
     """Stage 2 on the reference's feature cache (copied into the run), from its random stage-1 weights."""
-    cfg = small_config(root / name, corpus.manifest, "data.test_split=val", "train.stage=generation",
-                       f"train.init_checkpoint={ref.init}", "train.epochs=2", steps=STAGE2_STEPS)
+    cfg = small_config(
+        root / name,
+        corpus.manifest,
+        "data.test_split=val",
+        "train.stage=generation",
+        f"train.init_checkpoint={ref.init}",
+        "train.epochs=2",
+        steps=STAGE2_STEPS,
+    )
     shutil.copytree(Path(ref.cfg.run.out) / "features", Path(cfg.run.out) / "features")
     return cfg
 
@@ -268,4 +307,6 @@ def test_train_worker_sigkill_in_stage2_resumes_from_checkpoint(
     assert killer.killed, "no Ray Train worker was found to kill (did the run register no checkpoint?)"
     assert summary["steps"] == STAGE2_STEPS
     faults.loss(rows_lost=STAGE2_STEPS - final_checkpoint(cfg, "generation")["step"])  # steps never trained
-    _assert_resumed(cfg, base, "generation", killer.at_step, STAGE2_STEPS)  # the same steps, bit-identical weights
+    _assert_resumed(
+        cfg, base, "generation", killer.at_step, STAGE2_STEPS
+    )  # the same steps, bit-identical weights

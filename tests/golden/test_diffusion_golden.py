@@ -9,7 +9,8 @@ from vidret.diffusion.schedule import betas
 
 def test_cosine_t50_golden() -> None:
     b = betas("cosine", 50)
-    assert b.dtype == np.float64 and b.shape == (50,)
+    assert b.dtype == np.float64
+    assert b.shape == (50,)
     assert b[0] == pytest.approx(1.7475e-3, rel=1e-4)
     assert b[49] == 0.999  # clipped
     d = GaussianDiffusion(b)
@@ -22,13 +23,15 @@ def test_cosine_t50_golden() -> None:
 
 def test_linear_t50_golden() -> None:
     b = betas("linear", 50)
-    assert b[0] == pytest.approx(0.002) and b[-1] == pytest.approx(0.4)
+    assert b[0] == pytest.approx(0.002)
+    assert b[-1] == pytest.approx(0.4)
     np.testing.assert_allclose(np.diff(b), (0.4 - 0.002) / 49)
 
 
 def test_linear_scales_with_steps() -> None:
     b = betas("linear", 1000)
-    assert b[0] == pytest.approx(1e-4) and b[-1] == pytest.approx(0.02)
+    assert b[0] == pytest.approx(1e-4)
+    assert b[-1] == pytest.approx(0.02)
 
 
 def test_unknown_schedule_and_bad_steps() -> None:

@@ -64,7 +64,7 @@ FAITHFUL_CASES = [
 
 
 @pytest.mark.parametrize(
-    "num_frames,fps,framerate,max_frames,start,end,expected",
+    ("num_frames", "fps", "framerate", "max_frames", "start", "end", "expected"),
     [c[1:] for c in CLEAN_CASES],
     ids=[c[0] for c in CLEAN_CASES],
 )
@@ -75,7 +75,7 @@ def test_clean_rule_golden(num_frames, fps, framerate, max_frames, start, end, e
 
 
 @pytest.mark.parametrize(
-    "num_frames,fps,framerate,max_frames,start,end,expected",
+    ("num_frames", "fps", "framerate", "max_frames", "start", "end", "expected"),
     [c[1:] for c in FAITHFUL_CASES],
     ids=[c[0] for c in FAITHFUL_CASES],
 )
@@ -96,26 +96,27 @@ def test_rules_agree_on_integer_fps_and_drift_apart_at_29_97() -> None:
     # a 10-minute 29.97 fps video: upstream's "second 599" is frame 599 * 29 = 17371, i.e. 579.6 s
     clean = sample_indices(17982, NTSC, framerate=1.0, max_frames=1000)
     faithful = sample_indices(17982, NTSC, framerate=1.0, max_frames=1000, int_fps=True)
-    assert clean[599] == 17952 and faithful[599] == 17371
+    assert clean[599] == 17952
+    assert faithful[599] == 17371
     assert abs(clean[599] / NTSC - 599.0) < 1.0 / NTSC
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
+    ("kwargs", "match"),
     [
-        (dict(num_frames=0, fps=30.0), "num_frames"),
-        (dict(num_frames=10, fps=0.0), "fps"),
-        (dict(num_frames=10, fps=float("nan")), "fps"),
-        (dict(num_frames=10, fps=30.0, framerate=0.0), "framerate"),
-        (dict(num_frames=10, fps=30.0, max_frames=0), "max_frames"),
-        (dict(num_frames=10, fps=30.0, start=-1.0), "start"),
-        (dict(num_frames=10, fps=30.0, start=3.0, end=2.0), "end"),
-        (dict(num_frames=10, fps=0.5, int_fps=True), "int_fps"),
-        (dict(num_frames=10, fps=30.0, framerate=1.5, int_fps=True), "integer framerate"),
-        (dict(num_frames=10, fps=2.0, framerate=3.0, int_fps=True), "framerate <= int"),
+        ({"num_frames": 0, "fps": 30.0}, "num_frames"),
+        ({"num_frames": 10, "fps": 0.0}, "fps"),
+        ({"num_frames": 10, "fps": float("nan")}, "fps"),
+        ({"num_frames": 10, "fps": 30.0, "framerate": 0.0}, "framerate"),
+        ({"num_frames": 10, "fps": 30.0, "max_frames": 0}, "max_frames"),
+        ({"num_frames": 10, "fps": 30.0, "start": -1.0}, "start"),
+        ({"num_frames": 10, "fps": 30.0, "start": 3.0, "end": 2.0}, "end"),
+        ({"num_frames": 10, "fps": 0.5, "int_fps": True}, "int_fps"),
+        ({"num_frames": 10, "fps": 30.0, "framerate": 1.5, "int_fps": True}, "integer framerate"),
+        ({"num_frames": 10, "fps": 2.0, "framerate": 3.0, "int_fps": True}, "framerate <= int"),
     ],
 )
 def test_invalid_arguments_raise_value_error(kwargs, match) -> None:
-    args = dict(framerate=1.0, max_frames=12) | kwargs
+    args = {"framerate": 1.0, "max_frames": 12} | kwargs
     with pytest.raises(ValueError, match=match):
         sample_indices(args.pop("num_frames"), args.pop("fps"), **args)

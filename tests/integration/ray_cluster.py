@@ -11,6 +11,7 @@ dashboard (``/api/jobs/<id>``), so the test process never imports or initialises
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -301,10 +302,8 @@ class LocalRayHead:
             if not pids:
                 break
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline and _pids_of_group_or_dir(self.pgid, marker):
                 time.sleep(0.2)

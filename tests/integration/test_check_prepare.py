@@ -56,7 +56,8 @@ def test_check_counts_failures_by_reason_and_writes_the_summary(small_corpus, tm
     cfg = Config(data=DataConfig(**{**DATA.__dict__, "max_bad_fraction": 0.1}))
     summary = run_check(cfg, uri)
     assert (summary["total"], summary["ok"], summary["failed"]) == (good.num_rows + 3, good.num_rows, 3)
-    assert summary["by_reason"]["corrupt"] == 2 and summary["by_reason"]["missing"] == 1
+    assert summary["by_reason"]["corrupt"] == 2
+    assert summary["by_reason"]["missing"] == 1
     assert summary["by_reason"]["timeout"] == 0
     assert {f["video_id"] for f in summary["failures"]} == {"g", "e", "m"}
     assert summary["within_budget"] is False  # 3 of 15 > 10 %
@@ -128,8 +129,10 @@ def test_prepare_transcodes_resumes_and_reports_bad_sources(tmp_path: Path, s3_b
     for row, shown in ((train[0], (42, 32)), (test[0], (32, 42))):  # 64x48 -> short side 32, long 42 (even)
         blob = storage.read_bytes(row["video_uri"])
         info = probe(blob)
-        assert (info["width"], info["height"]) == shown and info["rotation"] == 0
-        assert info["fps"] == pytest.approx(4.0) and info["num_frames"] == 8  # 2 s at 4 fps
+        assert (info["width"], info["height"]) == shown
+        assert info["rotation"] == 0
+        assert info["fps"] == pytest.approx(4.0)
+        assert info["num_frames"] == 8
         with av.open(io.BytesIO(blob)) as container:
             assert len(container.streams.audio) == 0
             keys = [p.is_keyframe for p in container.demux(container.streams.video[0]) if p.size]

@@ -100,7 +100,7 @@ def _export(cfg: Config, uri: str, stage: str) -> str:
 @contextmanager
 def _capturing() -> Iterator[list[Any]]:
     """Keep every ``EvalResult`` the job computes (one per split, in ``eval.splits`` order)."""
-    import vidret.eval.job as job
+    from vidret.eval import job
 
     results: list[Any] = []
     original = job.evaluate_features
@@ -132,7 +132,8 @@ def _cache_mtimes(out: Path) -> dict[str, int]:
 def _assert_same_matrices(a: Any, b: Any, variants: tuple[str, ...] = ("stage1", "rerank")) -> None:
     for variant in variants:
         for direction, x, y in zip(("t2v", "v2t"), a.sims[variant], b.sims[variant], strict=True):
-            assert x.dtype == y.dtype and x.shape == y.shape
+            assert x.dtype == y.dtype
+            assert x.shape == y.shape
             assert torch.equal(x, y), f"{variant} {direction}: max diff {(x - y).abs().max().item():.3g}"
 
 
@@ -156,7 +157,8 @@ def test_metrics_json_and_report_hold_stage1_and_reranked_rows(
 
     out = corpus / "run" / "eval" / "generation"
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["stage"] == "generation" and saved["checkpoint"] == first_run["checkpoint"]
+    assert saved["stage"] == "generation"
+    assert saved["checkpoint"] == first_run["checkpoint"]
     assert saved["splits"] == json.loads(json.dumps(first_run["summary"]["splits"]))
     storage = Storage()
     for split in EVAL_SPLITS:
@@ -170,7 +172,8 @@ def test_metrics_json_and_report_hold_stage1_and_reranked_rows(
                 assert set(m) == {"R1", "R5", "R10", "R50", "MdR", "MnR", "n"}
                 assert m["n"] == n, (split, variant, direction)
                 assert 0.0 <= m["R1"] <= m["R5"] <= m["R10"] <= m["R50"] <= 100.0
-                assert 1.0 <= m["MdR"] <= num_videos and 1.0 <= m["MnR"] <= num_videos
+                assert 1.0 <= m["MdR"] <= num_videos
+                assert 1.0 <= m["MnR"] <= num_videos
     # the cached multi-caption split maps every caption to the manifest video it describes
     fs = load_split(storage, join(cache_root(first_run["cfg"], first_run["key"]), "train"))
     manifest = read_manifest(str(corpus / "manifest" / "train.parquet"), storage).to_pydict()
@@ -189,7 +192,8 @@ def test_metrics_json_and_report_hold_stage1_and_reranked_rows(
         assert ((boost != 0).sum(axis=1) <= 4).all()
         np.testing.assert_allclose(boost.sum(axis=1), 1.0, atol=1e-5)
     report = (out / "report.html").read_text()
-    assert "stage 1 + diffusion re-rank" in report and "vidret evaluation: train" in report
+    assert "stage 1 + diffusion re-rank" in report
+    assert "vidret evaluation: train" in report
     assert (out / "config.yaml").is_file()
     for label in ("stage 1 ", "stage 1 + diffusion re-rank", "train:", "test:"):
         assert label in first_run["summary"]["table"]
@@ -225,7 +229,8 @@ def test_cache_rebuilt_from_the_videos_gives_identical_features_and_matrices(
     for part_a, part_b in ((a.text, b.text), (a.video, b.video)):
         for k in part_a:
             assert torch.equal(part_a[k], part_b[k]), k
-    assert a.video_ids == b.video_ids and a.captions == b.captions
+    assert a.video_ids == b.video_ids
+    assert a.captions == b.captions
     assert not (corpus / "run-again" / "eval" / "generation" / "report.html").exists()
 
 
@@ -245,7 +250,8 @@ def test_stage1_checkpoint_reuses_the_cache_and_skips_reranking(
         assert set(summary["splits"][split]) == {"stage1"}
         _assert_same_matrices(results[split], first_run["results"][split], variants=("stage1",))
     saved = json.loads((corpus / "run" / "eval" / "discrimination" / "metrics.json").read_text())
-    assert saved["stage"] == "discrimination" and set(saved["splits"]["test"]) == {"stage1"}
+    assert saved["stage"] == "discrimination"
+    assert set(saved["splits"]["test"]) == {"stage1"}
 
 
 def test_distributed_blocks_match_the_in_process_rerank(tmp_path: Path) -> None:
@@ -294,7 +300,8 @@ def test_distributed_blocks_match_the_in_process_rerank(tmp_path: Path) -> None:
         sim = model.similarity(fs.text, fs.video, block=128)
     one = rerank_distributed(model, state, cfg, sim, fs, 1)
     two = rerank_distributed(model, state, cfg, sim, fs, 2)
-    assert one[0].shape == (texts, videos) and one[1].shape == (videos, texts)
+    assert one[0].shape == (texts, videos)
+    assert one[1].shape == (videos, texts)
     for a, b in zip(one, two, strict=True):
         assert torch.equal(a, b), f"max diff {(a - b).abs().max().item():.3g}"
     assert not torch.equal(one[0], sim)

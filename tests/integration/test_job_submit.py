@@ -43,6 +43,7 @@ TINY_TRAIN = [
 SPLITS = ("train", "val", "test", "ood")
 UPLOAD_LIMIT_BYTES = 64 << 20  # Ray refuses > 512 MiB and warns at half; the code is ~1 MiB
 
+
 def _entrypoint(job: str, *args: str) -> list[str]:
     """What a user types after ``ray job submit ... --``."""
     return ["python", job, "--config", CONFIG, *args]
@@ -117,7 +118,8 @@ def test_synth_job_writes_the_corpus(synth_job: tuple[JobRun, Path]) -> None:
     anns = json.loads((corpus / "anns" / "MSRVTT_data.json").read_text())
     assert sorted(v["video_id"] for v in anns["videos"]) == sorted(v.stem for v in videos)
     summary = json.loads((corpus / "summary.json").read_text())
-    assert summary["videos"] == VIDEOS and summary["size"] == 32
+    assert summary["videos"] == VIDEOS
+    assert summary["size"] == 32
     assert (corpus / "config.yaml").is_file()
     assert f'"out": "{corpus}"' in job.logs, (
         "the job's stdout (the CLI's JSON summary) is missing from its logs"
@@ -147,7 +149,8 @@ def test_working_dir_upload_is_code_only(head: LocalRayHead, synth_job: tuple[Jo
     size = sum((pkg / f).stat().st_size for f in files)
     assert size < UPLOAD_LIMIT_BYTES, f"working dir upload is {size / 2**20:.1f} MiB"
     (mod,) = head.uploaded_dirs("py_modules")
-    assert (mod / "vidret" / "cli.py").is_file() and not (mod / "__init__.py").exists()
+    assert (mod / "vidret" / "cli.py").is_file()
+    assert not (mod / "__init__.py").exists()
 
 
 def test_train_job_exports_stage1_weights(head: LocalRayHead, run_dir: Path) -> None:

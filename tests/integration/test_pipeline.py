@@ -67,9 +67,12 @@ def test_every_video_once_with_model_columns_and_exact_frames(small_corpus) -> N
     got = _collect(build_dataset(rows, CFG, Storage()), rows.num_videos)
     n = manifest.num_rows
     assert set(got) == set(MODEL_COLUMNS)
-    assert got["video"].shape == (n, 4, 32, 32, 3) and got["video"].dtype == np.uint8
-    assert got["video_mask"].shape == (n, 4) and got["video_mask"].dtype == np.int64
-    assert got["text_ids"].shape == (n, 16) and got["text_mask"].dtype == np.int64
+    assert got["video"].shape == (n, 4, 32, 32, 3)
+    assert got["video"].dtype == np.uint8
+    assert got["video_mask"].shape == (n, 4)
+    assert got["video_mask"].dtype == np.int64
+    assert got["text_ids"].shape == (n, 16)
+    assert got["text_mask"].dtype == np.int64
     assert sorted(got["video_index"].tolist()) == list(range(n))
     uris = manifest.column("video_uri").to_pylist()
     captions = manifest.column("captions").to_pylist()
@@ -125,7 +128,8 @@ def test_bad_videos_are_skipped_and_reported(small_corpus, tmp_path: Path) -> No
     got = _collect((ds, log), rows.num_videos, cfg)
     assert sorted(got["video_index"].tolist()) == list(range(small_corpus["manifest"].num_rows))
     report = check_bad_fraction(log, rows.num_videos, cfg)
-    assert report["bad"] == bad and report["seen"] == table.num_rows
+    assert report["bad"] == bad
+    assert report["seen"] == table.num_rows
 
 
 def test_bad_videos_over_worker_shards_count_once_against_the_videos(small_corpus, tmp_path: Path) -> None:
@@ -135,7 +139,10 @@ def test_bad_videos_over_worker_shards_count_once_against_the_videos(small_corpu
     rows = split_rows(table, "all", pairs=False)
     n_good, (garbage, _, missing) = small_corpus["manifest"].num_rows, list(bad)
     uri_at = {u: i for i, u in enumerate(rows.table.column("video_uri").to_pylist())}
-    shards = [list(range(0, 6)) + [uri_at[u] for u in bad], list(range(6, n_good)) + [uri_at[garbage], uri_at[missing]]]
+    shards = [
+        list(range(0, 6)) + [uri_at[u] for u in bad],
+        [*list(range(6, n_good)), uri_at[garbage], uri_at[missing]],
+    ]
     cfg = DataConfig(**{**CFG.__dict__, "max_bad_fraction": 0.25})  # budget floor(15 * 0.25) = 3 videos
     logs = []
     for idx, n_bad in zip(shards, (3, 2), strict=True):
@@ -144,8 +151,10 @@ def test_bad_videos_over_worker_shards_count_once_against_the_videos(small_corpu
         assert (~_collect((ds, log), rows.num_videos, cfg)["ok"]).sum() == n_bad
         logs.append(log)
     report = check_bad_fractions(logs, rows.num_videos, cfg)  # 5 failed rows, 3 distinct videos: within
-    assert report["bad"] == bad and len(report["failures"]) == 3
-    assert report["seen"] == sum(map(len, shards)) and report["total"] == rows.num_videos == 15
+    assert report["bad"] == bad
+    assert len(report["failures"]) == 3
+    assert report["seen"] == sum(map(len, shards))
+    assert report["total"] == rows.num_videos == 15
     assert report["bad_fraction"] == pytest.approx(3 / 15)
     # one video fewer in the budget fails, listing all three
     with pytest.raises(TooManyBadVideosError) as info:
@@ -154,7 +163,7 @@ def test_bad_videos_over_worker_shards_count_once_against_the_videos(small_corpu
 
 
 def test_bad_rows_can_be_kept_with_ok_false(small_corpus, tmp_path: Path) -> None:
-    table, bad = _with_bad_rows(small_corpus["manifest"], tmp_path)
+    table, _bad = _with_bad_rows(small_corpus["manifest"], tmp_path)
     cfg = DataConfig(**{**CFG.__dict__, "max_bad_fraction": 0.25})
     rows = split_rows(table, "all", pairs=False)
     got = _collect(build_dataset(rows, cfg, Storage(), drop_bad=False), rows.num_videos, cfg)
@@ -162,7 +171,8 @@ def test_bad_rows_can_be_kept_with_ok_false(small_corpus, tmp_path: Path) -> Non
     assert got["video_index"][order].tolist() == list(range(table.num_rows))
     n_good = small_corpus["manifest"].num_rows
     assert got["ok"][order].tolist() == [True] * n_good + [False] * 3
-    assert not got["video"][order][n_good:].any() and not got["video_mask"][order][n_good:].any()
+    assert not got["video"][order][n_good:].any()
+    assert not got["video_mask"][order][n_good:].any()
     assert (got["text_mask"][order][n_good:, 0] == 1).all()  # captions of bad rows are still tokenised
 
 

@@ -133,7 +133,8 @@ def _copy_cache(src: Config, dst: Config) -> None:
 # -------------------------------------------------------------------------------------------------- (a)
 def test_two_stages_write_weights_cache_and_metrics(baseline: Baseline, corpus: Corpus) -> None:
     s1, s2 = baseline.summary1, baseline.summary2
-    assert s1["steps"] == STAGE1_STEPS and s2["steps"] == STAGE2_STEPS
+    assert s1["steps"] == STAGE1_STEPS
+    assert s2["steps"] == STAGE2_STEPS
     w1, w2 = exported(baseline.stage1, "discrimination"), exported(baseline.stage2, "generation")
     assert (w1["stage"], w1["step"], w2["stage"], w2["step"]) == (
         "discrimination",
@@ -148,10 +149,12 @@ def test_two_stages_write_weights_cache_and_metrics(baseline: Baseline, corpus: 
     init = build_model(baseline.stage1, Storage(), None).state_dict()  # seeded: the runs' initial weights
     moved1 = set(changed_keys(init, w1["selected"]))
     assert not any(k.startswith(("t2v_denoiser.", "v2t_denoiser.")) or ".conv1." in k for k in moved1)
-    assert any(k.startswith("temporal.") for k in moved1) and any(k.startswith("wti.") for k in moved1)
+    assert any(k.startswith("temporal.") for k in moved1)
+    assert any(k.startswith("wti.") for k in moved1)
     assert any(k.startswith("backbone.") for k in moved1)
     # the feature cache: complete train and val splits, every caption and video once, shared by both stages
-    assert set(s1["cache"]) == {"train", "val"} and s1["cache"] == s2["cache"]
+    assert set(s1["cache"]) == {"train", "val"}
+    assert s1["cache"] == s2["cache"]
     storage = Storage()
     for split in ("train", "val"):
         index = read_index(storage, s1["cache"][split])

@@ -162,10 +162,12 @@ def test_inference_sweep_selects_on_validation(tune_ray: None, tmp_path: Path) -
 
     assert summary["num_trials"] == 4  # 16 grid points, 4 drawn
     rows = _read_csv(storage, summary["table_path"])
-    assert len(rows) == 4 and len({r["name"] for r in rows}) == 4
+    assert len(rows) == 4
+    assert len({r["name"] for r in rows}) == 4
     best_by_table = max(float(r["t2v_R1"]) for r in rows)
     assert summary["best_metric"] == pytest.approx(best_by_table)
-    assert rows[0]["rank"] == "1" and float(rows[0]["t2v_R1"]) == pytest.approx(best_by_table)
+    assert rows[0]["rank"] == "1"
+    assert float(rows[0]["t2v_R1"]) == pytest.approx(best_by_table)
     assert rows[0]["name"] == trial_name(summary["best_params"])
     # the reported numbers are the validation evaluation of that point, recomputed here in-process
     from vidret.train.artifacts import load_state
@@ -185,9 +187,11 @@ def test_inference_sweep_selects_on_validation(tune_ray: None, tmp_path: Path) -
         "inference", summary["best_params"]
     )
     resolved = load_config(out / "best_config.yaml")
-    assert resolved.diffusion == best_cfg.diffusion and resolved.model == cfg.model
+    assert resolved.diffusion == best_cfg.diffusion
+    assert resolved.model == cfg.model
     text = (out / "results.txt").read_text()
-    assert "stage 1 (no re-rank)" in text and all(r["name"] in text for r in rows)
+    assert "stage 1 (no re-rank)" in text
+    assert all(r["name"] in text for r in rows)
     # only the validation cache was ever built; no other split was touched
     assert sorted(p.name for p in Path(cache_root(cfg, key)).iterdir()) == [cfg.data.val_split]
 

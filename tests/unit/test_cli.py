@@ -30,7 +30,8 @@ def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
 def test_console_script_is_installed() -> None:
     exe = Path(sys.executable).parent / "vidret"
     proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.returncode == 0 and "synth" in proc.stdout
+    assert proc.returncode == 0
+    assert "synth" in proc.stdout
 
 
 def _assert_one_line_error(code: int, err: str, *needles: str) -> None:
@@ -68,10 +69,18 @@ def test_non_writable_output(capsys: pytest.CaptureFixture[str], tmp_path: Path)
 
 def test_usage_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["synth", "--videos", "many"], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--videos" in err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "--videos" in err
 
 
 def test_debug_shows_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "vidret", "--debug", "synth", "--videos", "-1"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.returncode != 0 and "Traceback" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "vidret", "--debug", "synth", "--videos", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr

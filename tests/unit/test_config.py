@@ -35,7 +35,9 @@ def test_every_shipped_config_loads(path: Path) -> None:
 
 def test_defaults_without_file() -> None:
     cfg = load_config(None)
-    assert cfg.train.lr == 1e-4 and cfg.diffusion.steps == 50 and cfg.data.max_frames == 12
+    assert cfg.train.lr == 1e-4
+    assert cfg.diffusion.steps == 50
+    assert cfg.data.max_frames == 12
 
 
 def test_scientific_notation_is_a_float_in_files_and_overrides(tmp_path: Path) -> None:
@@ -50,7 +52,9 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as e:
         load_config(p)
     msg = str(e.value)
-    assert str(p) in msg and "train.lrr" in msg and "known key" in msg
+    assert str(p) in msg
+    assert "train.lrr" in msg
+    assert "known key" in msg
 
 
 def test_unknown_section(tmp_path: Path) -> None:
@@ -70,17 +74,22 @@ def test_unknown_section(tmp_path: Path) -> None:
         ("train: 3\n", "train", "a mapping"),
     ],
 )
-def test_wrong_type_names_file_key_and_expected_type(tmp_path: Path, text: str, key: str, expected: str) -> None:
+def test_wrong_type_names_file_key_and_expected_type(
+    tmp_path: Path, text: str, key: str, expected: str
+) -> None:
     p = _write(tmp_path, text)
     with pytest.raises(ValueError) as e:
         load_config(p)
     msg = str(e.value)
-    assert str(p) in msg and key in msg and expected in msg
+    assert str(p) in msg
+    assert key in msg
+    assert expected in msg
 
 
 def test_int_is_accepted_for_float_but_not_bool() -> None:
     cfg = config_from_dict({"train": {"lr": 1}})
-    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1.0
+    assert isinstance(cfg.train.lr, float)
+    assert cfg.train.lr == 1.0
 
 
 def test_value_checks_in_post_init(tmp_path: Path) -> None:
@@ -93,8 +102,10 @@ def test_value_checks_in_post_init(tmp_path: Path) -> None:
 def test_overrides_apply_in_order_and_parse_yaml_scalars(tmp_path: Path) -> None:
     p = _write(tmp_path, "train:\n  lr: 0.1\n  epochs: 3\n")
     cfg = load_config(p, ["train.lr=0.2", "train.lr=0.3", "eval.splits=[test, ood]", "model.weights=null"])
-    assert cfg.train.lr == 0.3 and cfg.train.epochs == 3
-    assert cfg.eval.splits == ("test", "ood") and cfg.model.weights is None
+    assert cfg.train.lr == 0.3
+    assert cfg.train.epochs == 3
+    assert cfg.eval.splits == ("test", "ood")
+    assert cfg.model.weights is None
 
 
 @pytest.mark.parametrize("bad", ["train.lr", "=3", "train.lr=[1,"])
@@ -134,21 +145,31 @@ def test_secrets_are_redacted_when_dumped() -> None:
     cfg = load_config(None, ["storage.secret_access_key=TOPSECRET-123", "storage.access_key_id=AKIDXYZ"])
     assert cfg.storage.secret_access_key == "TOPSECRET-123"
     text = dump_yaml(cfg)
-    assert "TOPSECRET-123" not in text and "AKIDXYZ" not in text
+    assert "TOPSECRET-123" not in text
+    assert "AKIDXYZ" not in text
     assert to_dict(cfg)["storage"]["secret_access_key"] == "***"
     assert to_dict(cfg, redact=False)["storage"]["secret_access_key"] == "TOPSECRET-123"
 
 
 def test_secrets_absent_from_repr() -> None:
     cfg = load_config(None, ["storage.secret_access_key=TOPSECRET-456", "storage.session_token=TOK-789"])
-    assert "TOPSECRET-456" not in repr(cfg) and "TOK-789" not in repr(cfg)
+    assert "TOPSECRET-456" not in repr(cfg)
+    assert "TOK-789" not in repr(cfg)
 
 
 def test_with_absolute_paths_resolves_only_local_relative_paths(tmp_path: Path) -> None:
     from vidret.config import with_absolute_paths
 
-    cfg = load_config(None, ["run.out=runs/x", "data.manifest=s3://bucket/m", "train.storage_path=/abs/ray",
-                             "model.weights=file://w.pt", "eval.checkpoint=ck"])
+    cfg = load_config(
+        None,
+        [
+            "run.out=runs/x",
+            "data.manifest=s3://bucket/m",
+            "train.storage_path=/abs/ray",
+            "model.weights=file://w.pt",
+            "eval.checkpoint=ck",
+        ],
+    )
     out = with_absolute_paths(cfg, cwd=str(tmp_path))
     assert out.run.out == str(tmp_path / "runs/x")
     assert out.eval.checkpoint == str(tmp_path / "ck")

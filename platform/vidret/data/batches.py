@@ -34,15 +34,17 @@ if TYPE_CHECKING:  # the tokenizer imports torch and open_clip (~7 s, ~1 GB): de
     from vidret.data.tokenizer import ClipTokenizer
 
 MODEL_COLUMNS: tuple[str, ...] = ("video", "video_mask", "text_ids", "text_mask", "video_index")
-ROW_SCHEMA = pa.schema([
-    pa.field("video_id", pa.string()),
-    pa.field("video_uri", pa.string()),
-    pa.field("caption", pa.string()),
-    pa.field("start", pa.float64()),
-    pa.field("end", pa.float64()),
-    pa.field("video_index", pa.int64()),
-    pa.field("caption_index", pa.int64()),
-])
+ROW_SCHEMA = pa.schema(
+    [
+        pa.field("video_id", pa.string()),
+        pa.field("video_uri", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("start", pa.float64()),
+        pa.field("end", pa.float64()),
+        pa.field("video_index", pa.int64()),
+        pa.field("caption_index", pa.int64()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def split_rows(manifest: pa.Table, split: str, *, pairs: bool) -> SplitRows:
     if pairs:
         counts = np.array([len(c) for c in captions], dtype=np.int64)
         texts = [c for caps in captions for c in caps]
-        caption_index = np.concatenate([np.arange(n) for n in counts]) if len(texts) else np.zeros(0, np.int64)
+        caption_index = np.concatenate([np.arange(n) for n in counts]) if texts else np.zeros(0, np.int64)
     else:
         counts = np.ones(sub.num_rows, dtype=np.int64)
         texts = [caps[0] if caps else "" for caps in captions]
@@ -119,11 +121,19 @@ def decode_rows(batch: dict[str, np.ndarray], cfg: DataConfig, storage: Storage)
             ok[i] = True
         except (DecodeError, StorageError, FileNotFoundError, ValueError) as exc:
             reason[i], detail[i] = classify(exc)
-    return {**batch, "video": video, "video_mask": video_mask, "ok": ok, "reason": reason.astype(str),
-            "detail": detail.astype(str)}
+    return {
+        **batch,
+        "video": video,
+        "video_mask": video_mask,
+        "ok": ok,
+        "reason": reason.astype(str),
+        "detail": detail.astype(str),
+    }
 
 
-def tokenize_rows(batch: dict[str, np.ndarray], tokenizer: ClipTokenizer, max_words: int) -> dict[str, np.ndarray]:
+def tokenize_rows(
+    batch: dict[str, np.ndarray], tokenizer: ClipTokenizer, max_words: int
+) -> dict[str, np.ndarray]:
     """Add ``text_ids`` and ``text_mask`` (B, L) int64 for the ``caption`` column (L = ``max_words``)."""
     ids_BL, mask_BL = tokenizer([str(c) for c in batch["caption"]], max_words)
     return {**batch, "text_ids": ids_BL, "text_mask": mask_BL}

@@ -27,7 +27,9 @@ class TooManyBadVideosError(ValueError):
     """More videos failed than ``data.max_bad_fraction`` allows. ``bad`` maps each failed URI to its reason;
     the message lists them (the first 50)."""
 
-    def __init__(self, bad: Mapping[str, str], total: int, max_bad_fraction: float, what: str = "decode") -> None:
+    def __init__(
+        self, bad: Mapping[str, str], total: int, max_bad_fraction: float, what: str = "decode"
+    ) -> None:
         self.bad, self.total, self.max_bad_fraction, self.what = dict(bad), total, max_bad_fraction, what
         listing = "; ".join(f"{uri} ({reason})" for uri, reason in sorted(self.bad.items())[:_LISTED])
         more = f"; ... and {len(self.bad) - _LISTED} more" if len(self.bad) > _LISTED else ""
@@ -43,7 +45,9 @@ class TooManyBadVideosError(ValueError):
 def bad_budget(total: int, max_bad_fraction: float) -> int:
     """The largest number of bad videos out of ``total`` that stays within ``max_bad_fraction``."""
     if total < 0 or not 0.0 <= max_bad_fraction <= 1.0:
-        raise ValueError(f"expected total >= 0 and max_bad_fraction in [0, 1], got {total}, {max_bad_fraction}")
+        raise ValueError(
+            f"expected total >= 0 and max_bad_fraction in [0, 1], got {total}, {max_bad_fraction}"
+        )
     return math.floor(total * max_bad_fraction + 1e-9)
 
 
@@ -77,7 +81,7 @@ def summarise(
 
     ``total`` counts manifest rows; ``bad`` counts distinct failed URIs (rows sharing a file count once).
     """
-    by_reason = Counter({r: 0 for r in FAILURE_REASONS})
+    by_reason = Counter(dict.fromkeys(FAILURE_REASONS, 0))
     by_reason.update(str(f["reason"]) for f in failures)
     bad_uris = {str(f["video_uri"]) for f in failures}
     return {
@@ -90,5 +94,7 @@ def summarise(
         "max_bad_fraction": max_bad_fraction,
         "within_budget": len(bad_uris) <= bad_budget(total, max_bad_fraction),
         "by_reason": dict(by_reason),
-        "failures": sorted((dict(f) for f in failures), key=lambda f: (str(f["video_uri"]), str(f["video_id"]))),
+        "failures": sorted(
+            (dict(f) for f in failures), key=lambda f: (str(f["video_uri"]), str(f["video_id"]))
+        ),
     }

@@ -125,12 +125,12 @@ def _clean(
     duration = num_frames / fps
     t0 = 0.0 if start is None else float(start)
     t1 = duration if end is None else min(float(end), duration)
-    count = int(math.floor((t1 - t0) * framerate + _EPS)) + 1 if t1 >= t0 else 0
+    count = math.floor((t1 - t0) * framerate + _EPS) + 1 if t1 >= t0 else 0
     times = t0 + np.arange(max(count, 0), dtype=np.float64) / framerate
     idx = np.floor(times * fps + _EPS).astype(np.int64)
     idx = np.unique(idx[idx < num_frames])
     if idx.size == 0:  # the segment starts after the last frame
-        idx = np.array([min(int(math.floor(t0 * fps + _EPS)), num_frames - 1)], dtype=np.int64)
+        idx = np.array([min(math.floor(t0 * fps + _EPS), num_frames - 1)], dtype=np.int64)
     return idx
 
 
@@ -265,7 +265,7 @@ def decode_video(
     in errors. With ``timeout_s`` the decode runs in this process's persistent decode worker (file objects
     are read into memory first) and overruns raise ``DecodeError(reason="timeout")``.
     """
-    kwargs = dict(max_frames=max_frames, framerate=framerate, size=size, start=start, end=end)
+    kwargs = {"max_frames": max_frames, "framerate": framerate, "size": size, "start": start, "end": end}
     kwargs.update(decoder=decoder, uri=uri, int_fps=int_fps)
     if timeout_s is None:
         return decode_local(source, **kwargs)

@@ -92,7 +92,7 @@ def _as_transform(m: np.ndarray) -> DisplayTransform:
 
 def _rotation_part(t: DisplayTransform) -> DisplayTransform:
     """The pure rotation decord applies for ``t`` (its rotation angle, without the mirror)."""
-    a, b, c, d = t
+    a, b, _c, _d = t
     if a == 0:
         return (0, b, -b, 0)  # rotation matrices have c == -b
     return (a, 0, 0, a)

@@ -48,9 +48,20 @@ from vidret.data.prepare import PrepareSettings, plan_outputs, prepare_one
 from vidret.storage import Storage, is_remote, join, parse_uri
 
 __all__ = [
-    "BadVideoLog", "SplitRows", "TooManyBadVideosError", "build_dataset", "check_bad_fraction", "check_bad_fractions",
+    "BadVideoLog",
+    "SplitRows",
+    "TooManyBadVideosError",
+    "build_dataset",
+    "check_bad_fraction",
+    "check_bad_fractions",
     "decode_rows",
-    "ensure_ray", "iter_numpy_batches", "load_split", "prepare_splits", "run_check", "run_prepare", "split_rows",
+    "ensure_ray",
+    "iter_numpy_batches",
+    "load_split",
+    "prepare_splits",
+    "run_check",
+    "run_prepare",
+    "split_rows",
     "tokenize_rows",
 ]
 
@@ -91,14 +102,19 @@ def _init_local_ray(num_cpus: int | None) -> None:
     import). The flag is switched off for this call only: a later connection to a real cluster in the same
     process must still see the routable address.
     """
-    from ray._private import ray_constants  # noqa: PLC0415 - the one private switch, pinned with ray
+    from ray._private import ray_constants
 
     cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host=LOCAL_RAY_HOST,
-                 _node_ip_address=LOCAL_RAY_HOST,
-                 runtime_env={"worker_process_setup_hook": "vidret.data.pipeline.quiet_local_ray_logs"})
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            dashboard_host=LOCAL_RAY_HOST,
+            _node_ip_address=LOCAL_RAY_HOST,
+            runtime_env={"worker_process_setup_hook": "vidret.data.pipeline.quiet_local_ray_logs"},
+        )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
 
@@ -107,7 +123,9 @@ def quiet_local_ray_logs() -> None:
     """Worker setup hook of the local Ray: silence Ray Train's placement-group cleaner, which asks the state
     API (served by the dashboard, which a local instance does not start) about the Train controller every
     second and logs a warning each time it cannot. Errors still show."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
+        logging.ERROR
+    )
 
 
 def _absolute(uri: str) -> str:
@@ -117,7 +135,9 @@ def _absolute(uri: str) -> str:
 
 def _absolute_local(table: pa.Table) -> pa.Table:
     uris = [_absolute(u) for u in table.column("video_uri").to_pylist()]
-    return table.set_column(table.schema.get_field_index("video_uri"), "video_uri", pa.array(uris, pa.string()))
+    return table.set_column(
+        table.schema.get_field_index("video_uri"), "video_uri", pa.array(uris, pa.string())
+    )
 
 
 def input_block_rows(num_rows: int, rows_per_block: int, concurrency: int) -> int:
@@ -157,8 +177,12 @@ class BadVideoLog:
 
 def _failures_of(out: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     return [
-        {"video_id": str(out["video_id"][i]), "video_uri": str(out["video_uri"][i]),
-         "reason": str(out["reason"][i]), "detail": str(out["detail"][i])}
+        {
+            "video_id": str(out["video_id"][i]),
+            "video_uri": str(out["video_uri"][i]),
+            "reason": str(out["reason"][i]),
+            "detail": str(out["detail"][i]),
+        }
         for i in np.flatnonzero(~out["ok"])
     ]
 
@@ -170,8 +194,16 @@ class _DecodeStage:
     tokenizer's torch/open_clip (~7 s and ~1 GB per process on our machines).
     """
 
-    def __init__(self, cfg: DataConfig, storage: Storage, log: Any, num_videos: int, tokenized: bool,
-                 drop_bad: bool, augment_seed: int | None) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        storage: Storage,
+        log: Any,
+        num_videos: int,
+        tokenized: bool,
+        drop_bad: bool,
+        augment_seed: int | None,
+    ) -> None:
         self.cfg, self.storage, self.log, self.num_videos = cfg, storage, log, num_videos
         self.budget = bad_budget(num_videos, cfg.max_bad_fraction)
         self.tokenized, self.drop_bad, self.augment_seed = tokenized, drop_bad, augment_seed
@@ -183,8 +215,9 @@ class _DecodeStage:
             bad = ray.get(self.log.add.remote(len(out["ok"]), failures))
             if bad > self.budget:  # fail fast: the final fraction can only be higher
                 listed = ray.get(self.log.failures.remote())
-                raise TooManyBadVideosError({f["video_uri"]: f["reason"] for f in listed}, self.num_videos,
-                                            self.cfg.max_bad_fraction)
+                raise TooManyBadVideosError(
+                    {f["video_uri"]: f["reason"] for f in listed}, self.num_videos, self.cfg.max_bad_fraction
+                )
         else:
             self.log.add.remote(len(out["ok"]), [])
         if self.drop_bad:
@@ -225,9 +258,16 @@ def _with_tokens(table: pa.Table, max_words: int) -> pa.Table:
     return table
 
 
-def build_dataset(rows: SplitRows, cfg: DataConfig, storage: Storage, *, tokenize: bool = True,
-                  drop_bad: bool = True, augment_seed: int | None = None,
-                  shuffle_seed: int | None = None) -> tuple[ray.data.Dataset, Any]:
+def build_dataset(
+    rows: SplitRows,
+    cfg: DataConfig,
+    storage: Storage,
+    *,
+    tokenize: bool = True,
+    drop_bad: bool = True,
+    augment_seed: int | None = None,
+    shuffle_seed: int | None = None,
+) -> tuple[ray.data.Dataset, Any]:
     """The streaming pipeline over ``rows`` and the :class:`BadVideoLog` actor recording its failures.
 
     Captions are tokenised on the driver, then blocks of ``data.rows_per_block`` rows go through the decode
@@ -247,12 +287,25 @@ def build_dataset(rows: SplitRows, cfg: DataConfig, storage: Storage, *, tokeniz
     if shuffle_seed is not None:
         table = table.take(pa.array(np.random.default_rng(shuffle_seed).permutation(table.num_rows)))
     log = BadVideoLog.remote()
-    stage_kwargs = {"cfg": cfg, "storage": storage, "log": log, "num_videos": rows.num_videos,
-                    "tokenized": tokenize, "drop_bad": drop_bad,
-                    "augment_seed": augment_seed if cfg.augment else None}
-    ds = _dataset(table, input_block_rows(table.num_rows, cfg.rows_per_block, cfg.decode_concurrency)).map_batches(
-        _DecodeStage, fn_constructor_kwargs=stage_kwargs, batch_size=cfg.rows_per_block, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.decode_concurrency), num_cpus=cfg.decode_cpus)
+    stage_kwargs = {
+        "cfg": cfg,
+        "storage": storage,
+        "log": log,
+        "num_videos": rows.num_videos,
+        "tokenized": tokenize,
+        "drop_bad": drop_bad,
+        "augment_seed": augment_seed if cfg.augment else None,
+    }
+    ds = _dataset(
+        table, input_block_rows(table.num_rows, cfg.rows_per_block, cfg.decode_concurrency)
+    ).map_batches(
+        _DecodeStage,
+        fn_constructor_kwargs=stage_kwargs,
+        batch_size=cfg.rows_per_block,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.decode_concurrency),
+        num_cpus=cfg.decode_cpus,
+    )
     return ds, log
 
 
@@ -276,8 +329,13 @@ def check_bad_fractions(logs: Sequence[Any], total: int, cfg: DataConfig) -> dic
     bad = {uri: f["reason"] for uri, f in failures.items()}
     enforce_budget(bad, total, cfg.max_bad_fraction)
     seen = sum(ray.get([log.rows_seen.remote() for log in logs]))
-    return {"seen": seen, "bad": bad, "failures": list(failures.values()), "total": total,
-            "bad_fraction": len(bad) / total if total else 0.0}
+    return {
+        "seen": seen,
+        "bad": bad,
+        "failures": list(failures.values()),
+        "total": total,
+        "bad_fraction": len(bad) / total if total else 0.0,
+    }
 
 
 def load_split(manifest_prefix: str, split: str, storage: Storage, *, pairs: bool) -> SplitRows:
@@ -287,8 +345,15 @@ def load_split(manifest_prefix: str, split: str, storage: Storage, *, pairs: boo
     return split_rows(read_manifest(join(manifest_prefix, f"{split}.parquet"), storage), split, pairs=pairs)
 
 
-def iter_numpy_batches(ds: ray.data.Dataset, batch_size: int, *, log: Any = None, total: int = 0,
-                       cfg: DataConfig | None = None, drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
+def iter_numpy_batches(
+    ds: ray.data.Dataset,
+    batch_size: int,
+    *,
+    log: Any = None,
+    total: int = 0,
+    cfg: DataConfig | None = None,
+    drop_last: bool = False,
+) -> Iterator[dict[str, np.ndarray]]:
     """Numpy batches on the driver (batch inference, tests; training uses ``get_dataset_shard``).
 
     With ``log``, ``total`` and ``cfg`` the bad-video verdict is given after the last batch, and when the
@@ -296,8 +361,9 @@ def iter_numpy_batches(ds: ray.data.Dataset, batch_size: int, *, log: Any = None
     Data wraps exceptions from the decode stage and loses their type on the way).
     """
     try:
-        yield from ds.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=drop_last,
-                                   prefetch_batches=1)
+        yield from ds.iter_batches(
+            batch_size=batch_size, batch_format="numpy", drop_last=drop_last, prefetch_batches=1
+        )
     except ray.exceptions.RayError:
         if log is not None and cfg is not None:
             check_bad_fraction(log, total, cfg)
@@ -315,12 +381,19 @@ class _CheckStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = decode_rows(batch, self.cfg, self.storage)
-        return {"video_id": out["video_id"], "video_uri": out["video_uri"], "ok": out["ok"],
-                "reason": out["reason"], "detail": out["detail"], "frames": out["video_mask"].sum(axis=1)}
+        return {
+            "video_id": out["video_id"],
+            "video_uri": out["video_uri"],
+            "ok": out["ok"],
+            "reason": out["reason"],
+            "detail": out["detail"],
+            "frames": out["video_mask"].sum(axis=1),
+        }
 
 
-def run_check(cfg: Config, manifest_uri: str, *, out_uri: str | None = None,
-              progress: Progress | None = None) -> dict[str, Any]:
+def run_check(
+    cfg: Config, manifest_uri: str, *, out_uri: str | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
     """Decode every video of a manifest in parallel on Ray and summarise (``vidret check``).
 
     Returns the summary of :func:`vidret.data.check.summarise` plus ``manifest``, ``seconds`` and
@@ -335,9 +408,13 @@ def run_check(cfg: Config, manifest_uri: str, *, out_uri: str | None = None,
     failures: list[dict[str, Any]] = []
     done = 0
     ds = _dataset(table, cfg.data.rows_per_block).map_batches(
-        _CheckStage, fn_constructor_kwargs={"cfg": cfg.data, "storage": storage},
-        batch_size=cfg.data.rows_per_block, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_concurrency), num_cpus=cfg.data.decode_cpus)
+        _CheckStage,
+        fn_constructor_kwargs={"cfg": cfg.data, "storage": storage},
+        batch_size=cfg.data.rows_per_block,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_concurrency),
+        num_cpus=cfg.data.decode_cpus,
+    )
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         failures += _failures_of(batch)
         done += len(batch["ok"])
@@ -346,20 +423,33 @@ def run_check(cfg: Config, manifest_uri: str, *, out_uri: str | None = None,
     if done != table.num_rows:
         raise RuntimeError(f"check of {manifest_uri}: {done} results for {table.num_rows} rows")
     summary_uri = out_uri or f"{manifest_uri}.check.json"
-    summary = summarise(failures, table.num_rows, cfg.data.max_bad_fraction, manifest=manifest_uri,
-                        summary_uri=summary_uri, seconds=round(time.perf_counter() - t0, 3))
+    summary = summarise(
+        failures,
+        table.num_rows,
+        cfg.data.max_bad_fraction,
+        manifest=manifest_uri,
+        summary_uri=summary_uri,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
     storage.write_text(summary_uri, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 
 # ---------------------------------------------------------------------------------------------- prepare
-def _prepare_batch(batch: dict[str, np.ndarray], settings: PrepareSettings, storage: Storage) -> dict[str, np.ndarray]:
-    results = [prepare_one(str(src), str(dst), settings, storage)
-               for src, dst in zip(batch["read_uri"], batch["out_uri"], strict=True)]
-    return {"video_uri": batch["video_uri"], "status": np.array([r["status"] for r in results]),
-            "reason": np.array([r.get("reason", "") for r in results]),
-            "detail": np.array([r.get("detail", "") for r in results]),
-            "frames": np.array([int(r.get("frames", 0)) for r in results], np.int64)}
+def _prepare_batch(
+    batch: dict[str, np.ndarray], settings: PrepareSettings, storage: Storage
+) -> dict[str, np.ndarray]:
+    results = [
+        prepare_one(str(src), str(dst), settings, storage)
+        for src, dst in zip(batch["read_uri"], batch["out_uri"], strict=True)
+    ]
+    return {
+        "video_uri": batch["video_uri"],
+        "status": np.array([r["status"] for r in results]),
+        "reason": np.array([r.get("reason", "") for r in results]),
+        "detail": np.array([r.get("detail", "") for r in results]),
+        "frames": np.array([int(r.get("frames", 0)) for r in results], np.int64),
+    }
 
 
 def prepare_splits(cfg: Config, splits: Sequence[str] | None = None) -> list[str]:
@@ -370,16 +460,22 @@ def prepare_splits(cfg: Config, splits: Sequence[str] | None = None) -> list[str
     if splits:
         return list(dict.fromkeys(splits))
     storage = Storage(cfg.storage)
-    names = dict.fromkeys((cfg.data.train_split, cfg.data.val_split, cfg.data.test_split,
-                           *cfg.data.extra_eval_splits))
+    names = dict.fromkeys(
+        (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split, *cfg.data.extra_eval_splits)
+    )
     found = [s for s in names if storage.exists(join(cfg.data.manifest, f"{s}.parquet"))]
     if not found:
         raise ValueError(f"no manifest found under {cfg.data.manifest} for splits {', '.join(names)}")
     return found
 
 
-def run_prepare(cfg: Config, *, splits: Sequence[str] | None = None, out: str | None = None,
-                progress: Progress | None = None) -> dict[str, Any]:
+def run_prepare(
+    cfg: Config,
+    *,
+    splits: Sequence[str] | None = None,
+    out: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Transcode the videos of each split's manifest into ``<out>/videos`` and write the new manifests to
     ``<out>/manifest/<split>.parquet`` (``vidret prepare``); ``out`` defaults to ``data.prepare_out``.
 
@@ -397,27 +493,51 @@ def run_prepare(cfg: Config, *, splits: Sequence[str] | None = None, out: str | 
     storage = Storage(cfg.storage)
     settings = PrepareSettings.from_config(cfg.data)
     t0 = time.perf_counter()
-    manifests = {s: read_manifest(join(cfg.data.manifest, f"{s}.parquet"), storage)
-                 for s in prepare_splits(cfg, splits)}
+    manifests = {
+        s: read_manifest(join(cfg.data.manifest, f"{s}.parquet"), storage)
+        for s in prepare_splits(cfg, splits)
+    }
     sources = [u for t in manifests.values() for u in t.column("video_uri").to_pylist()]
     targets = plan_outputs(sources, out)
-    plan = pa.table({"video_uri": list(targets), "read_uri": [_absolute(u) for u in targets],
-                     "out_uri": list(targets.values())})
-    ds = _dataset(plan, 1).map_batches(_prepare_batch, fn_kwargs={"settings": settings, "storage": storage},
-                                       batch_size=1, batch_format="numpy", num_cpus=1)
+    plan = pa.table(
+        {
+            "video_uri": list(targets),
+            "read_uri": [_absolute(u) for u in targets],
+            "out_uri": list(targets.values()),
+        }
+    )
+    ds = _dataset(plan, 1).map_batches(
+        _prepare_batch,
+        fn_kwargs={"settings": settings, "storage": storage},
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=1,
+    )
     counts = {"transcoded": 0, "skipped": 0, "failed": 0}
     failures: list[dict[str, Any]] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i, status in enumerate(batch["status"]):
             counts[str(status)] += 1
             if status == "failed":
-                failures.append({"video_id": "", "video_uri": str(batch["video_uri"][i]),
-                                 "reason": str(batch["reason"][i]), "detail": str(batch["detail"][i])})
+                failures.append(
+                    {
+                        "video_id": "",
+                        "video_uri": str(batch["video_uri"][i]),
+                        "reason": str(batch["reason"][i]),
+                        "detail": str(batch["detail"][i]),
+                    }
+                )
         if progress is not None:
             progress(sum(counts.values()), plan.num_rows)
     failed = {f["video_uri"] for f in failures}
-    summary = {"out": out, "manifest": join(out, "manifest"), "settings": settings.__dict__.copy(),
-               **counts, **summarise(failures, plan.num_rows, cfg.data.max_bad_fraction), "splits": {}}
+    summary = {
+        "out": out,
+        "manifest": join(out, "manifest"),
+        "settings": settings.__dict__.copy(),
+        **counts,
+        **summarise(failures, plan.num_rows, cfg.data.max_bad_fraction),
+        "splits": {},
+    }
     summary.update(seconds=round(time.perf_counter() - t0, 3))
     new_tables = {}
     for split, table in manifests.items():
@@ -427,11 +547,17 @@ def run_prepare(cfg: Config, *, splits: Sequence[str] | None = None, out: str | 
         new_uris = pa.array([targets[u] for u in kept.column("video_uri").to_pylist()], pa.string())
         new_tables[split] = kept.set_column(kept.schema.get_field_index("video_uri"), "video_uri", new_uris)
         dropped = pc.invert(keep)
-        summary["splits"][split] = {"rows": kept.num_rows,
-                                    "dropped": table.filter(dropped).column("video_id").to_pylist()}
+        summary["splits"][split] = {
+            "rows": kept.num_rows,
+            "dropped": table.filter(dropped).column("video_id").to_pylist(),
+        }
     storage.write_text(join(out, "prepare.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    enforce_budget({f["video_uri"]: f["reason"] for f in failures}, plan.num_rows, cfg.data.max_bad_fraction,
-                   what="prepare")
+    enforce_budget(
+        {f["video_uri"]: f["reason"] for f in failures},
+        plan.num_rows,
+        cfg.data.max_bad_fraction,
+        what="prepare",
+    )
     for split, table in new_tables.items():
         write_manifest(table, join(out, "manifest", f"{split}.parquet"), storage)
     return summary

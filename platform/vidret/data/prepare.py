@@ -136,7 +136,9 @@ def _source_frames(container: Any, stream: Any, uri: str, fps: float) -> Iterato
         raise DecodeError(uri, "corrupt", f"{bad} of {packets} packets failed; first error: {first_error}")
 
 
-def transcode(source: Source, out_path: str, settings: PrepareSettings, *, uri: str = "<bytes>") -> dict[str, Any]:
+def transcode(
+    source: Source, out_path: str, settings: PrepareSettings, *, uri: str = "<bytes>"
+) -> dict[str, Any]:
     """Transcode one video to ``out_path`` (a local file) as described in the module docstring.
 
     ``source``: bytes, a seekable binary file object or a local path. Returns ``dict(width, height, frames,
@@ -167,16 +169,23 @@ def _transcode(source: Source, out_path: str, settings: PrepareSettings, uri: st
         src.seek(0)
     emitted = last_t = 0.0
     k = 0
-    with av.open(src, "r", metadata_errors="ignore") as container, av.open(
-        out_path, "w", format="mp4", options={"movflags": "+faststart"}
-    ) as out:
+    with (
+        av.open(src, "r", metadata_errors="ignore") as container,
+        av.open(out_path, "w", format="mp4", options={"movflags": "+faststart"}) as out,
+    ):
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
         enc = out.add_stream("libx264", rate=rate)
         enc.width, enc.height, enc.pix_fmt = out_w, out_h, "yuv420p"
         gop = str(settings.gop)
-        enc.options = {"g": gop, "keyint_min": gop, "sc_threshold": "0", "crf": str(settings.crf),
-                       "preset": settings.preset, "threads": "1"}
+        enc.options = {
+            "g": gop,
+            "keyint_min": gop,
+            "sc_threshold": "0",
+            "crf": str(settings.crf),
+            "preset": settings.preset,
+            "threads": "1",
+        }
         current: Any = None
         converted: Any = None
 
@@ -184,8 +193,11 @@ def _transcode(source: Source, out_path: str, settings: PrepareSettings, uri: st
             nonlocal converted, k
             if converted is None:
                 converted = _convert(current, coded_w, coded_h, transform)
-            frame = (converted if isinstance(converted, av.VideoFrame)
-                     else av.VideoFrame.from_ndarray(converted, format="rgb24"))
+            frame = (
+                converted
+                if isinstance(converted, av.VideoFrame)
+                else av.VideoFrame.from_ndarray(converted, format="rgb24")
+            )
             frame.pts, frame.time_base = k, 1 / rate
             frame.pict_type = PictureType.NONE  # a decoded I frame would force a keyframe; the GOP decides
             for packet in enc.encode(frame):
@@ -201,8 +213,16 @@ def _transcode(source: Source, out_path: str, settings: PrepareSettings, uri: st
             emit()
         for packet in enc.encode():
             out.mux(packet)
-    return {"width": out_w, "height": out_h, "frames": k, "fps": float(rate), "gop": settings.gop,
-            "source_fps": info.fps, "source_frames": info.num_frames, "rotation": rotation}
+    return {
+        "width": out_w,
+        "height": out_h,
+        "frames": k,
+        "fps": float(rate),
+        "gop": settings.gop,
+        "source_fps": info.fps,
+        "source_frames": info.num_frames,
+        "rotation": rotation,
+    }
 
 
 def _convert(frame: Any, width: int, height: int, transform: DisplayTransform) -> Any:

@@ -76,14 +76,14 @@ def video_id(index: int) -> str:
 
 def frame_count(cfg: SynthConfig) -> int:
     """Frames per clip: ``round(seconds * fps)``."""
-    return int(round(cfg.seconds * cfg.fps))
+    return round(cfg.seconds * cfg.fps)
 
 
 def split_sizes(videos: int) -> dict[str, int]:
     """Videos per split; every split gets at least one, so ``videos`` must be >= 4."""
     if videos < len(SPLITS):
         raise ValueError(f"synth.videos: expected an integer >= {len(SPLITS)} (one per split), got {videos}")
-    sizes = {s: max(1, int(round(f * videos))) for s, f in SPLIT_FRACTIONS.items()}
+    sizes = {s: max(1, round(f * videos)) for s, f in SPLIT_FRACTIONS.items()}
     return {"train": videos - sum(sizes.values()), **sizes}
 
 

@@ -244,10 +244,7 @@ def _path(rng: np.random.Generator, motions: tuple[str, ...], base: float) -> li
     states = [[0.0, 0.0, 0.0] for _ in range(len(motions) + 1)]
     for axis in range(3):
         moving = [m for m in motions if _AXIS[m] == axis]
-        if moving:
-            value = starts_ends[moving[0]][0]
-        else:
-            value = base if axis == 2 else float(rng.uniform(LO, HI))
+        value = starts_ends[moving[0]][0] if moving else base if axis == 2 else float(rng.uniform(LO, HI))
         for i, state in enumerate(states):
             if i > 0 and _AXIS[motions[i - 1]] == axis:
                 value = starts_ends[motions[i - 1]][1]

@@ -40,7 +40,7 @@ def display_transform_from_matrix(matrix_33: np.ndarray) -> DisplayTransform:
 def transform_from_rotation(degrees_ccw: int) -> DisplayTransform:
     """Display transform of a rotation by ``degrees_ccw`` (FFmpeg's sign: -90 turns the image clockwise),
     snapped to a multiple of 90 degrees."""
-    quarter = int(round(degrees_ccw / 90.0)) % 4
+    quarter = round(degrees_ccw / 90.0) % 4
     return [IDENTITY, (0, -1, 1, 0), (-1, 0, 0, -1), (0, 1, -1, 0)][quarter]
 
 
@@ -63,7 +63,7 @@ def displayed_size(width: int, height: int, transform: DisplayTransform) -> tupl
 
 def rotation_degrees(transform: DisplayTransform) -> int:
     """Counter-clockwise rotation in degrees (0, 90, 180, 270) of ``transform``, ignoring any reflection."""
-    a, b, _, d = transform
+    _a, b, _, d = transform
     if b == 0:
         return 0 if d > 0 else 180  # (1,0,0,1) identity / vflip; (-1,0,0,-1) is 180 degrees
     return 90 if b < 0 else 270
@@ -90,9 +90,9 @@ def resize_short_side(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
     if min(w, h) <= 0:
         raise ValueError(f"cannot resize an empty frame of size {w}x{h}")
     if w <= h:
-        new_w, new_h = size, max(size, int(round(h * size / w)))
+        new_w, new_h = size, max(size, round(h * size / w))
     else:
-        new_w, new_h = max(size, int(round(w * size / h))), size
+        new_w, new_h = max(size, round(w * size / h)), size
     if (new_w, new_h) != (w, h):
         pil = pil.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
     return np.asarray(pil, dtype=np.uint8)
@@ -103,8 +103,8 @@ def center_crop(img_HW3: np.ndarray, size: int) -> np.ndarray:
     h, w = img_HW3.shape[:2]
     if h < size or w < size:
         raise ValueError(f"cannot centre-crop a {w}x{h} frame to {size}x{size}")
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
+    top = round((h - size) / 2.0)
+    left = round((w - size) / 2.0)
     return img_HW3[top : top + size, left : left + size]
 
 

@@ -337,8 +337,8 @@ class V2TDenoiser(CandidateDenoiser):
 __all__ = [
     "CandidateDenoiser",
     "T2VDenoiser",
-    "V2TDenoiser",
     "TimestepEmbedder",
+    "V2TDenoiser",
     "frame_attention_weights",
     "init_linear_normal",
     "sinusoidal_table",

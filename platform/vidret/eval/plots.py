@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import math
 from collections.abc import Mapping
 
@@ -76,7 +77,7 @@ def rank_histogram_svg(ranks: Mapping[str, np.ndarray], *, width: int = 640, hei
     series = _check_series(ranks)
     top = max(int(r.max()) + 1 for r in series.values())  # largest 1-based rank
     edges = [e for e in _BIN_EDGES if e <= top] + [top + 1]  # the last bin ends at the largest rank
-    labels = [str(a) if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    labels = [str(a) if b - a == 1 else f"{a}-{b - 1}" for a, b in itertools.pairwise(edges)]
     names = list(series)
     pct = np.array([np.histogram(r + 1, bins=edges)[0] * 100.0 / r.shape[0] for r in series.values()])
     step = 10.0 if pct.max() <= 60.0 else 20.0
@@ -116,7 +117,7 @@ def recall_curve(ranks_H: np.ndarray, ks: np.ndarray) -> np.ndarray:
 def recall_curve_svg(ranks: Mapping[str, np.ndarray], *, width: int = 640, height: int = 320) -> str:
     """R@K against K (log axis, 1 .. largest rank), one line per series."""
     series = _check_series(ranks)
-    kmax = max(10, max(int(r.max()) + 1 for r in series.values()))
+    kmax = max(10, *(int(r.max()) + 1 for r in series.values()))
     ks = np.unique(np.round(np.geomspace(1, kmax, 200)).astype(np.int64))
     x0, x1, y0, y1 = _MARGIN_L, width - _MARGIN_R, height - _MARGIN_B, _MARGIN_T
 

@@ -130,9 +130,15 @@ RerankFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 """``rerank(sim_TV) -> (t2v T x V, v2t V x T)`` re-ranked matrices."""
 
 
-def evaluate_features(model: RetrievalModel, fs: FeatureSet, ecfg: EvalConfig,
-                      dcfg: DiffusionConfig | None = None, *, rerank: bool | None = None,
-                      rerank_fn: RerankFn | None = None) -> EvalResult:
+def evaluate_features(
+    model: RetrievalModel,
+    fs: FeatureSet,
+    ecfg: EvalConfig,
+    dcfg: DiffusionConfig | None = None,
+    *,
+    rerank: bool | None = None,
+    rerank_fn: RerankFn | None = None,
+) -> EvalResult:
     """Stage-1 WTI retrieval, optionally diffusion re-ranked and dual-softmax normalised, with metrics.
 
     Variants: ``stage1``; ``rerank`` (stage 1 + diffusion re-ranking, when ``rerank`` or ``eval.rerank``);
@@ -149,15 +155,18 @@ def evaluate_features(model: RetrievalModel, fs: FeatureSet, ecfg: EvalConfig,
             t, v = fs.text_to_video_T.shape[0], fs.video["video"].shape[0]
 
             def rerank_fn(sim: Tensor) -> tuple[Tensor, Tensor]:
-                return model.rerank(sim, fs.text, fs.video, dcfg, text_ids=torch.arange(t),
-                                    video_ids=torch.arange(v))
+                return model.rerank(
+                    sim, fs.text, fs.video, dcfg, text_ids=torch.arange(t), video_ids=torch.arange(v)
+                )
 
         t2v, v2t = rerank_fn(sim_TV)
         sims["rerank"] = (t2v.float(), v2t.float())
     if ecfg.dual_softmax:
         base_t2v, base_v2t = sims.get("rerank", sims["stage1"])
-        sims["dual_softmax"] = (torch.from_numpy(dual_softmax(base_t2v.double().cpu().numpy())).float(),
-                                torch.from_numpy(dual_softmax(base_v2t.double().cpu().numpy())).float())
+        sims["dual_softmax"] = (
+            torch.from_numpy(dual_softmax(base_t2v.double().cpu().numpy())).float(),
+            torch.from_numpy(dual_softmax(base_v2t.double().cpu().numpy())).float(),
+        )
     metrics, ranks = {}, {}
     for name, (t2v, v2t) in sims.items():
         metrics[name], ranks[name] = direction_metrics(t2v, v2t, fs, ecfg)

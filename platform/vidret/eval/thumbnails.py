@@ -26,9 +26,16 @@ def thumbnails_for(cfg: Config, storage: Storage, split: str, video_ids: list[st
         if row is None:
             continue
         try:
-            frames, mask = decode_video(storage.read_bytes(row["video_uri"]), max_frames=THUMB_FRAMES,
-                                        framerate=cfg.data.framerate, size=THUMB_SIZE, start=row["start"],
-                                        end=row["end"], decoder=cfg.data.decoder, uri=row["video_uri"])
+            frames, mask = decode_video(
+                storage.read_bytes(row["video_uri"]),
+                max_frames=THUMB_FRAMES,
+                framerate=cfg.data.framerate,
+                size=THUMB_SIZE,
+                start=row["start"],
+                end=row["end"],
+                decoder=cfg.data.decoder,
+                uri=row["video_uri"],
+            )
         except (DecodeError, OSError):
             continue
         out[vid] = frames[mask.astype(bool)]

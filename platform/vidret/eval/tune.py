@@ -151,7 +151,7 @@ def flat_metrics(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> di
 
 # -- trials (run in Tune's worker processes) ----------------------------------------------------------------
 def _model(cfg: Config, state: Mapping[str, torch.Tensor]) -> RetrievalModel:
-    from vidret.train.loop import build_model  # noqa: PLC0415 - train imports eval; resolved at call time
+    from vidret.train.loop import build_model
 
     model = build_model(cfg, Storage(cfg.storage), None)
     model.load_state_dict(state)
@@ -169,9 +169,9 @@ def _inference_trial(
 
 
 def _training_trial(config: dict[str, Any], *, cfg: Config, init_uri: str) -> None:
-    from vidret.train.artifacts import load_state  # noqa: PLC0415
-    from vidret.train.cache import load_split  # noqa: PLC0415
-    from vidret.train.trainer import run_training  # noqa: PLC0415
+    from vidret.train.artifacts import load_state
+    from vidret.train.cache import load_split
+    from vidret.train.trainer import run_training
 
     torch.set_num_threads(1)
     trial_cfg = training_trial_config(cfg, config["params"], init_uri)
@@ -222,8 +222,8 @@ def detach_init_weights(cfg: Config, storage: Storage) -> Config:
         return cfg
     quick = mcfg.quick_gelu
     if quick is None:
-        from vidret.model.clip import read_clip_weights  # noqa: PLC0415
-        from vidret.model.presets import preset_config  # noqa: PLC0415
+        from vidret.model.clip import read_clip_weights
+        from vidret.model.presets import preset_config
 
         fmt = read_clip_weights(mcfg.weights, mcfg.weights_format, storage).format
         quick = True if fmt == "openai" else bool(preset_config(mcfg.preset)["quick_gelu"])
@@ -244,8 +244,8 @@ def run_tune(cfg: Config, checkpoint_uri: str | None = None) -> dict[str, Any]:
     ``best_metric``, ``best_overrides`` (CLI arguments), ``num_trials``, ``table_path`` (CSV), ``table``
     (the text table), ``best_config`` and ``out``.
     """
-    from vidret.train.artifacts import load_state  # noqa: PLC0415
-    from vidret.train.trainer import build_feature_cache, check_placeholders, ensure_ray, stage_uri  # noqa: PLC0415
+    from vidret.train.artifacts import load_state
+    from vidret.train.trainer import build_feature_cache, check_placeholders, ensure_ray, stage_uri
 
     tcfg, kind, data = cfg.tune, cfg.tune.kind, cfg.data
     mode = metric_mode(tcfg.metric)
@@ -283,7 +283,7 @@ def run_tune(cfg: Config, checkpoint_uri: str | None = None) -> dict[str, Any]:
     cache = build_feature_cache(cfg, storage, checkpoint_uri, exported["key"], splits=splits)
     trial_cfg = detach_init_weights(cfg, storage)
     if kind == "inference":
-        from vidret.train.cache import load_split  # noqa: PLC0415
+        from vidret.train.cache import load_split
 
         features = load_split(storage, cache[data.val_split])
         fn = tune.with_parameters(
@@ -330,8 +330,8 @@ def _training_concurrency(cfg: Config) -> int:
 def _seed_trial_cache(storage: Storage, cache: Mapping[str, str], trial_cfg: Config, key: str) -> None:
     """Copy the train/val feature caches into the trial's ``run.out`` (index.json last, so a partial copy
     reads as incomplete); complete copies are kept."""
-    from vidret.train import cache as feature_cache  # noqa: PLC0415
-    from vidret.train.trainer import cache_root  # noqa: PLC0415
+    from vidret.train import cache as feature_cache
+    from vidret.train.trainer import cache_root
 
     root = cache_root(trial_cfg, key)
     for split, src in cache.items():

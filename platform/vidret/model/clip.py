@@ -128,7 +128,7 @@ class ClipBackbone(nn.Module):
                 f"and {tuple(mask_BL.shape)}"
             )
         B, L = ids_BL.shape
-        if L > self.context_length:
+        if self.context_length < L:
             raise ValueError(f"encode_text: L={L} exceeds the CLIP context length {self.context_length}")
         clip = self.clip
         cast_dtype = clip.transformer.get_cast_dtype()
@@ -155,7 +155,7 @@ class ClipBackbone(nn.Module):
         if frames_BF3HW.ndim != 5 or frames_BF3HW.shape[2] != 3:
             raise ValueError(f"encode_frames: expected (B, F, 3, H, W), got {tuple(frames_BF3HW.shape)}")
         B, F, _, H, W = frames_BF3HW.shape
-        if H != self.image_size or W != self.image_size:
+        if self.image_size != H or self.image_size != W:
             raise ValueError(
                 f"encode_frames: expected {self.image_size}x{self.image_size} frames, got {H}x{W}"
             )

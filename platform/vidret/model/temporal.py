@@ -97,7 +97,7 @@ class TemporalTransformer(nn.Module):
         B, F, _ = frames_BFD.shape
         if tuple(mask_BF.shape) != (B, F):
             raise ValueError(f"TemporalTransformer: mask shape {tuple(mask_BF.shape)} != (B, F) = {(B, F)}")
-        if F > self.max_frames:
+        if self.max_frames < F:
             raise ValueError(
                 f"TemporalTransformer: F={F} frames exceeds the {self.max_frames} position embeddings"
             )

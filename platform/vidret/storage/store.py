@@ -173,7 +173,7 @@ class Storage:
         loc = parse_uri(uri, need_key=True)
         if not loc.is_s3:
             try:
-                return open(loc.path, "rb")  # noqa: SIM115 - the caller closes it
+                return open(loc.path, "rb")
             except OSError as exc:
                 raise self._local_error(exc, "open", uri) from exc
         raw = self._retry("open", uri, lambda: self._s3().open(loc.path, "rb"))

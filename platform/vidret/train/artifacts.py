@@ -27,7 +27,9 @@ def upload_checkpoint(local_dir: str | Path, uri: str, storage: Storage) -> str:
     read_meta(local_dir, verify=True)
     local = Path(local_dir)
     meta_uri = join(uri, META_FILE)
-    if storage.exists(meta_uri):  # invalidate the old one first: a failed upload must not pair old meta + new state
+    if storage.exists(
+        meta_uri
+    ):  # invalidate the old one first: a failed upload must not pair old meta + new state
         storage.delete(meta_uri)
     storage.write_bytes(join(uri, STATE_FILE), (local / STATE_FILE).read_bytes())
     storage.write_bytes(meta_uri, (local / META_FILE).read_bytes())

@@ -71,16 +71,26 @@ class ShardWriter:
         return self.shards
 
 
-def write_index(storage: Storage, uri: str, info: Mapping[str, Any], texts: list[dict[str, Any]],
-                videos: list[dict[str, Any]]) -> dict[str, Any]:
+def write_index(
+    storage: Storage,
+    uri: str,
+    info: Mapping[str, Any],
+    texts: list[dict[str, Any]],
+    videos: list[dict[str, Any]],
+) -> dict[str, Any]:
     """Write the split's ``index.json`` (after all its shards): this is what makes the split valid."""
     index = {"format": FORMAT, **info, "texts": texts, "videos": videos}
     storage.write_text(join(uri, INDEX), json.dumps(index, indent=1, sort_keys=True))
     return index
 
 
-def write_split(storage: Storage, uri: str, texts: Iterable[Mapping[str, np.ndarray]],
-                videos: Iterable[Mapping[str, np.ndarray]], info: Mapping[str, Any]) -> dict[str, Any]:
+def write_split(
+    storage: Storage,
+    uri: str,
+    texts: Iterable[Mapping[str, np.ndarray]],
+    videos: Iterable[Mapping[str, np.ndarray]],
+    info: Mapping[str, Any],
+) -> dict[str, Any]:
     """Write text and video feature batches as shards, then ``index.json`` (last). Returns the index."""
     tw, vw = ShardWriter(storage, uri, "texts"), ShardWriter(storage, uri, "videos")
     for batch in texts:

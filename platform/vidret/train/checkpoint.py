@@ -191,7 +191,7 @@ def load_checkpoint(
     try:
         state = torch.load(state_path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        from vidret.model.clip import unpickling_refusal  # noqa: PLC0415 - open_clip only on this error path
+        from vidret.model.clip import unpickling_refusal
 
         first = unpickling_refusal(e)
         raise CheckpointError(

@@ -43,8 +43,13 @@ from vidret.train.optim import (
 )
 
 SIM_KEYS = ("text", "text_mask", "text_weight", "video", "video_mask", "video_weight")
-BATCH_DTYPES = {"video": torch.uint8, "video_mask": torch.int64, "text_ids": torch.int64,
-                "text_mask": torch.int64, "video_index": torch.int64}
+BATCH_DTYPES = {
+    "video": torch.uint8,
+    "video_mask": torch.int64,
+    "text_ids": torch.int64,
+    "text_mask": torch.int64,
+    "video_index": torch.int64,
+}
 
 
 class _GenerationStep(nn.Module):
@@ -54,11 +59,25 @@ class _GenerationStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, local: Mapping[str, Tensor], gathered: Mapping[str, Tensor], pos_BG: Tensor, row_offset: int,
-                t_B: Tensor, noise_t2v_BK: Tensor, noise_v2t_BK: Tensor) -> dict[str, Tensor]:
-        return self.model.generation_loss(local, gathered, pos_BG, row_offset=row_offset, t_B=t_B,
-                                          noise_t2v_BK=noise_t2v_BK, noise_v2t_BK=noise_v2t_BK)
-
+    def forward(
+        self,
+        local: Mapping[str, Tensor],
+        gathered: Mapping[str, Tensor],
+        pos_BG: Tensor,
+        row_offset: int,
+        t_B: Tensor,
+        noise_t2v_BK: Tensor,
+        noise_v2t_BK: Tensor,
+    ) -> dict[str, Tensor]:
+        return self.model.generation_loss(
+            local,
+            gathered,
+            pos_BG,
+            row_offset=row_offset,
+            t_B=t_B,
+            noise_t2v_BK=noise_t2v_BK,
+            noise_v2t_BK=noise_v2t_BK,
+        )
 
 
 def _say(line: str) -> None:
@@ -66,6 +85,7 @@ def _say(line: str) -> None:
     patches it to write to stdout *and* its logger, so every line reached the driver twice."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -82,8 +102,10 @@ def build_model(cfg: Config, storage: Storage, init_state_uri: str | None) -> Re
         missing, unexpected = model.load_state_dict(state["selected"], strict=False)
         stage1_missing = [k for k in missing if not k.startswith(("t2v_denoiser.", "v2t_denoiser."))]
         if stage1_missing or unexpected:
-            raise ValueError(f"{init_state_uri}: weights do not match the model: missing {stage1_missing[:8]}, "
-                             f"unexpected {list(unexpected)[:8]}")
+            raise ValueError(
+                f"{init_state_uri}: weights do not match the model: missing {stage1_missing[:8]}, "
+                f"unexpected {list(unexpected)[:8]}"
+            )
     model.set_stage(cfg.train.stage)
     if cfg.train.stage == "discrimination" and cfg.train.clip_precision == "fp16_frozen":
         freeze_fp16_clip(model)
@@ -102,7 +124,7 @@ def _stage1_batches(shard: Any, local_batch: int, skip_steps: int) -> Iterator[d
 def _stage2_batches(features: FeatureSet, rows: np.ndarray, local_batch: int) -> Iterator[dict[str, Tensor]]:
     """Local feature batches of the caption rows ``rows`` (this worker's plan)."""
     for s in range(len(rows) // local_batch):
-        r = torch.from_numpy(rows[s * local_batch:(s + 1) * local_batch])
+        r = torch.from_numpy(rows[s * local_batch : (s + 1) * local_batch])
         vi = features.text_to_video_T[r]
         batch = {k: features.text[k][r] for k in ("text", "text_mask", "text_weight", "text_eot")}
         batch.update({k: features.video[k][vi] for k in ("video", "video_mask", "video_weight")})
@@ -151,7 +173,9 @@ def _stage1_val(cfg: Config) -> ValFeatures | None:
             yield from kept
             return
         size = 0
-        for batch in shard.iter_batches(batch_size=cfg.eval.batch_size, batch_format="numpy", prefetch_batches=1):
+        for batch in shard.iter_batches(
+            batch_size=cfg.eval.batch_size, batch_format="numpy", prefetch_batches=1
+        ):
             size += sum(np.asarray(v).nbytes for v in batch.values())
             if size <= VAL_CACHE_BYTES:
                 kept.append(batch)
@@ -209,10 +233,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         batches = _stage1_batches(ray.train.get_dataset_shard(f"train_{rank}"), local_batch, start_step)
         val = _stage1_val(cfg) if rank == 0 else None
     else:
-        from vidret.train.cache import load_split  # noqa: PLC0415 - stage 2 only
+        from vidret.train.cache import load_split
 
         train_fs = load_split(storage, config["cache_uri"]["train"])
-        my_rows = plan_rows[start_step:, rank * local_batch:(rank + 1) * local_batch].reshape(-1)
+        my_rows = plan_rows[start_step:, rank * local_batch : (rank + 1) * local_batch].reshape(-1)
         batches = _stage2_batches(train_fs, my_rows, local_batch)
         val_fs = load_split(storage, config["cache_uri"]["val"]) if rank == 0 else None
         val = (lambda _model: val_fs) if val_fs is not None else None  # frozen encoder: cached features
@@ -229,9 +253,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if tcfg.stage == "discrimination":
             with autocast:
                 feats = ddp(batch)
-            loss = dist.contrastive_loss({k: feats[k] for k in (*SIM_KEYS, "video_index")}, model.similarity,
-                                         mode=tcfg.gather, logit_scale=feats["logit_scale"],
-                                         same_video_positives=tcfg.same_video_positives)
+            loss = dist.contrastive_loss(
+                {k: feats[k] for k in (*SIM_KEYS, "video_index")},
+                model.similarity,
+                mode=tcfg.gather,
+                logit_scale=feats["logit_scale"],
+                same_video_positives=tcfg.same_video_positives,
+            )
         else:
             gathered = {k: dist.gather_with_grad(v, "exact") for k, v in batch.items()}
             pos_BG = batch["video_index"][:, None] == gathered["video_index"][None, :]
@@ -241,8 +269,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             noise_G2K = torch.randn(2, global_batch, k, generator=gen)
             rows = slice(rank * local_batch, (rank + 1) * local_batch)
             with autocast:
-                out = ddp(batch, gathered, pos_BG, rank * local_batch, t_G[rows].to(device),
-                          noise_G2K[0, rows].to(device), noise_G2K[1, rows].to(device))
+                out = ddp(
+                    batch,
+                    gathered,
+                    pos_BG,
+                    rank * local_batch,
+                    t_G[rows].to(device),
+                    noise_G2K[0, rows].to(device),
+                    noise_G2K[1, rows].to(device),
+                )
             loss = out["loss_generation"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -254,8 +289,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         done = step + 1
         loss_value = float(dist.all_reduce_mean(loss.detach()))
-        metrics: dict[str, float] = {"step": done, "epoch": done / steps_per_epoch, "loss": loss_value,
-                                     "lr": optimizer.param_groups[-1]["lr"]}
+        metrics: dict[str, float] = {
+            "step": done,
+            "epoch": done / steps_per_epoch,
+            "loss": loss_value,
+            "lr": optimizer.param_groups[-1]["lr"],
+        }
         end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
         want_ckpt = done % tcfg.checkpoint_every == 0 or end_of_epoch
         if done % tcfg.log_every == 0 or want_ckpt:
@@ -264,8 +303,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics["data_wait_s"] = wait
             t_last, wait = now, 0.0
             if rank == 0:
-                _say(f"[train] {tcfg.stage} step {done}/{total_steps} loss {loss_value:.4f} "
-                     f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.1f} samples/s")
+                _say(
+                    f"[train] {tcfg.stage} step {done}/{total_steps} loss {loss_value:.4f} "
+                    f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.1f} samples/s"
+                )
         if end_of_epoch and rank == 0 and val is not None:
             scores = _val_score(model, val, cfg, ema)
             metrics.update(scores)
@@ -275,22 +316,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 best = {"score": score, "step": done, "source": source}
                 best_state = _selected_state(model, ema, source)
             metrics.update(best_val_t2v_R1=best["score"], best_step=best["step"])
-            _say(f"[train] epoch {done // steps_per_epoch} val t2v R@1 model {scores['val_model_t2v_R1']:.2f} "
-                 f"ema {scores['val_ema_t2v_R1']:.2f} (best {best['score']:.2f} at step {best['step']}, "
-                 f"{best['source']})")
+            _say(
+                f"[train] epoch {done // steps_per_epoch} val t2v R@1 model {scores['val_model_t2v_R1']:.2f} "
+                f"ema {scores['val_ema_t2v_R1']:.2f} (best {best['score']:.2f} at step {best['step']}, "
+                f"{best['source']})"
+            )
         if writer is not None:
             for key, value in metrics.items():
                 writer.add_scalar(f"{tcfg.stage}/{key}", value, done)
         last_metrics = metrics
         if want_ckpt:
-            _report_with_checkpoint(metrics, rank, {
-                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": done, "epoch": done // steps_per_epoch,
-                "best": best, "best_state": best_state if done == total_steps else None,
-                "selected": (best_state if best_state is not None else model.state_dict())
-                if done == total_steps else None,
-                "rng": capture_rng(), "config": dump_yaml(cfg),
-            })
+            _report_with_checkpoint(
+                metrics,
+                rank,
+                {
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": done,
+                    "epoch": done // steps_per_epoch,
+                    "best": best,
+                    "best_state": best_state if done == total_steps else None,
+                    "selected": (best_state if best_state is not None else model.state_dict())
+                    if done == total_steps
+                    else None,
+                    "rng": capture_rng(),
+                    "config": dump_yaml(cfg),
+                },
+            )
         elif done % tcfg.log_every == 0:
             ray.train.report(metrics)
     if writer is not None:
@@ -324,6 +378,6 @@ def _report_with_checkpoint(metrics: dict[str, float], rank: int, state: dict[st
 def _tensorboard(tb_dir: str | None) -> Any:
     if not tb_dir:
         return None
-    from tensorboardX import SummaryWriter  # noqa: PLC0415 - rank 0 only
+    from tensorboardX import SummaryWriter
 
     return SummaryWriter(tb_dir)

@@ -35,9 +35,11 @@ class StepPlan:
     def worker_rows(self, rank: int, world_size: int, start_step: int = 0) -> np.ndarray:
         """Row ids worker ``rank`` consumes from global step ``start_step`` on, in order (1-D int64)."""
         if self.batch_size % world_size:
-            raise ValueError(f"train.batch_size {self.batch_size} is not a multiple of the {world_size} workers")
+            raise ValueError(
+                f"train.batch_size {self.batch_size} is not a multiple of the {world_size} workers"
+            )
         local = self.batch_size // world_size
-        return self.rows_S_B[start_step:, rank * local:(rank + 1) * local].reshape(-1)
+        return self.rows_S_B[start_step:, rank * local : (rank + 1) * local].reshape(-1)
 
 
 def make_plan(num_rows: int, batch_size: int, epochs: int, seed: int, max_steps: int = 0) -> StepPlan:
@@ -46,7 +48,9 @@ def make_plan(num_rows: int, batch_size: int, epochs: int, seed: int, max_steps:
         raise ValueError(f"train.batch_size {batch_size} is larger than the {num_rows} training rows")
     steps = num_rows // batch_size
     rng = np.random.default_rng(seed)
-    perms = [rng.permutation(num_rows)[: steps * batch_size].reshape(steps, batch_size) for _ in range(epochs)]
+    perms = [
+        rng.permutation(num_rows)[: steps * batch_size].reshape(steps, batch_size) for _ in range(epochs)
+    ]
     rows = np.concatenate(perms).astype(np.int64)
     if max_steps > 0:
         rows = rows[:max_steps]

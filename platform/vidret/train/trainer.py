@@ -53,12 +53,18 @@ def ensure_ray(cfg: Config) -> None:
 
 def check_placeholders(cfg: Config) -> None:
     """Refuse to run on the ``s3://YOUR-BUCKET`` placeholders of the shipped real-dataset configs."""
-    for key, value in (("run.out", cfg.run.out), ("data.manifest", cfg.data.manifest),
-                       ("train.storage_path", cfg.train.storage_path), ("model.weights", cfg.model.weights),
-                       ("train.init_checkpoint", cfg.train.init_checkpoint)):
+    for key, value in (
+        ("run.out", cfg.run.out),
+        ("data.manifest", cfg.data.manifest),
+        ("train.storage_path", cfg.train.storage_path),
+        ("model.weights", cfg.model.weights),
+        ("train.init_checkpoint", cfg.train.init_checkpoint),
+    ):
         if value and PLACEHOLDER in value:
-            raise ValueError(f"{key} is still the placeholder {value!r}: set it to your bucket "
-                             f"(e.g. {key}=s3://my-bucket/...)")
+            raise ValueError(
+                f"{key} is still the placeholder {value!r}: set it to your bucket "
+                f"(e.g. {key}=s3://my-bucket/...)"
+            )
 
 
 def stage_uri(cfg: Config, stage: str) -> str:
@@ -94,9 +100,13 @@ def _storage_path(cfg: Config, storage: Storage) -> tuple[str, Any]:
 
 def _run_config(cfg: Config, storage: Storage, name: str) -> RunConfig:
     path, fs = _storage_path(cfg, storage)
-    return RunConfig(name=name, storage_path=path, storage_filesystem=fs,
-                     failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-                     checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints))
+    return RunConfig(
+        name=name,
+        storage_path=path,
+        storage_filesystem=fs,
+        failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+    )
 
 
 def _run_name(cfg: Config, stage: str) -> str:
@@ -105,17 +115,25 @@ def _run_name(cfg: Config, stage: str) -> str:
 
 
 def _scaling(cfg: Config) -> ScalingConfig:
-    return ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                         resources_per_worker={"CPU": cfg.train.cpus_per_worker})
+    return ScalingConfig(
+        num_workers=cfg.train.num_workers,
+        use_gpu=cfg.train.use_gpu,
+        resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+    )
 
 
-def _fit(cfg: Config, storage: Storage, loop_config: dict[str, Any], datasets: dict[str, Any],
-         stage: str) -> ray.train.Result:
+def _fit(
+    cfg: Config, storage: Storage, loop_config: dict[str, Any], datasets: dict[str, Any], stage: str
+) -> ray.train.Result:
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop_config, scaling_config=_scaling(cfg),
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=_scaling(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
-        run_config=_run_config(cfg, storage, _run_name(cfg, stage)))
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=[]),
+        run_config=_run_config(cfg, storage, _run_name(cfg, stage)),
+    )
     result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"training ({stage}) failed: {result.error}") from result.error
@@ -132,8 +150,18 @@ def _export(result: ray.train.Result, cfg: Config, storage: Storage, stage: str)
         raise RuntimeError("the last checkpoint has no selected weights (the run did not finish)")
     key = encoder_key(state["selected"])
     uri = stage_uri(cfg, stage)
-    save_state(uri, {"selected": state["selected"], "best": state["best"], "step": state["step"],
-                     "key": key, "stage": stage, "config": dump_yaml(cfg)}, storage)
+    save_state(
+        uri,
+        {
+            "selected": state["selected"],
+            "best": state["best"],
+            "step": state["step"],
+            "key": key,
+            "stage": stage,
+            "config": dump_yaml(cfg),
+        },
+        storage,
+    )
     return uri, key
 
 
@@ -148,10 +176,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
     storage = Storage(cfg.storage)
     ensure_ray(cfg)
     t0 = time.perf_counter()
-    if cfg.train.stage == "discrimination":
-        summary = _run_stage1(cfg, storage)
-    else:
-        summary = _run_stage2(cfg, storage)
+    summary = _run_stage1(cfg, storage) if cfg.train.stage == "discrimination" else _run_stage2(cfg, storage)
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     storage.write_text(join(cfg.run.out, f"config.{cfg.train.stage}.yaml"), dump_yaml(cfg))
     return summary
@@ -166,8 +191,9 @@ def _run_stage1(cfg: Config, storage: Storage) -> dict[str, Any]:
     ctx.execution_options.preserve_order = True  # the plan's row order is the training order
     train = load_split(cfg.data.manifest, cfg.data.train_split, storage, pairs=True)
     val = load_split(cfg.data.manifest, cfg.data.val_split, storage, pairs=False)
-    plan = make_plan(train.table.num_rows, cfg.train.batch_size, cfg.train.epochs, cfg.run.seed,
-                     cfg.train.max_steps)
+    plan = make_plan(
+        train.table.num_rows, cfg.train.batch_size, cfg.train.epochs, cfg.run.seed, cfg.train.max_steps
+    )
     world = cfg.train.num_workers
     datasets: dict[str, Any] = {}
     logs = []
@@ -180,10 +206,16 @@ def _run_stage1(cfg: Config, storage: Storage) -> dict[str, Any]:
     # for one (ray-notes P8). It is short and runs while training waits for it.
     val_data = replace(cfg.data, decode_cpus=0.0, decode_concurrency=1)
     datasets["val"], _ = build_dataset(val, val_data, storage, drop_bad=False)
-    _log(f"[train] stage 1: {train.table.num_rows} pairs over {train.num_videos} videos, {plan.total_steps} "
-         f"steps of {cfg.train.batch_size} on {world} worker(s)")
-    loop_config = {"cfg": cfg, "plan_rows": plan.rows_S_B, "steps_per_epoch": plan.steps_per_epoch,
-                   "tb_dir": _tb_dir(cfg, "discrimination")}
+    _log(
+        f"[train] stage 1: {train.table.num_rows} pairs over {train.num_videos} videos, {plan.total_steps} "
+        f"steps of {cfg.train.batch_size} on {world} worker(s)"
+    )
+    loop_config = {
+        "cfg": cfg,
+        "plan_rows": plan.rows_S_B,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "tb_dir": _tb_dir(cfg, "discrimination"),
+    }
     result = _fit(cfg, storage, loop_config, datasets, "discrimination")
     # one verdict over the workers' shards: a bad video whose captions landed on two workers counts once,
     # against the split's distinct videos (the decode stage's fail-fast budget), not its caption rows
@@ -191,8 +223,16 @@ def _run_stage1(cfg: Config, storage: Storage) -> dict[str, Any]:
     uri, key = _export(result, cfg, storage, "discrimination")
     _log(f"[train] stage 1 weights -> {uri} (key {key})")
     cache = build_feature_cache(cfg, storage, uri, key)
-    return {"stage": "discrimination", "weights": uri, "key": key, "cache": cache, "steps": plan.total_steps,
-            "metrics": result.metrics, "bad_videos": len(bad["bad"]), "bad_videos_by_uri": bad["bad"]}
+    return {
+        "stage": "discrimination",
+        "weights": uri,
+        "key": key,
+        "cache": cache,
+        "steps": plan.total_steps,
+        "metrics": result.metrics,
+        "bad_videos": len(bad["bad"]),
+        "bad_videos_by_uri": bad["bad"],
+    }
 
 
 def _tb_dir(cfg: Config, stage: str) -> str | None:
@@ -208,17 +248,31 @@ def _run_stage2(cfg: Config, storage: Storage) -> dict[str, Any]:
     train_index = feature_cache.read_index(storage, cache["train"])
     num_rows = sum(s["rows"] for s in train_index["texts"])
     if cfg.diffusion.num > cfg.train.batch_size - 1:
-        raise ValueError(f"diffusion.num {cfg.diffusion.num} needs a global batch of at least num + 1 = "
-                         f"{cfg.diffusion.num + 1}, got train.batch_size {cfg.train.batch_size}")
+        raise ValueError(
+            f"diffusion.num {cfg.diffusion.num} needs a global batch of at least num + 1 = "
+            f"{cfg.diffusion.num + 1}, got train.batch_size {cfg.train.batch_size}"
+        )
     plan = make_plan(num_rows, cfg.train.batch_size, cfg.train.epochs, cfg.run.seed + 1, cfg.train.max_steps)
     _log(f"[train] stage 2 on cached features: {num_rows} captions, {plan.total_steps} steps")
-    loop_config = {"cfg": cfg, "plan_rows": plan.rows_S_B, "steps_per_epoch": plan.steps_per_epoch,
-                   "init_state_uri": init, "cache_uri": cache, "tb_dir": _tb_dir(cfg, "generation")}
+    loop_config = {
+        "cfg": cfg,
+        "plan_rows": plan.rows_S_B,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "init_state_uri": init,
+        "cache_uri": cache,
+        "tb_dir": _tb_dir(cfg, "generation"),
+    }
     result = _fit(cfg, storage, loop_config, {}, "generation")
     uri, key2 = _export(result, cfg, storage, "generation")
     _log(f"[train] stage 2 weights -> {uri}")
-    return {"stage": "generation", "weights": uri, "key": key2, "cache": cache, "steps": plan.total_steps,
-            "metrics": result.metrics}
+    return {
+        "stage": "generation",
+        "weights": uri,
+        "key": key2,
+        "cache": cache,
+        "steps": plan.total_steps,
+        "metrics": result.metrics,
+    }
 
 
 # -- feature cache (Ray Data batch inference) ---------------------------------------------------------------
@@ -226,9 +280,9 @@ class _Encoder:
     """Ray Data actor: frozen stage-1 encoder applied to decoded video rows or tokenised caption rows."""
 
     def __init__(self, cfg: Config, weights_uri: str, what: str) -> None:
-        import torch  # noqa: PLC0415
+        import torch
 
-        from vidret.train.loop import build_model  # noqa: PLC0415
+        from vidret.train.loop import build_model
 
         torch.set_num_threads(1)
         storage = Storage(cfg.storage)
@@ -239,7 +293,7 @@ class _Encoder:
         self.tokenizer = ClipTokenizer() if what == "texts" else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from vidret.eval.retrieval import encode_batches  # noqa: PLC0415
+        from vidret.eval.retrieval import encode_batches
 
         if self.tokenizer is not None:
             batch = tokenize_rows(batch, self.tokenizer, self.max_words)
@@ -251,8 +305,9 @@ class _Encoder:
         return out
 
 
-def build_feature_cache(cfg: Config, storage: Storage, weights_uri: str, key: str,
-                        splits: list[str] | None = None) -> dict[str, str]:
+def build_feature_cache(
+    cfg: Config, storage: Storage, weights_uri: str, key: str, splits: list[str] | None = None
+) -> dict[str, str]:
     """Encode ``splits`` (default: train, val, test and extra) with the weights at ``weights_uri`` into
     ``<run.out>/features/<key>/<split>``. Complete splits are reused; the missing ones are encoded together,
     in one text pass and one video pass (the actors start once). Returns {split: uri}.
@@ -269,8 +324,10 @@ def build_feature_cache(cfg: Config, storage: Storage, weights_uri: str, key: st
         t0 = time.perf_counter()
         infos = _encode_splits(cfg, storage, weights_uri, {s: out[s] for s in missing})
         for split in missing:
-            _log(f"[cache] {split}: {infos[split]['num_texts']} captions, {infos[split]['num_videos']} videos "
-                 f"-> {out[split]}")
+            _log(
+                f"[cache] {split}: {infos[split]['num_texts']} captions, {infos[split]['num_videos']} videos "
+                f"-> {out[split]}"
+            )
         _log(f"[cache] encoded {', '.join(missing)} in {time.perf_counter() - t0:.1f} s")
     return out
 
@@ -278,7 +335,7 @@ def build_feature_cache(cfg: Config, storage: Storage, weights_uri: str, key: st
 def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[str, str]) -> dict[str, Any]:
     """One text pass and one video pass over the union of the splits; rows are routed back to each split's
     shards by their offset ranges (video rows ``[v0, v1)`` and caption rows ``[t0, t1)`` of the union)."""
-    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow as pa
 
     texts, videos, ranges, infos = [], [], {}, {}
     v_off = t_off = 0
@@ -286,32 +343,54 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
         pairs = load_split(cfg.data.manifest, split, storage, pairs=True)
         vids = load_split(cfg.data.manifest, split, storage, pairs=False)
         n_t, n_v = pairs.table.num_rows, vids.num_videos
-        texts.append(pa.table({"caption": pairs.table.column("caption"),
-                               "caption_row": pa.array(np.arange(n_t) + t_off, pa.int64()),
-                               "video_index": pa.array(pairs.table.column("video_index").to_numpy() + v_off)}))
+        texts.append(
+            pa.table(
+                {
+                    "caption": pairs.table.column("caption"),
+                    "caption_row": pa.array(np.arange(n_t) + t_off, pa.int64()),
+                    "video_index": pa.array(pairs.table.column("video_index").to_numpy() + v_off),
+                }
+            )
+        )
         vt = vids.table
-        videos.append(vt.set_column(vt.schema.get_field_index("video_index"), "video_index",
-                                    pa.array(vt.column("video_index").to_numpy() + v_off)))
+        videos.append(
+            vt.set_column(
+                vt.schema.get_field_index("video_index"),
+                "video_index",
+                pa.array(vt.column("video_index").to_numpy() + v_off),
+            )
+        )
         ranges[split] = (t_off, t_off + n_t, v_off, v_off + n_v)
-        infos[split] = {"split": split, "num_texts": n_t, "num_videos": n_v, "weights": weights_uri,
-                        "video_ids": vt.column("video_id").to_pylist(),
-                        "captions": pairs.table.column("caption").to_pylist()}
+        infos[split] = {
+            "split": split,
+            "num_texts": n_t,
+            "num_videos": n_v,
+            "weights": weights_uri,
+            "video_ids": vt.column("video_id").to_pylist(),
+            "captions": pairs.table.column("caption").to_pylist(),
+        }
         t_off, v_off = t_off + n_t, v_off + n_v
     union = SplitRows(table=pa.concat_tables(videos), num_videos=v_off)
     video_ds, log = build_dataset(union, cfg.data, storage, tokenize=False, drop_bad=False)
     kwargs = {"concurrency": 1, "num_cpus": 0.5, "batch_size": cfg.eval.batch_size}  # headroom: P8
     encoder = {"cfg": cfg, "weights_uri": weights_uri}
     text_feats = ray.data.from_arrow(pa.concat_tables(texts)).map_batches(
-        _Encoder, fn_constructor_kwargs={**encoder, "what": "texts"}, **kwargs)
-    video_feats = video_ds.map_batches(_Encoder, fn_constructor_kwargs={**encoder, "what": "videos"}, **kwargs)
-    writers = {s: (feature_cache.ShardWriter(storage, u, "texts"), feature_cache.ShardWriter(storage, u, "videos"))
-               for s, u in uris.items()}
+        _Encoder, fn_constructor_kwargs={**encoder, "what": "texts"}, **kwargs
+    )
+    video_feats = video_ds.map_batches(
+        _Encoder, fn_constructor_kwargs={**encoder, "what": "videos"}, **kwargs
+    )
+    writers = {
+        s: (feature_cache.ShardWriter(storage, u, "texts"), feature_cache.ShardWriter(storage, u, "videos"))
+        for s, u in uris.items()
+    }
     # the video pass is read with its bad-video log: past data.max_bad_fraction it raises the typed
     # TooManyBadVideosError listing them (Ray Data would hand over a wrapped RayTaskError(UserCodeException))
     passes = (("texts", text_feats, "caption_row", None), ("videos", video_feats, "video_index", log))
     for kind, feats, row_key, pass_log in passes:
-        for batch in iter_numpy_batches(feats, cfg.eval.batch_size, log=pass_log, total=union.num_videos,
-                                        cfg=cfg.data):
+        for batch in iter_numpy_batches(
+            feats, cfg.eval.batch_size, log=pass_log, total=union.num_videos, cfg=cfg.data
+        ):
             for split, (t0, t1, v0, v1) in ranges.items():
                 lo, hi = (t0, t1) if kind == "texts" else (v0, v1)
                 sel = (batch[row_key] >= lo) & (batch[row_key] < hi)
@@ -325,13 +404,18 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
     bad = check_bad_fraction(log, union.num_videos, cfg.data)["bad"]
     for split, uri in uris.items():
         split_uris = {u for u in bad if u in set(_video_uris(videos, ranges[split]))}
-        feature_cache.write_index(storage, uri, {**infos[split], "bad_videos": {u: bad[u] for u in split_uris}},
-                                  writers[split][0].close(), writers[split][1].close())
+        feature_cache.write_index(
+            storage,
+            uri,
+            {**infos[split], "bad_videos": {u: bad[u] for u in split_uris}},
+            writers[split][0].close(),
+            writers[split][1].close(),
+        )
     return infos
 
 
 def _video_uris(tables: list[Any], rng: tuple[int, int, int, int]) -> list[str]:
-    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow as pa
 
     union = pa.concat_tables(tables)
-    return union.column("video_uri").to_pylist()[rng[2]:rng[3]]
+    return union.column("video_uri").to_pylist()[rng[2] : rng[3]]

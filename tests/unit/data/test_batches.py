@@ -29,10 +29,15 @@ CFG = DataConfig(size=32, max_frames=4, decoder="pyav", decode_timeout_s=30.0)
 
 def _manifest() -> pa.Table:
     return pa.table(
-        {"video_id": ["a", "b", "c"], "video_uri": ["/v/a.mp4", "/v/b.mp4", "/v/c.mp4"],
-         "captions": [["a one", "a two"], ["b one"], ["c one", "c two", "c three"]],
-         "start": [None, 1.0, None], "end": [None, 2.5, None], "split": ["train", "train", "test"],
-         "dataset": ["custom"] * 3},
+        {
+            "video_id": ["a", "b", "c"],
+            "video_uri": ["/v/a.mp4", "/v/b.mp4", "/v/c.mp4"],
+            "captions": [["a one", "a two"], ["b one"], ["c one", "c two", "c three"]],
+            "start": [None, 1.0, None],
+            "end": [None, 2.5, None],
+            "split": ["train", "train", "test"],
+            "dataset": ["custom"] * 3,
+        },
         schema=MANIFEST_SCHEMA,
     )
 
@@ -45,7 +50,8 @@ def test_split_rows_pairs_and_videos() -> None:
     assert pairs.table.column("caption_index").to_pylist() == [0, 1, 0]
     assert pairs.table.column("start").to_pylist() == [None, None, 1.0]
     videos = split_rows(_manifest(), "test", pairs=False)
-    assert videos.table.column("caption").to_pylist() == ["c one"] and videos.num_videos == 1
+    assert videos.table.column("caption").to_pylist() == ["c one"]
+    assert videos.num_videos == 1
     with pytest.raises(ValueError, match="'val'.*test, train"):
         split_rows(_manifest(), "val", pairs=True)
 
@@ -67,12 +73,17 @@ def test_decode_rows_marks_bad_rows_instead_of_raising(tmp_path: Path) -> None:
     good = _clip(tmp_path / "good.mp4")
     (tmp_path / "junk.mp4").write_bytes(b"junk" * 100)
     uris = np.array([good, str(tmp_path / "junk.mp4"), str(tmp_path / "gone.mp4"), good], dtype=object)
-    batch = {"video_uri": uris, "start": np.array([None, None, None, 3.0], dtype=object),
-             "end": np.array([None, None, None, 1.0], dtype=object), "video_index": np.arange(4)}
+    batch = {
+        "video_uri": uris,
+        "start": np.array([None, None, None, 3.0], dtype=object),
+        "end": np.array([None, None, None, 1.0], dtype=object),
+        "video_index": np.arange(4),
+    }
     out = decode_rows(batch, CFG, Storage())
     assert out["ok"].tolist() == [True, False, False, False]
     assert out["reason"].tolist() == ["", "corrupt", "missing", "invalid_row"]  # end < start
-    assert out["video"].shape == (4, 4, 32, 32, 3) and not out["video"][1:].any()
+    assert out["video"].shape == (4, 4, 32, 32, 3)
+    assert not out["video"][1:].any()
     np.testing.assert_array_equal(out["video"][0], decode_with_config(good, CFG)[0])
     assert out["video_index"].tolist() == [0, 1, 2, 3]
 
@@ -87,12 +98,14 @@ def _video_batch(n: int) -> dict[str, np.ndarray]:
 def test_augmentation_is_seeded_per_row_and_keeps_padding_zero() -> None:
     batch = _video_batch(4)
     a = augment_rows(batch, seed=1)["video"]
-    assert a.shape == batch["video"].shape and a.dtype == np.uint8
+    assert a.shape == batch["video"].shape
+    assert a.dtype == np.uint8
     np.testing.assert_array_equal(a, augment_rows(batch, seed=1)["video"])
     single = augment_rows({k: v[2:3] for k, v in batch.items()}, seed=1)["video"]
     np.testing.assert_array_equal(a[2:3], single)  # independent of how rows are batched
     assert not np.array_equal(a, augment_rows(batch, seed=2)["video"])
-    assert not np.array_equal(a, batch["video"]) and not a[:, 2].any()
+    assert not np.array_equal(a, batch["video"])
+    assert not a[:, 2].any()
     with pytest.raises(ValueError, match="seed"):
         augment_rows(batch, seed=-1)
 
@@ -108,13 +121,19 @@ def test_augmentation_of_a_horizontal_ramp_is_a_crop_or_its_mirror() -> None:
 
 
 def test_budget_and_error_listing() -> None:
-    assert bad_budget(100, 0.01) == 1 and bad_budget(15, 0.2) == 3 and bad_budget(7, 0.0) == 0
+    assert bad_budget(100, 0.01) == 1
+    assert bad_budget(15, 0.2) == 3
+    assert bad_budget(7, 0.0) == 0
     enforce_budget({"s3://b/x.mp4": "corrupt"}, 100, 0.01)
     bad = {f"s3://b/{i}.mp4": "missing" for i in range(2)}
-    with pytest.raises(TooManyBadVideosError, match=r"2 of 100 .*s3://b/0.mp4 \(missing\); s3://b/1.mp4") as info:
+    with pytest.raises(
+        TooManyBadVideosError, match=r"2 of 100 .*s3://b/0.mp4 \(missing\); s3://b/1.mp4"
+    ) as info:
         enforce_budget(bad, 100, 0.01)
     again = pickle.loads(pickle.dumps(info.value))
-    assert again.bad == bad and str(again) == str(info.value) and isinstance(again, ValueError)
+    assert again.bad == bad
+    assert str(again) == str(info.value)
+    assert isinstance(again, ValueError)
 
 
 def test_classify_and_summarise() -> None:
@@ -124,9 +143,13 @@ def test_classify_and_summarise() -> None:
     assert classify(ValueError("end < start"))[0] == "invalid_row"
     with pytest.raises(TypeError):
         classify(KeyError("x"))
-    failures = [{"video_id": "b", "video_uri": "/v/b", "reason": "corrupt", "detail": ""},
-                {"video_id": "a", "video_uri": "/v/a", "reason": "missing", "detail": ""}]
+    failures = [
+        {"video_id": "b", "video_uri": "/v/b", "reason": "corrupt", "detail": ""},
+        {"video_id": "a", "video_uri": "/v/a", "reason": "missing", "detail": ""},
+    ]
     s = summarise(failures, 10, 0.1, manifest="m")
     assert (s["total"], s["ok"], s["failed"], s["bad_videos"], s["within_budget"]) == (10, 8, 2, 2, False)
-    assert set(s["by_reason"]) == set(FAILURE_REASONS) and s["by_reason"]["corrupt"] == 1
-    assert [f["video_id"] for f in s["failures"]] == ["a", "b"] and s["manifest"] == "m"
+    assert set(s["by_reason"]) == set(FAILURE_REASONS)
+    assert s["by_reason"]["corrupt"] == 1
+    assert [f["video_id"] for f in s["failures"]] == ["a", "b"]
+    assert s["manifest"] == "m"

@@ -84,21 +84,23 @@ def _quadrants(h: int = 64, w: int = 64) -> np.ndarray:
 
 def _frame_indices(frames_FSS3: np.ndarray, mask_F: np.ndarray) -> list[int]:
     means = frames_FSS3[mask_F.astype(bool)].reshape(int(mask_F.sum()), -1).mean(axis=1)
-    return [int(round((m - 10) / 4)) for m in means]
+    return [round((m - 10) / 4) for m in means]
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_samples_the_frames_the_rule_chooses(grey_clip: Path, decoder: str) -> None:
     frames, mask = decode_video(str(grey_clip), max_frames=12, framerate=1.0, size=32, decoder=decoder)
-    assert frames.shape == (12, 32, 32, 3) and frames.dtype == np.uint8
-    assert mask.dtype == np.int64 and mask.tolist() == [1] * 6 + [0] * 6
+    assert frames.shape == (12, 32, 32, 3)
+    assert frames.dtype == np.uint8
+    assert mask.dtype == np.int64
+    assert mask.tolist() == [1] * 6 + [0] * 6
     assert _frame_indices(frames, mask) == [0, 8, 16, 24, 32, 40]
     assert not frames[6:].any(), "padding must be zeros"
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_uniform_subsampling_segment_and_framerate(grey_clip: Path, decoder: str) -> None:
-    kw = dict(size=16, decoder=decoder)
+    kw = {"size": 16, "decoder": decoder}
     f, m = decode_video(str(grey_clip), max_frames=4, framerate=1.0, **kw)
     assert _frame_indices(f, m) == [0, 8, 24, 40]  # 6 candidates, linspace(0, 5, 4) -> 0 1 3 5
     f, m = decode_video(str(grey_clip), max_frames=12, framerate=2.0, start=1.0, end=3.0, **kw)
@@ -116,9 +118,9 @@ def test_decoders_agree_pixel_for_pixel(grey_clip: Path) -> None:
 
 
 def test_seek_path_matches_sequential_path(grey_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vidret.data.decoders as decoders
+    from vidret.data import decoders
 
-    kw = dict(max_frames=12, framerate=3.0, size=24, decoder="pyav")
+    kw = {"max_frames": 12, "framerate": 3.0, "size": 24, "decoder": "pyav"}
     seeking, m1 = decode_video(str(grey_clip), **kw)
     monkeypatch.setattr(decoders, "_seek_plan", lambda source, uri: None)  # force sequential decoding
     sequential, m2 = decode_video(str(grey_clip), **kw)
@@ -146,12 +148,14 @@ def test_resize_short_side_then_centre_crop_keeps_the_middle(tmp_path: Path) -> 
     clip = _encode(tmp_path / "wide.mp4", np.stack([img] * 4), fps=4)
     frames, _ = decode_video(str(clip), max_frames=1, framerate=1.0, size=24, decoder="pyav")
     centre = frames[0, :, 8:16].reshape(-1, 3).mean(axis=0)
-    assert centre[1] > 150 and centre[0] < 60 and frames[0, :, :2].mean() < 40
+    assert centre[1] > 150
+    assert centre[0] < 60
+    assert frames[0, :, :2].mean() < 40
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize(
-    "rotation,matrix,expected_corners",
+    ("rotation", "matrix", "expected_corners"),
     [
         (None, None, ("R", "G", "B", "W")),
         (90.0, None, ("G", "W", "R", "B")),  # counter-clockwise: the top-right corner moves to top-left
@@ -163,7 +167,7 @@ def test_resize_short_side_then_centre_crop_keeps_the_middle(tmp_path: Path) -> 
 )
 def test_display_matrix_is_applied(tmp_path: Path, decoder: str, rotation, matrix, expected_corners) -> None:
     clip = _encode(tmp_path / "q.mp4", np.stack([_quadrants()] * 8), fps=8, rotation=rotation, matrix=matrix)
-    frames, mask = decode_video(str(clip), max_frames=2, framerate=1.0, size=32, decoder=decoder)
+    frames, _mask = decode_video(str(clip), max_frames=2, framerate=1.0, size=32, decoder=decoder)
     colours = {"R": (255, 0, 0), "G": (0, 255, 0), "B": (0, 0, 255), "W": (255, 255, 255)}
     corners = [frames[0, 4, 4], frames[0, 4, -5], frames[0, -5, 4], frames[0, -5, -5]]
     for got, name in zip(corners, expected_corners, strict=True):
@@ -171,7 +175,7 @@ def test_display_matrix_is_applied(tmp_path: Path, decoder: str, rotation, matri
 
 
 def test_auto_falls_back_to_the_next_decoder(grey_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vidret.data.decode as decode
+    from vidret.data import decode
 
     calls: list[str] = []
 
@@ -181,10 +185,12 @@ def test_auto_falls_back_to_the_next_decoder(grey_clip: Path, monkeypatch: pytes
 
     monkeypatch.setitem(decode._READERS, AUTO_ORDER[0], broken)
     frames, mask = decode_video(str(grey_clip), max_frames=12, framerate=1.0, size=32, uri="g.mp4")
-    assert calls == ["g.mp4"] and _frame_indices(frames, mask) == [0, 8, 16, 24, 32, 40]
+    assert calls == ["g.mp4"]
+    assert _frame_indices(frames, mask) == [0, 8, 16, 24, 32, 40]
     with pytest.raises(DecodeError) as info:  # both fail: one error, naming both decoders' details
         decode_video(b"junk" * 100, max_frames=2, framerate=1.0, size=32, uri="j.mp4")
-    assert info.value.reason in {"unsupported_codec", "corrupt"} and "test double" in str(info.value)
+    assert info.value.reason in {"unsupported_codec", "corrupt"}
+    assert "test double" in str(info.value)
     assert AUTO_ORDER[1] in info.value.detail
 
 
@@ -195,7 +201,8 @@ def test_decord_fails_on_48x48_h264_where_auto_succeeds(tmp_path: Path) -> None:
         decode_video(str(clip), max_frames=2, framerate=1.0, size=32, decoder="decord")
     assert info.value.reason == "corrupt"
     frames, mask = decode_video(str(clip), max_frames=2, framerate=1.0, size=32, decoder="auto")
-    assert mask.tolist() == [1, 0] and np.abs(frames[0, 4, 4].astype(int) - (255, 0, 0)).max() < 40
+    assert mask.tolist() == [1, 0]
+    assert np.abs(frames[0, 4, 4].astype(int) - (255, 0, 0)).max() < 40
 
 
 def test_probe_reports_the_displayed_size(tmp_path: Path) -> None:
@@ -203,9 +210,13 @@ def test_probe_reports_the_displayed_size(tmp_path: Path) -> None:
     clip = _encode(tmp_path / "r.mp4", np.stack([wide] * 10), fps=5, rotation=-90.0)
     info = probe(str(clip))
     assert (info["coded_width"], info["coded_height"]) == (64, 32)
-    assert (info["width"], info["height"]) == (32, 64) and info["rotation"] == -90
-    assert info["num_frames"] == 10 and info["fps"] == pytest.approx(5.0) and info["codec"] == "h264"
-    assert info["reflected"] is False and info["duration"] == pytest.approx(2.0, abs=0.25)
+    assert (info["width"], info["height"]) == (32, 64)
+    assert info["rotation"] == -90
+    assert info["num_frames"] == 10
+    assert info["fps"] == pytest.approx(5.0)
+    assert info["codec"] == "h264"
+    assert info["reflected"] is False
+    assert info["duration"] == pytest.approx(2.0, abs=0.25)
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -241,7 +252,8 @@ def test_errors_have_the_right_reason(tmp_path: Path, grey_clip: Path, decoder: 
                     source, max_frames=4, framerate=1.0, size=16, decoder=decoder, uri="s3://b/k.mp4"
                 )
             assert info.value.reason in expected_reasons[reason], (reason, info.value)
-            assert isinstance(info.value, ValueError) and "s3://b/k.mp4" in str(info.value)
+            assert isinstance(info.value, ValueError)
+            assert "s3://b/k.mp4" in str(info.value)
             assert info.value.reason in str(info.value)
 
 
@@ -263,16 +275,26 @@ def test_bad_arguments_are_value_errors(grey_clip: Path) -> None:
 def test_worker_decodes_times_out_on_a_hang_and_recovers(tmp_path: Path, grey_clip: Path) -> None:
     fifo = tmp_path / "hang.mp4"
     os.mkfifo(fifo)  # opening a FIFO with no writer blocks inside FFmpeg's open(): a real hang in C
-    kw = dict(max_frames=4, framerate=1.0, size=16, decoder="pyav", int_fps=False, start=None, end=None)
+    kw = {
+        "max_frames": 4,
+        "framerate": 1.0,
+        "size": 16,
+        "decoder": "pyav",
+        "int_fps": False,
+        "start": None,
+        "end": None,
+    }
     with DecodeWorker() as worker:
         ref, ref_mask = worker.decode(grey_clip.read_bytes(), timeout_s=30, uri="ok.mp4", **kw)
         first_pid = worker.pid
         with pytest.raises(DecodeError) as info:
             worker.decode(str(fifo), timeout_s=1.0, uri="hang.mp4", **kw)
-        assert info.value.reason == "timeout" and "hang.mp4" in str(info.value)
+        assert info.value.reason == "timeout"
+        assert "hang.mp4" in str(info.value)
         assert worker.pid is None  # the hung child was killed
         again, mask = worker.decode(io.BytesIO(grey_clip.read_bytes()), timeout_s=30, uri="ok.mp4", **kw)
-        assert worker.pid not in (None, first_pid) and worker.restarts == 1
+        assert worker.pid not in (None, first_pid)
+        assert worker.restarts == 1
         np.testing.assert_array_equal(again, ref)
         np.testing.assert_array_equal(mask, ref_mask)
         with pytest.raises(DecodeError) as info:
@@ -283,7 +305,15 @@ def test_worker_decodes_times_out_on_a_hang_and_recovers(tmp_path: Path, grey_cl
 def test_worker_reports_a_crashed_child_and_restarts(tmp_path: Path, grey_clip: Path) -> None:
     fifo = tmp_path / "hang.mp4"
     os.mkfifo(fifo)
-    kw = dict(max_frames=2, framerate=1.0, size=16, decoder="pyav", int_fps=False, start=None, end=None)
+    kw = {
+        "max_frames": 2,
+        "framerate": 1.0,
+        "size": 16,
+        "decoder": "pyav",
+        "int_fps": False,
+        "start": None,
+        "end": None,
+    }
     with DecodeWorker() as worker:
         worker.decode(grey_clip.read_bytes(), timeout_s=30, uri="ok.mp4", **kw)
         killer = threading.Timer(0.5, os.kill, (worker.pid, signal.SIGKILL))  # our own child: a "segfault"
@@ -291,28 +321,33 @@ def test_worker_reports_a_crashed_child_and_restarts(tmp_path: Path, grey_clip: 
         with pytest.raises(DecodeError) as info:
             worker.decode(str(fifo), timeout_s=30, uri="crash.mp4", **kw)
         killer.join()
-        assert info.value.reason == "corrupt" and "died" in str(info.value) and "crash.mp4" in str(info.value)
+        assert info.value.reason == "corrupt"
+        assert "died" in str(info.value)
+        assert "crash.mp4" in str(info.value)
         _, mask = worker.decode(grey_clip.read_bytes(), timeout_s=30, uri="ok.mp4", **kw)
-        assert mask.tolist() == [1, 1] and worker.restarts == 1
+        assert mask.tolist() == [1, 1]
+        assert worker.restarts == 1
 
 
 def test_decode_with_config_uses_the_data_section(grey_clip: Path) -> None:
     cfg = DataConfig(max_frames=5, framerate=2.0, size=24, decoder="pyav", decode_timeout_s=60.0)
     frames, mask = decode_with_config(grey_clip.read_bytes(), cfg, uri="g.mp4", start=1.0, end=2.0)
-    assert frames.shape == (5, 24, 24, 3) and mask.tolist() == [1, 1, 1, 0, 0]
+    assert frames.shape == (5, 24, 24, 3)
+    assert mask.tolist() == [1, 1, 1, 0, 0]
     assert _frame_indices(frames, mask) == [8, 12, 16]
 
 
 def test_time_decoders_reports_seconds_or_reason(grey_clip: Path, tmp_path: Path) -> None:
     times = time_decoders(str(grey_clip), max_frames=2, size=16, repeats=1)
-    assert set(times) == {"pyav", "decord"} and all(isinstance(v, float) and v > 0 for v in times.values())
+    assert set(times) == {"pyav", "decord"}
+    assert all(isinstance(v, float) and v > 0 for v in times.values())
     assert set(AUTO_ORDER) == {"pyav", "decord"}
     bad = time_decoders(b"garbage" * 10, repeats=1)
     assert bad == {"pyav": "corrupt", "decord": "corrupt"}
 
 
 # -------------------------------------------------------------------------------------- geometry helpers
-@pytest.mark.parametrize("degrees,k", [(0, 0), (90, 1), (180, 2), (-90, 3), (270, 3)])
+@pytest.mark.parametrize(("degrees", "k"), [(0, 0), (90, 1), (180, 2), (-90, 3), (270, 3)])
 def test_rotation_transforms_match_numpy_rot90(degrees: int, k: int) -> None:
     img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     t = transform_from_rotation(degrees)
@@ -360,4 +395,5 @@ def test_decode_streamed_from_s3_matches_local(s3_bucket, grey_clip: Path) -> No
     assert _frame_indices(frames, ref_mask) == [0, 8, 16, 24, 32, 40]
     with pytest.raises(DecodeError) as info:
         decode_video(storage.read_bytes(uri)[:500], max_frames=6, framerate=1.0, size=32, uri=uri)
-    assert info.value.reason == "corrupt" and uri in str(info.value)
+    assert info.value.reason == "corrupt"
+    assert uri in str(info.value)

@@ -63,18 +63,22 @@ def test_msrvtt_real_1ka_test_split(shared_dir: Path, tmp_path: Path, storage: S
     for split in ("test", "val"):
         result = build_manifest("msrvtt", str(anns), str(videos), split, storage)
         table = result.table
-        assert table.num_rows == 1000 and len(set(table.column("video_id").to_pylist())) == 1000
+        assert table.num_rows == 1000
+        assert len(set(table.column("video_id").to_pylist())) == 1000
         rows = _rows(table)
         assert {v: r["captions"] for v, r in rows.items()} == {v: [s] for v, s in expected.items()}
         assert rows["video9770"]["video_uri"] == str(videos / "video9770.mp4")
         assert set(table.column("split").to_pylist()) == {split}
-        assert result.report.counts()["missing_videos"] == 0 and result.report.videos_listed == 1000
+        assert result.report.counts()["missing_videos"] == 0
+        assert result.report.videos_listed == 1000
 
 
 def test_msrvtt_real_train_ids_and_missing_json(shared_dir: Path, tmp_path: Path, storage: Storage) -> None:
     src = shared_dir / "data" / "msrvtt" / "MSRVTT_train.9k.csv"
     ids = read_msrvtt_split_ids(str(src), storage)
-    assert len(ids) == 9000 and len(set(ids)) == 9000 and ids[0] == "video0"
+    assert len(ids) == 9000
+    assert len(set(ids)) == 9000
+    assert ids[0] == "video0"
     anns = tmp_path / "anns"
     anns.mkdir()
     shutil.copy(src, anns)
@@ -100,7 +104,8 @@ def test_msrvtt_train_gets_all_json_captions(shared_dir: Path, tmp_path: Path, s
         "msrvtt", str(anns), str(tmp_path / "videos"), "train", storage, check_videos=False
     )
     rows = _rows(result.table)
-    assert result.table.num_rows == 9000 and "video9770" not in rows
+    assert result.table.num_rows == 9000
+    assert "video9770" not in rows
     assert rows["video0"]["captions"] == [f"clip video0 caption {k}" for k in range(3)]
     assert rows["video1"]["captions"] == [f"clip video1 caption {k}" for k in range(2)]
     assert result.report.captions == len(sentences) - 1
@@ -248,7 +253,8 @@ def test_didemo_paragraph_per_video(tmp_path: Path, storage: Storage) -> None:
 def test_lsmdc_clips(tmp_path: Path, storage: Storage) -> None:
     anns = _anns(tmp_path, "lsmdc")
     clip = "0001_American_Beauty_00.00.51.926-00.00.54.129"
-    assert lsmdc_movie(clip) == "0001_American_Beauty" and lsmdc_movie("no_timestamps") is None
+    assert lsmdc_movie(clip) == "0001_American_Beauty"
+    assert lsmdc_movie("no_timestamps") is None
     videos = _videos(
         tmp_path,
         [
@@ -360,10 +366,12 @@ def test_missing_videos_listed_once_keep_or_drop(tmp_path: Path, storage: Storag
     assert result.table.column("video_id").to_pylist() == ids[::2]
     assert [m["video_id"] for m in result.report.missing_videos] == ids[1::2]
     kept = build_manifest("synthetic", str(anns), str(videos), "test", storage, on_missing="keep")
-    assert kept.table.num_rows == 50 and len(kept.report.missing_videos) == 25
+    assert kept.table.num_rows == 50
+    assert len(kept.report.missing_videos) == 25
     assert kept.table.column("video_uri").to_pylist()[1] == str(videos / "video1.mp4")
     report = json.loads(json.dumps(result.report.to_dict()))
-    assert report["counts"]["missing_videos"] == 25 and report["counts"]["rows"] == 25
+    assert report["counts"]["missing_videos"] == 25
+    assert report["counts"]["rows"] == 25
     assert "missing_videos: video_id=video1" in result.report.format_text(limit=3)
     assert "... 22 more" in result.report.format_text(limit=3)
 
@@ -519,7 +527,8 @@ def test_parquet_round_trip_exact_schema(tmp_path: Path, storage: Storage) -> No
     write_manifest(result, str(out), storage)
     assert pq.read_schema(out).equals(MANIFEST_SCHEMA)
     table = read_manifest(str(out), storage)
-    assert table.schema.equals(MANIFEST_SCHEMA) and table.equals(result.table)
+    assert table.schema.equals(MANIFEST_SCHEMA)
+    assert table.equals(result.table)
     assert table.column("start").to_pylist() == [None, 10.0]
     bad = result.table.drop_columns(["captions"])
     with pytest.raises(ValueError, match=r"manifest column 'captions' is missing"):
@@ -548,4 +557,5 @@ def test_s3_round_trip(s3_bucket: tuple[StorageConfig, str]) -> None:
     assert result.report.counts()["missing_videos"] == 2
     write_manifest(result, f"{bucket}/manifests/train.parquet", st)
     table = read_manifest(f"{bucket}/manifests/train.parquet", st)
-    assert table.schema.equals(MANIFEST_SCHEMA) and table.equals(result.table)
+    assert table.schema.equals(MANIFEST_SCHEMA)
+    assert table.equals(result.table)

@@ -24,8 +24,16 @@ from vidret.data.prepare import (
 from vidret.storage import Storage
 
 
-def _clip(path: Path, *, w: int = 80, h: int = 60, fps: int = 30, frames: int = 45, rotation: float | None = None,
-          gop: int = 250) -> Path:
+def _clip(
+    path: Path,
+    *,
+    w: int = 80,
+    h: int = 60,
+    fps: int = 30,
+    frames: int = 45,
+    rotation: float | None = None,
+    gop: int = 250,
+) -> Path:
     """H.264 clip; frame i is flat grey of level 5*i (so a frame's level names its index), red top-left."""
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
@@ -55,13 +63,20 @@ def _levels_and_keys(path: Path) -> tuple[list[int], list[int]]:
 
 
 @pytest.mark.parametrize(
-    "size,expected",
-    [((320, 240), (298, 224)), ((240, 320), (224, 298)), ((224, 224), (224, 224)), ((100, 50), (448, 224)),
-     ((1920, 1080), (398, 224))],
+    ("size", "expected"),
+    [
+        ((320, 240), (298, 224)),
+        ((240, 320), (224, 298)),
+        ((224, 224), (224, 224)),
+        ((100, 50), (448, 224)),
+        ((1920, 1080), (398, 224)),
+    ],
 )
 def test_output_size_keeps_aspect_with_even_sides(size: tuple[int, int], expected: tuple[int, int]) -> None:
     w, h = output_size(*size, 224)
-    assert (w, h) == expected and w % 2 == 0 and h % 2 == 0
+    assert (w, h) == expected
+    assert w % 2 == 0
+    assert h % 2 == 0
 
 
 def test_output_size_rejects_empty_frames() -> None:
@@ -74,18 +89,30 @@ def test_settings_are_validated() -> None:
         PrepareSettings(short_side=225)
     with pytest.raises(ValueError, match="fps"):
         PrepareSettings(fps=0)
-    assert PrepareSettings(fps=3.0).gop == 3 and PrepareSettings(fps=2.5).gop == 2
+    assert PrepareSettings(fps=3.0).gop == 3
+    assert PrepareSettings(fps=2.5).gop == 2
 
 
 def test_output_names_are_unique_and_stable() -> None:
-    uris = ["s3://b/a/video1.mp4", "s3://b/c/video1.avi", "/x/video2.mp4", "/x/we ird#name.mp4", "/x/video2.mp4"]
+    uris = [
+        "s3://b/a/video1.mp4",
+        "s3://b/c/video1.avi",
+        "/x/video2.mp4",
+        "/x/we ird#name.mp4",
+        "/x/video2.mp4",
+    ]
     names = output_names(uris)
-    assert len(names) == 4 and len(set(names.values())) == 4  # duplicates collapse, collisions resolved
+    assert len(names) == 4
+    assert len(set(names.values())) == 4
     assert names["/x/video2.mp4"] == "video2.mp4"
-    assert names["s3://b/a/video1.mp4"].startswith("video1-") and names["s3://b/a/video1.mp4"].endswith(".mp4")
-    assert " " not in names["/x/we ird#name.mp4"] and "#" not in names["/x/we ird#name.mp4"]
+    assert names["s3://b/a/video1.mp4"].startswith("video1-")
+    assert names["s3://b/a/video1.mp4"].endswith(".mp4")
+    assert " " not in names["/x/we ird#name.mp4"]
+    assert "#" not in names["/x/we ird#name.mp4"]
     assert output_names(list(reversed(uris))) == names
-    assert plan_outputs(["/x/video2.mp4"], "s3://bucket/prep") == {"/x/video2.mp4": "s3://bucket/prep/videos/video2.mp4"}
+    assert plan_outputs(["/x/video2.mp4"], "s3://bucket/prep") == {
+        "/x/video2.mp4": "s3://bucket/prep/videos/video2.mp4"
+    }
 
 
 def test_transcode_resamples_to_the_target_rate_with_one_keyframe_per_second(tmp_path: Path) -> None:
@@ -93,8 +120,10 @@ def test_transcode_resamples_to_the_target_rate_with_one_keyframe_per_second(tmp
     out = tmp_path / "out.mp4"
     facts = transcode(str(src), str(out), PrepareSettings(short_side=32, fps=4.0), uri="src")
     info = probe(str(out))
-    assert (info["width"], info["height"]) == (42, 32) and (facts["width"], facts["height"]) == (42, 32)
-    assert info["fps"] == pytest.approx(4.0) and facts["frames"] == info["num_frames"] == 6  # 1.5 s * 4
+    assert (info["width"], info["height"]) == (42, 32)
+    assert (facts["width"], facts["height"]) == (42, 32)
+    assert info["fps"] == pytest.approx(4.0)
+    assert facts["frames"] == info["num_frames"] == 6
     levels, keys = _levels_and_keys(out)
     # output frame k shows the source frame on screen at k/4 s: source index floor(30 * k / 4)
     assert levels == pytest.approx([5 * int(30 * k / 4) for k in range(6)], abs=4)
@@ -106,7 +135,8 @@ def test_transcode_repeats_frames_when_the_source_is_slower(tmp_path: Path) -> N
     out = tmp_path / "out.mp4"
     transcode(str(src), str(out), PrepareSettings(short_side=32, fps=3.0), uri="slow")
     levels, keys = _levels_and_keys(out)
-    assert levels == pytest.approx([0, 0, 5, 10, 10, 15], abs=4) and keys == [0, 3]
+    assert levels == pytest.approx([0, 0, 5, 10, 10, 15], abs=4)
+    assert keys == [0, 3]
 
 
 def test_transcode_applies_the_rotation_to_the_pixels(tmp_path: Path) -> None:
@@ -114,13 +144,16 @@ def test_transcode_applies_the_rotation_to_the_pixels(tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
     transcode(src.read_bytes(), str(out), PrepareSettings(short_side=32, fps=3.0), uri="rot")
     info = probe(str(out))
-    assert (info["width"], info["height"]) == (32, 42) and info["rotation"] == 0
+    assert (info["width"], info["height"]) == (32, 42)
+    assert info["rotation"] == 0
     want, _ = decode_video(str(src), max_frames=1, framerate=1.0, size=32)
     got, _ = decode_video(str(out), max_frames=1, framerate=1.0, size=32)
     assert np.abs(got.astype(int) - want).mean() < 6
     with av.open(str(out)) as container:  # the full frame: -90 turns clockwise, the red corner goes top-right
         first = next(container.decode(container.streams.video[0])).to_ndarray(format="rgb24")
-    assert first.shape == (42, 32, 3) and first[1, -2, 0] > 200 and first[1, 1, 0] < 100
+    assert first.shape == (42, 32, 3)
+    assert first[1, -2, 0] > 200
+    assert first[1, 1, 0] < 100
 
 
 def test_prepare_one_skips_finished_outputs_and_redoes_changed_settings(tmp_path: Path) -> None:
@@ -128,14 +161,17 @@ def test_prepare_one_skips_finished_outputs_and_redoes_changed_settings(tmp_path
     out = str(tmp_path / "prep" / "videos" / "a.mp4")
     storage = Storage()
     first = prepare_one(src, out, PrepareSettings(short_side=32), storage)
-    assert first["status"] == "transcoded" and Path(out).is_file()
+    assert first["status"] == "transcoded"
+    assert Path(out).is_file()
     meta = json.loads(Path(sidecar_uri(out)).read_text())
-    assert meta["source"] == src and meta["output"]["frames"] == first["frames"] == 3
+    assert meta["source"] == src
+    assert meta["output"]["frames"] == first["frames"] == 3
     mtime = Path(out).stat().st_mtime_ns
     assert prepare_one(src, out, PrepareSettings(short_side=32), storage)["status"] == "skipped"
     assert Path(out).stat().st_mtime_ns == mtime
     again = prepare_one(src, out, PrepareSettings(short_side=48), storage)
-    assert again["status"] == "transcoded" and probe(out)["height"] == 48
+    assert again["status"] == "transcoded"
+    assert probe(out)["height"] == 48
     Path(sidecar_uri(out)).write_text("{not json")  # a torn sidecar never counts as done
     assert prepare_one(src, out, PrepareSettings(short_side=48), storage)["status"] == "transcoded"
 
@@ -148,15 +184,18 @@ def test_prepare_one_reports_bad_sources_without_writing(tmp_path: Path) -> None
         out = tmp_path / "prep" / f"{reason}.mp4"
         result = prepare_one(str(path), str(out), PrepareSettings(short_side=32), Storage())
         assert result["status"] == "failed" and result["reason"] == reason, result
-        assert not out.exists() and not Path(sidecar_uri(str(out))).exists()
+        assert not out.exists()
+        assert not Path(sidecar_uri(str(out))).exists()
     (tmp_path / "empty.mp4").write_bytes(b"")
     with pytest.raises(DecodeError) as info:
         transcode(b"", str(tmp_path / "x.mp4"), PrepareSettings(), uri="mem://empty")
-    assert info.value.reason == "corrupt" and "mem://empty" in str(info.value)
+    assert info.value.reason == "corrupt"
+    assert "mem://empty" in str(info.value)
 
 
 def test_transcode_reads_file_objects(tmp_path: Path) -> None:
     data = _clip(tmp_path / "f.mp4", frames=30).read_bytes()
     out = tmp_path / "out.mp4"
     facts = transcode(io.BytesIO(data), str(out), PrepareSettings(short_side=32, fps=2.0), uri="f")
-    assert facts["frames"] == 2 and probe(str(out))["num_frames"] == 2
+    assert facts["frames"] == 2
+    assert probe(str(out))["num_frames"] == 2

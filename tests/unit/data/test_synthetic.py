@@ -106,9 +106,12 @@ def test_larger_plan_splits_vocabulary_and_unique_eval_captions() -> None:
     assert {k: len(v) for k, v in by_split.items()} == split_sizes(600)
     assert all(not HELD_OUT_PHRASES.search(c) for p in by_split["train"] for c in p.captions)
     words = " ".join(c for p in plans for c in p.captions).split()
-    assert {c for c in COLOURS if c in words} == set(COLOURS) and len(COLOURS) >= 4
-    assert {s for s in SHAPES if s in words} == set(SHAPES) and len(SHAPES) >= 3
-    assert {"left", "right", "up", "down"} <= set(words) and len(MOTIONS) >= 4
+    assert {c for c in COLOURS if c in words} == set(COLOURS)
+    assert len(COLOURS) >= 4
+    assert {s for s in SHAPES if s in words} == set(SHAPES)
+    assert len(SHAPES) >= 3
+    assert {"left", "right", "up", "down"} <= set(words)
+    assert len(MOTIONS) >= 4
     for split in ("val", "test", "ood"):
         firsts = [p.captions[0] for p in by_split[split]]
         assert len(set(firsts)) == len(firsts), split
@@ -176,7 +179,8 @@ def test_same_seed_same_bytes_any_workers_and_other_seed_differs(tmp_path: Path)
     b = _generate(tmp_path / "b", **small, workers=2)
     c = _generate(tmp_path / "c", **small, seed=4)
     a.pop("out"), b.pop("out"), c.pop("out")
-    assert a == b and a != c
+    assert a == b
+    assert a != c
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert len(files) == 5 + 5 + 1
     for rel in files:
@@ -196,7 +200,8 @@ def test_progress_reports_every_video(tmp_path: Path) -> None:
     generate_corpus(
         cfg, Storage(StorageConfig()), out=str(tmp_path / "x"), progress=lambda d, t: calls.append((d, t))
     )
-    assert calls[-1] == (20, 20) and [d for d, _ in calls] == sorted({d for d, _ in calls})
+    assert calls[-1] == (20, 20)
+    assert [d for d, _ in calls] == sorted({d for d, _ in calls})
     assert len(list((tmp_path / "x" / "videos").iterdir())) == 20
     assert not (tmp_path / "corpus").exists()  # `out` overrides cfg.out
 

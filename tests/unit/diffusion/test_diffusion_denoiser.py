@@ -104,7 +104,9 @@ def test_shared_building_blocks_and_init() -> None:
     torch.manual_seed(3)
     t2v, v2t = T2VDenoiser(64), V2TDenoiser(64)
     assert set(t2v.state_dict()) == set(v2t.state_dict())  # one module family, same parameters
-    assert t2v.q_proj.bias is None and t2v.k_proj.bias is None and t2v.v_proj.bias is None
+    assert t2v.q_proj.bias is None
+    assert t2v.k_proj.bias is None
+    assert t2v.v_proj.bias is None
     assert t2v.proj.bias is not None
     assert [tuple(m.weight.shape) for m in t2v.decoder if isinstance(m, torch.nn.Linear)] == [
         (128, 128),
@@ -118,20 +120,25 @@ def test_shared_building_blocks_and_init() -> None:
 def test_from_config() -> None:
     cfg = DiffusionConfig(attn_temp=0.1, frame_softmax="renormalise")
     m = T2VDenoiser.from_config(32, cfg)
-    assert isinstance(m, T2VDenoiser) and m.attn_temp == 0.1 and m.frame_softmax == "renormalise"
+    assert isinstance(m, T2VDenoiser)
+    assert m.attn_temp == 0.1
+    assert m.frame_softmax == "renormalise"
     with pytest.raises(ValueError, match="frame_softmax"):
         T2VDenoiser(32, frame_softmax="bogus")  # type: ignore[arg-type]
 
 
 def test_timestep_table() -> None:
     pe = sinusoidal_table(60, 8)
-    assert pe[0, 0] == 0 and pe[0, 1] == 1
+    assert pe[0, 0] == 0
+    assert pe[0, 1] == 1
     assert pe[7, 2].item() == pytest.approx(math.sin(7 / 10000 ** (2 / 8)), rel=1e-5)
     assert pe[7, 3].item() == pytest.approx(math.cos(7 / 10000 ** (2 / 8)), rel=1e-5)
     emb = TimestepEmbedder(8, max_steps=60)
     assert "pe" not in emb.state_dict()  # fixed, not a learnt or saved tensor
     out = emb(torch.tensor([0, 5, 5]))
-    assert out.shape == (3, 8) and torch.equal(out[1], out[2]) and not torch.equal(out[0], out[1])
+    assert out.shape == (3, 8)
+    assert torch.equal(out[1], out[2])
+    assert not torch.equal(out[0], out[1])
 
 
 def test_bad_shapes_rejected() -> None:
@@ -160,7 +167,8 @@ def test_prepare_step_equals_reference_forward(direction: str, mode: str, dtype:
     model, inp, enc = _pair(direction, mode, dtype, seed=10)
     ref = model(**inp)
     cache = model.prepare(**enc)
-    assert cache["dec_BKE"].shape == (B, K, 2 * D) and cache["qk_BK"].shape == (B, K)
+    assert cache["dec_BKE"].shape == (B, K, 2 * D)
+    assert cache["qk_BK"].shape == (B, K)
     out = model.step(inp["x_BK"], inp["t_B"], **cache)
     tol = {"rtol": 2e-6, "atol": 2e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
     torch.testing.assert_close(out, ref, **tol)
@@ -226,7 +234,8 @@ def test_sample_step_equals_reference_forward(direction: str, mode: str, dtype: 
     _random_biases(model, seed=13)
     tables = model.prepare_sampling(**enc, t_S=torch.tensor([49, 0, 7, 20, 7, 3, 1, 2]))
     assert tables["t_S"].tolist() == [0, 1, 2, 3, 7, 20, 49]  # sorted, deduplicated
-    assert tables["logit_SBK"].shape == (7, B, K) and tables["dec_BKE"].shape == (B, K, 2 * D)
+    assert tables["logit_SBK"].shape == (7, B, K)
+    assert tables["dec_BKE"].shape == (B, K, 2 * D)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
     # one step for all rows (DDIM) and a different step per row, at other noisy states too
     for t, scale in (([7, 7, 7], 1.0), ([7, 0, 49], 1.0), ([20, 3, 1], -2.0), ([2, 2, 49], 0.5)):

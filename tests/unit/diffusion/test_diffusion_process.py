@@ -65,7 +65,8 @@ def test_posterior_matches_gaussian_conjugacy(diff: GaussianDiffusion) -> None:
         assert v.item() == pytest.approx(var, rel=1e-5)
         assert lv.item() == pytest.approx(math.log(var), rel=1e-5)
     _, v0, lv0 = diff.q_posterior_mean_variance(x0, xt, torch.tensor([0]))
-    assert v0.item() == 0.0 and lv0.item() == pytest.approx(math.log(diff.posterior_variance[1]), rel=1e-6)
+    assert v0.item() == 0.0
+    assert lv0.item() == pytest.approx(math.log(diff.posterior_variance[1]), rel=1e-6)
 
 
 def test_training_loss_hand_computed(diff: GaussianDiffusion) -> None:
@@ -131,7 +132,10 @@ def test_ddim_sample_returns_last_clamped_x0_and_visits_all_steps(diff: Gaussian
 def test_ddim_respaced_steps(diff: GaussianDiffusion) -> None:
     assert diff.ddim_timesteps(None) == list(range(50))
     steps = diff.ddim_timesteps(10)
-    assert len(steps) == 10 and steps[0] == 0 and steps[-1] == 49 and steps == sorted(set(steps))
+    assert len(steps) == 10
+    assert steps[0] == 0
+    assert steps[-1] == 49
+    assert steps == sorted(set(steps))
     visited: list[int] = []
     diff.ddim_sample(
         lambda x, t: (visited.append(int(t[0])), x)[1], (1, 3), {}, noise=torch.zeros(1, 3), num_steps=10
@@ -160,7 +164,8 @@ def test_seeded_noise_independent_of_batching() -> None:
 
 def test_seeded_noise_is_standard_normal() -> None:
     z = seeded_noise(torch.arange(4000), 50, seed=7).double()
-    assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01
+    assert abs(z.mean().item()) < 0.01
+    assert abs(z.std().item() - 1) < 0.01
     # no correlation between neighbouring queries or candidates
     assert abs(torch.corrcoef(torch.stack([z[:-1, 0], z[1:, 0]]))[0, 1].item()) < 0.05
     assert abs(torch.corrcoef(torch.stack([z[:, 0], z[:, 1]]))[0, 1].item()) < 0.05
@@ -168,7 +173,8 @@ def test_seeded_noise_is_standard_normal() -> None:
 
 def test_float64_buffers() -> None:
     d = GaussianDiffusion(betas("linear", 40))
-    assert d.alphas_cumprod.dtype == np.float64 and d.num_steps == 40
+    assert d.alphas_cumprod.dtype == np.float64
+    assert d.num_steps == 40
     for bad in ([0.1, 1.5], [0.1, 1.0], [0.0, 0.1]):
         with pytest.raises(ValueError, match="betas"):
             GaussianDiffusion(np.array(bad))

@@ -28,7 +28,7 @@ def _loop_hard_negatives(sim: torch.Tensor, pos: torch.Tensor, num: int, offset:
         negs.sort(key=lambda j: -sim[b, j].item())
         fillers = [j for j in range(sim.shape[1]) if j != own and pos[b, j]]
         fillers.sort(key=lambda j: -sim[b, j].item())
-        out.append([own] + (negs + fillers)[:num])
+        out.append([own, *(negs + fillers)[:num]])
     return out
 
 
@@ -133,7 +133,8 @@ def test_rerank_t2v_invariant_to_chunk_and_subset() -> None:
     # only the top-k cells change, each row gains exactly alpha
     delta = whole - x["sim"]
     cand, _ = topk_candidates(x["sim"], 4)
-    assert ((delta != 0).sum(1) <= 4).all() and (delta.scatter(1, cand, 0) == 0).all()
+    assert ((delta != 0).sum(1) <= 4).all()
+    assert (delta.scatter(1, cand, 0) == 0).all()
     torch.testing.assert_close(delta.sum(1), torch.ones(9), rtol=1e-5, atol=1e-5)
 
 
@@ -218,7 +219,8 @@ def test_t2v_encode_sparse_equals_gathered_encode(
     den.encode = no_gather  # type: ignore[method-assign]
     for path in ("auto", "sparse", "dense"):
         out = t2v_encode_candidates(den, text, video, mask, cand, path=path)  # type: ignore[arg-type]
-        assert out["cand_BKD"].shape == (q, k, d) and out["cand_BKD"].dtype == dtype
+        assert out["cand_BKD"].shape == (q, k, d)
+        assert out["cand_BKD"].dtype == dtype
         torch.testing.assert_close(out["cand_BKD"], ref["cand_BKD"])
         torch.testing.assert_close(out["query_BXD"], ref["query_BXD"])
     del den.encode

@@ -97,11 +97,16 @@ def test_multi_caption_stage1_goes_through_the_grouped_metrics(model: RetrievalM
     np.testing.assert_array_equal(res.ranks["stage1"]["v2t"], [0, 0, 1])
     t2v, v2t = res.metrics["stage1"]["t2v"], res.metrics["stage1"]["v2t"]
     # t2v: 5 captions, ranks 0 2 1 0 1; the upstream multi-caption MdR is the lower median (1) + 1
-    assert t2v["n"] == 5 and t2v["R1"] == pytest.approx(40.0) and t2v["R5"] == 100.0
-    assert t2v["MdR"] == 2.0 and t2v["MnR"] == pytest.approx(1.8)
+    assert t2v["n"] == 5
+    assert t2v["R1"] == pytest.approx(40.0)
+    assert t2v["R5"] == 100.0
+    assert t2v["MdR"] == 2.0
+    assert t2v["MnR"] == pytest.approx(1.8)
     # v2t: 3 videos, ranks 0 0 1
-    assert v2t["n"] == 3 and v2t["R1"] == pytest.approx(200 / 3)
-    assert v2t["MdR"] == 1.0 and v2t["MnR"] == pytest.approx(4 / 3)
+    assert v2t["n"] == 3
+    assert v2t["R1"] == pytest.approx(200 / 3)
+    assert v2t["MdR"] == 1.0
+    assert v2t["MnR"] == pytest.approx(4 / 3)
 
 
 def test_upstream_off_by_one_grouping_shifts_captions(model: RetrievalModel) -> None:
@@ -146,7 +151,8 @@ def test_in_process_rerank_of_a_multi_caption_set(model: RetrievalModel) -> None
     fs = known_features(S_TV, TEXT_TO_VIDEO)
     res = evaluate_features(model, fs, EvalConfig(), DIFFUSION, rerank=True)
     t2v, v2t = (m.double().numpy() for m in res.sims["rerank"])
-    assert t2v.shape == (5, 3) and v2t.shape == (3, 5)
+    assert t2v.shape == (5, 3)
+    assert v2t.shape == (3, 5)
     for new, base, k in ((t2v, S_TV, DIFFUSION.t2v_k), (v2t, S_TV.T, DIFFUSION.v2t_k)):
         boost = new - base
         np.testing.assert_allclose(boost.sum(axis=1), 1.0, atol=1e-5)  # softmax over k candidates, alpha 1
@@ -155,7 +161,8 @@ def test_in_process_rerank_of_a_multi_caption_set(model: RetrievalModel) -> None
         np.put_along_axis(outside, top, 0.0, axis=1)
         np.testing.assert_allclose(outside, 0.0, atol=1e-6)
         assert (np.take_along_axis(boost, top, axis=1) > 0).all()
-    assert res.metrics["rerank"]["t2v"]["n"] == 5 and res.metrics["rerank"]["v2t"]["n"] == 3
+    assert res.metrics["rerank"]["t2v"]["n"] == 5
+    assert res.metrics["rerank"]["v2t"]["n"] == 3
 
 
 def test_cached_multi_caption_split_loads_in_caption_order(model: RetrievalModel, tmp_path: Path) -> None:
@@ -183,7 +190,8 @@ def test_cached_multi_caption_split_loads_in_caption_order(model: RetrievalModel
     )
     loaded = load_split(storage, uri)
     assert loaded.text_to_video_T.tolist() == TEXT_TO_VIDEO
-    assert loaded.video_ids == fs.video_ids and loaded.captions == fs.captions
+    assert loaded.video_ids == fs.video_ids
+    assert loaded.captions == fs.captions
     for k in fs.text:
         assert torch.equal(loaded.text[k], fs.text[k]), k
     for k in fs.video:
@@ -224,7 +232,8 @@ def test_encode_batches_reads_read_only_arrays_without_warning(model: RetrievalM
         warnings.simplefilter("error")  # the non-writable-array UserWarning would fail here
         got = encode_batches(model, [frozen])
     want = encode_batches(model, [batch])
-    assert set(got) == set(want) and "video_index" in got
+    assert set(got) == set(want)
+    assert "video_index" in got
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
     got["video_index"][0] = -1

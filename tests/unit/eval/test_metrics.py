@@ -34,7 +34,7 @@ def upstream_multi_groups(t2v: np.ndarray) -> list[tuple[int, int]]:
     dataset_cut_off_points = [int(i) for i in np.flatnonzero(np.r_[t2v[1:] != t2v[:-1], True])]
     cut_off_points_ = [itm - 1 for itm in dataset_cut_off_points]
     lengths = [itm + 1 for itm in cut_off_points_]
-    return list(zip([0] + lengths[:-1], lengths, strict=True))
+    return list(zip([0, *lengths[:-1]], lengths, strict=True))
 
 
 def upstream_t2v_multi_ranks(sim_TV: np.ndarray, groups: list[tuple[int, int]]) -> np.ndarray:
@@ -58,7 +58,9 @@ def test_no_ties_hand_computed() -> None:
     m = retrieval_metrics(x)
     assert m["R1"] == pytest.approx(100 / 3)
     assert m["R5"] == m["R10"] == m["R50"] == 100.0
-    assert m["MdR"] == 2.0 and m["MnR"] == 2.0 and m["n"] == 3.0
+    assert m["MdR"] == 2.0
+    assert m["MnR"] == 2.0
+    assert m["n"] == 3.0
 
 
 def test_ties_upstream_counts_every_tied_position() -> None:
@@ -69,11 +71,16 @@ def test_ties_upstream_counts_every_tied_position() -> None:
     up = retrieval_metrics(x)
     assert up["n"] == 6.0  # the denominator is the number of hits, not of queries
     assert up["R1"] == pytest.approx(100 * 2 / 6)
-    assert up["MdR"] == 2.0 and up["MnR"] == pytest.approx(1 + 5 / 6)
+    assert up["MdR"] == 2.0
+    assert up["MnR"] == pytest.approx(1 + 5 / 6)
     opt = retrieval_metrics(x, ties="optimistic")
-    assert opt["R1"] == pytest.approx(200 / 3) and opt["MdR"] == 1.0 and opt["MnR"] == pytest.approx(4 / 3)
+    assert opt["R1"] == pytest.approx(200 / 3)
+    assert opt["MdR"] == 1.0
+    assert opt["MnR"] == pytest.approx(4 / 3)
     pes = retrieval_metrics(x, ties="pessimistic")
-    assert pes["R1"] == 0.0 and pes["MdR"] == 2.0 and pes["MnR"] == pytest.approx(7 / 3)
+    assert pes["R1"] == 0.0
+    assert pes["MdR"] == 2.0
+    assert pes["MnR"] == pytest.approx(7 / 3)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -142,7 +149,9 @@ def test_caption_groups_correct_and_off_by_one() -> None:
 def test_multi_t2v_correct_grouping_hand_computed() -> None:
     assert t2v_multi_ranks(SIM_TV, T2V).tolist() == [0, 1, 0, 2, 0, 2]
     m = t2v_multi(SIM_TV, T2V)
-    assert m["R1"] == 50.0 and m["R5"] == 100.0 and m["n"] == 6.0
+    assert m["R1"] == 50.0
+    assert m["R5"] == 100.0
+    assert m["n"] == 6.0
     assert m["MdR"] == 1.0  # lower median of [0, 0, 0, 1, 2, 2] is 0 (np.median would give 1.5)
     assert m["MnR"] == pytest.approx(1 + 5 / 6)
     assert t2v_multi(SIM_TV, T2V, ties="optimistic")["MdR"] == 1.5
@@ -151,7 +160,9 @@ def test_multi_t2v_correct_grouping_hand_computed() -> None:
 def test_multi_t2v_upstream_off_by_one_hand_computed() -> None:
     assert t2v_multi_ranks(SIM_TV, T2V, grouping="upstream_off_by_one").tolist() == [0, 0, 0, 0, 0]
     m = t2v_multi(SIM_TV, T2V, grouping="upstream_off_by_one")
-    assert m["R1"] == 100.0 and m["MnR"] == 1.0 and m["n"] == 5.0
+    assert m["R1"] == 100.0
+    assert m["MnR"] == 1.0
+    assert m["n"] == 5.0
 
 
 def test_multi_v2t_both_groupings_hand_computed() -> None:
@@ -160,7 +171,9 @@ def test_multi_v2t_both_groupings_hand_computed() -> None:
     )
     assert v2t_multi_ranks(SIM_TV, T2V).tolist() == [0, 1, 0]
     m = v2t_multi(SIM_TV, T2V)
-    assert m["R1"] == pytest.approx(200 / 3) and m["MdR"] == 1.0 and m["MnR"] == pytest.approx(4 / 3)
+    assert m["R1"] == pytest.approx(200 / 3)
+    assert m["MdR"] == 1.0
+    assert m["MnR"] == pytest.approx(4 / 3)
     np.testing.assert_allclose(
         v2t_multi_sim(SIM_TV, T2V, grouping="upstream_off_by_one"),
         [[0.9, 0.2, 0.3], [0.1, 0.8, 0.2], [0.2, 0.3, 0.9]],
@@ -227,14 +240,24 @@ def test_metrics_table_rows_columns_and_missing_cells() -> None:
         "dual softmax (test-time trick)": {"t2v": retrieval_metrics(dual_softmax(x))},
     }
     lines = metrics_table(results).splitlines()
-    assert lines[1].split() == ["run", "|"] + ["R@1", "R@5", "R@10", "MdR", "MnR"] + ["|"] + [
+    assert lines[1].split() == [
+        "run",
+        "|",
+        "R@1",
+        "R@5",
+        "R@10",
+        "MdR",
+        "MnR",
+        "|",
         "R@1",
         "R@5",
         "R@10",
         "MdR",
         "MnR",
     ]
-    assert "t2v" in lines[0] and "v2t" in lines[0] and lines[0].index("t2v") < lines[0].index("v2t")
+    assert "t2v" in lines[0]
+    assert "v2t" in lines[0]
+    assert lines[0].index("t2v") < lines[0].index("v2t")
     body = lines[3:]
     assert [ln.split(" | ")[0].strip() for ln in body] == list(results)
     stage1 = body[0].split(" | ")

@@ -76,7 +76,8 @@ def test_writes_both_files_and_metrics_json(report: tuple[str, dict[str, Any], P
 def test_html_escapes_captions_title_and_config(report: tuple[str, dict[str, Any], Path]) -> None:
     page = Path(report[0]).read_text()
     assert "a &lt;b&gt;man&lt;/b&gt; &amp; &quot;dog&quot; &lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "<b>man</b>" not in page and "<script" not in page
+    assert "<b>man</b>" not in page
+    assert "<script" not in page
     assert "<title>eval &lt;test&gt;</title>" in page
     assert "# &lt;not a tag&gt;" in page
 
@@ -90,10 +91,12 @@ def test_html_is_self_contained_with_expected_images(report: tuple[str, dict[str
     assert len(srcs) == 2 + len(with_thumb)  # two plots + one strip per shown video with a thumbnail
     assert all(s.startswith("data:image/") for s in srcs)
     assert page.count("no thumbnail") == len(shown) - len(with_thumb)
-    assert not re.search(r'(src|href)="(https?:|//|file:)', page) and "<link" not in page
+    assert not re.search(r'(src|href)="(https?:|//|file:)', page)
+    assert "<link" not in page
     jpeg = next(s for s in srcs if s.startswith("data:image/jpeg;base64,"))
     img = Image.open(io.BytesIO(base64.b64decode(jpeg.split(",", 1)[1])))
-    assert img.format == "JPEG" and img.height == STRIP_HEIGHT
+    assert img.format == "JPEG"
+    assert img.height == STRIP_HEIGHT
 
 
 def test_correct_video_is_marked_before_and_after(report: tuple[str, dict[str, Any], Path]) -> None:
@@ -154,7 +157,8 @@ def test_plots_are_valid_svg_with_one_series_each() -> None:
     ns = "{http://www.w3.org/2000/svg}"
     assert len(curve.findall(f"{ns}polyline")) == 2
     labels = [t.text for t in hist.findall(f"{ns}text")]
-    assert {"1", "2", "3-5", "6-10", "11-20", "21-31"} <= set(labels) and "b <x>" in labels
+    assert {"1", "2", "3-5", "6-10", "11-20", "21-31"} <= set(labels)
+    assert "b <x>" in labels
     with pytest.raises(ValueError, match="non-empty"):
         recall_curve_svg({"a": np.array([], dtype=np.int64)})
 

@@ -111,14 +111,14 @@ def test_overrides_reject_unknown_axis_and_invalid_values() -> None:
 def test_training_trial_config_is_isolated_from_the_run_and_the_test_split() -> None:
     base = load_config(None, ["run.out=/tmp/runs/x", "data.extra_eval_splits=[ood]"])
     cfg = training_trial_config(base, {"lr": 3e-4}, "/tmp/runs/x/checkpoints/discrimination")
-    assert cfg.train.lr == 3e-4 and cfg.train.stage == "generation"
+    assert cfg.train.lr == 3e-4
+    assert cfg.train.stage == "generation"
     assert cfg.train.init_checkpoint == "/tmp/runs/x/checkpoints/discrimination"
-    assert (
-        cfg.run.out.startswith("/tmp/runs/x/tune/training/trials/")
-        and trial_name({"lr": 3e-4}) in cfg.run.out
-    )
+    assert cfg.run.out.startswith("/tmp/runs/x/tune/training/trials/")
+    assert trial_name({"lr": 3e-4}) in cfg.run.out
     assert cfg.train.storage_path.startswith(cfg.run.out)
-    assert cfg.data.test_split == cfg.data.val_split and cfg.data.extra_eval_splits == ()
+    assert cfg.data.test_split == cfg.data.val_split
+    assert cfg.data.extra_eval_splits == ()
 
 
 def test_rank_rows_orders_by_metric_and_breaks_ties_by_grid_order() -> None:

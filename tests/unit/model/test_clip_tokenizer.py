@@ -15,10 +15,13 @@ from vidret.data.tokenizer import EOT_ID, SOT_ID, ClipTokenizer
 def test_sot_eot_padding_and_mask():
     tok = ClipTokenizer(max_words=8)
     ids, mask = tok(["a man is singing", ""])
-    assert ids.dtype == np.int64 and mask.dtype == np.int64 and ids.shape == (2, 8)
+    assert ids.dtype == np.int64
+    assert mask.dtype == np.int64
+    assert ids.shape == (2, 8)
     n = len(tok.encode("a man is singing"))
     assert n >= 4
-    assert ids[0, 0] == SOT_ID == 49406 and ids[0, n + 1] == EOT_ID == 49407
+    assert ids[0, 0] == SOT_ID == 49406
+    assert ids[0, n + 1] == EOT_ID == 49407
     assert np.all(ids[0, n + 2 :] == 0)
     np.testing.assert_array_equal(mask[0], (np.arange(8) < n + 2).astype(np.int64))
     np.testing.assert_array_equal(ids[1, :3], [SOT_ID, EOT_ID, 0])
@@ -46,7 +49,8 @@ def test_cleaning_is_lowercase_html_and_whitespace():
 
 def test_bang_token_id_zero_is_masked_as_real():
     ids, mask = ClipTokenizer(max_words=6)(["!$"], return_tensors="pt")  # BPE: "!" (id 0), "$</w>"
-    assert isinstance(ids, torch.Tensor) and ids.dtype == torch.int64
+    assert isinstance(ids, torch.Tensor)
+    assert ids.dtype == torch.int64
     assert ids[0, :4].tolist() == [SOT_ID, 0, 259, EOT_ID]
     assert mask[0].tolist() == [1, 1, 1, 1, 0, 0]
 

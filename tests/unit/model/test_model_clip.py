@@ -113,7 +113,8 @@ def test_normalize_frames_values_layout_and_mask():
     video = torch.zeros(1, 2, 4, 5, 3, dtype=torch.uint8)
     video[0, 0, 1, 2] = torch.tensor([255, 0, 128], dtype=torch.uint8)
     out = normalize_frames(video)
-    assert out.shape == (1, 2, 3, 4, 5) and out.dtype == torch.float32
+    assert out.shape == (1, 2, 3, 4, 5)
+    assert out.dtype == torch.float32
     for c, v in enumerate((255, 0, 128)):
         expected = (v / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c]
         assert out[0, 0, c, 1, 2].item() == pytest.approx(expected, abs=1e-6)

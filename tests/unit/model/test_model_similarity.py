@@ -42,7 +42,8 @@ def test_padding_modes_differ_only_through_padded_pairs():
     # neg_inf never exceeds zero padding (a padded 0 can only raise a maximum).
     z = wti_similarity(text, t_mask, video, v_mask, t_w, v_w, padding="zero")
     n = wti_similarity(text, t_mask, video, v_mask, t_w, v_w, padding="neg_inf")
-    assert torch.all(n <= z + 1e-6) and not torch.allclose(n, z)
+    assert torch.all(n <= z + 1e-6)
+    assert not torch.allclose(n, z)
 
 
 def test_padded_features_do_not_matter():
@@ -57,14 +58,16 @@ def test_padded_features_do_not_matter():
 
 def test_head_weights_are_masked_softmaxes_and_init():
     head = WTIHead(16, hidden_mult=3)
-    assert head.text_weight_fc[0].weight.shape == (48, 16) and head.video_weight_fc[2].weight.shape == (1, 48)
+    assert head.text_weight_fc[0].weight.shape == (48, 16)
+    assert head.video_weight_fc[2].weight.shape == (1, 48)
     assert torch.count_nonzero(head.text_weight_fc[0].bias) == 0
     assert 0.015 < head.text_weight_fc[0].weight.std().item() < 0.025
     feats = torch.randn(3, 6, 16)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
     w = head.text_weights(feats, mask)
     torch.testing.assert_close(w.sum(-1), torch.ones(3))
-    assert torch.all(w[mask == 0] == 0) and torch.all(w[mask == 1] > 0)
+    assert torch.all(w[mask == 0] == 0)
+    assert torch.all(w[mask == 1] > 0)
     assert w[2, 0].item() == pytest.approx(1.0)
     # Text and video MLPs are separate parameters.
     assert not torch.equal(head.text_weights(feats, mask), head.video_weights(feats, mask))
@@ -76,8 +79,10 @@ def test_gradients_flow_through_blocked(padding: str):
     text.requires_grad_(True)
     video.requires_grad_(True)
     wti_blocked(text, t_mask, video, v_mask, t_w, v_w, padding=padding, block_q=2, block_n=3).sum().backward()
-    assert text.grad is not None and video.grad is not None
-    assert torch.isfinite(text.grad).all() and torch.isfinite(video.grad).all()
+    assert text.grad is not None
+    assert video.grad is not None
+    assert torch.isfinite(text.grad).all()
+    assert torch.isfinite(video.grad).all()
     assert torch.count_nonzero(text.grad[t_mask == 1]) > 0
     assert torch.count_nonzero(text.grad[t_mask == 0]) == 0  # padded tokens get no gradient
 

@@ -80,4 +80,5 @@ def test_layers_beyond_text_depth_are_fresh_blocks(debug_clip):
     assert 0.015 < fresh.attn.in_proj_weight.std().item() < 0.025
     assert not torch.equal(fresh.mlp.c_fc.weight, temporal.resblocks[2].mlp.c_fc.weight)
     out = temporal(torch.randn(2, 3, 64), torch.ones(2, 3))
-    assert out.shape == (2, 3, 64) and torch.isfinite(out).all()
+    assert out.shape == (2, 3, 64)
+    assert torch.isfinite(out).all()

@@ -103,7 +103,8 @@ def test_mismatched_architecture_lists_keys_and_shapes(tmp_path: Path, debug_cli
     with pytest.raises(ValueError) as err:
         load_clip_weights(build_clip(ModelConfig(preset="debug")), str(path))
     msg = str(err.value)
-    assert str(path) in msg and "missing keys (1): ln_final.weight" in msg
+    assert str(path) in msg
+    assert "missing keys (1): ln_final.weight" in msg
     assert "unexpected keys (1): visual.extra.weight" in msg
     torch.save(debug_clip.state_dict(), path)
     with pytest.raises(

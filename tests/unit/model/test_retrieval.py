@@ -43,16 +43,20 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def test_features_and_stage1_gradients(model: RetrievalModel) -> None:
     feats = model(_batch())
-    assert feats["text"].shape == (B, L, 64) and feats["text_eot"].shape == (B, 64)
-    assert feats["video"].shape == (B, F, 64) and feats["video_weight"].shape == (B, F)
-    assert feats["video_weight"][1, 2] == 0 and torch.allclose(feats["text_weight"].sum(1), torch.ones(B))
+    assert feats["text"].shape == (B, L, 64)
+    assert feats["text_eot"].shape == (B, 64)
+    assert feats["video"].shape == (B, F, 64)
+    assert feats["video_weight"].shape == (B, F)
+    assert feats["video_weight"][1, 2] == 0
+    assert torch.allclose(feats["text_weight"].sum(1), torch.ones(B))
     assert "loss_generation" not in feats
     loss = symmetric_infonce(
         {k: feats[k] for k in SIMILARITY_KEYS}, model.similarity, logit_scale=feats["logit_scale"]
     )
     loss.backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert any(n.startswith("temporal.") for n in grads) and any(n.startswith("wti.") for n in grads)
+    assert any(n.startswith("temporal.") for n in grads)
+    assert any(n.startswith("wti.") for n in grads)
     assert any(n.startswith("backbone.clip.transformer.") for n in grads)
     assert not any("denoiser" in n for n in grads)
 
@@ -60,17 +64,17 @@ def test_features_and_stage1_gradients(model: RetrievalModel) -> None:
 def test_stage_switch_freezes_the_right_parameters(model: RetrievalModel) -> None:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "backbone.clip.visual.conv1.weight" not in trainable  # frozen in the method
-    assert any(n.startswith("wti.") for n in trainable) and any(n.startswith("temporal.") for n in trainable)
+    assert any(n.startswith("wti.") for n in trainable)
+    assert any(n.startswith("temporal.") for n in trainable)
     assert not any("denoiser" in n for n in trainable)
     model.set_stage("generation")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith(("t2v_denoiser.", "v2t_denoiser.")) for n in trainable)
+    assert trainable
+    assert all(n.startswith(("t2v_denoiser.", "v2t_denoiser.")) for n in trainable)
     assert {n for n, _ in model.t2v_denoiser.named_parameters()} <= {n.split(".", 1)[1] for n in trainable}
     model.set_stage("discrimination")
-    assert (
-        model.wti.text_weight_fc[0].weight.requires_grad
-        and not model.t2v_denoiser.q_proj.weight.requires_grad
-    )
+    assert model.wti.text_weight_fc[0].weight.requires_grad
+    assert not model.t2v_denoiser.q_proj.weight.requires_grad
     with pytest.raises(ValueError, match="train.stage"):
         model.set_stage("both")  # type: ignore[arg-type]
 
@@ -83,9 +87,8 @@ def test_generation_forward_trains_only_denoisers(model: RetrievalModel) -> None
     )
     feats["loss_generation"].backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None}
-    assert any(n.startswith("t2v_denoiser.") for n in grads) and any(
-        n.startswith("v2t_denoiser.") for n in grads
-    )
+    assert any(n.startswith("t2v_denoiser.") for n in grads)
+    assert any(n.startswith("v2t_denoiser.") for n in grads)
     assert all(n.startswith(("t2v_denoiser.", "v2t_denoiser.")) for n in grads)
 
 
@@ -233,8 +236,10 @@ def test_rerank_changes_only_topk_and_is_seeded(model: RetrievalModel) -> None:
     torch.testing.assert_close(sim, model.similarity(f, f))
     cfg = DiffusionConfig(steps=10, t2v_k=2, v2t_k=3, t2v_alpha=1.0, v2t_alpha=0.5)
     t2v, v2t = model.rerank(sim, f, f, cfg)
-    assert t2v.shape == (B, B) and v2t.shape == (B, B)
-    assert ((t2v != sim).sum(1) <= 2).all() and ((v2t != sim.T).sum(1) <= 3).all()
+    assert t2v.shape == (B, B)
+    assert v2t.shape == (B, B)
+    assert ((t2v != sim).sum(1) <= 2).all()
+    assert ((v2t != sim.T).sum(1) <= 3).all()
     torch.testing.assert_close((v2t - sim.T).sum(1), torch.full((B,), 0.5), rtol=1e-5, atol=1e-5)
     again, _ = model.rerank(sim, f, f, cfg, chunk=1)
     torch.testing.assert_close(again, t2v)

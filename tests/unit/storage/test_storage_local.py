@@ -66,11 +66,10 @@ def test_interrupted_atomic_write_leaves_old_content_or_nothing(
     target = tmp_path / "out" / "result.json"
     if existed:
         st.write_text(str(target), "old")
-    with pytest.raises(RuntimeError, match="midway"):
-        with st.atomic_write(str(target)) as f:
-            f.write(b'{"partial": ')
-            f.flush()
-            raise RuntimeError("crashed midway")
+    with pytest.raises(RuntimeError, match="midway"), st.atomic_write(str(target)) as f:
+        f.write(b'{"partial": ')
+        f.flush()
+        raise RuntimeError("crashed midway")
     if existed:
         assert target.read_text() == "old"
     else:
@@ -83,7 +82,9 @@ def test_atomic_write_streams_chunks(st: Storage, tmp_path: Path) -> None:
         for i in range(5):
             f.write(bytes([i]) * 100_000)
     data = (tmp_path / "big.bin").read_bytes()
-    assert len(data) == 500_000 and data[0] == 0 and data[-1] == 4
+    assert len(data) == 500_000
+    assert data[0] == 0
+    assert data[-1] == 4
 
 
 def test_list_is_recursive_sorted_and_keeps_the_prefix_form(st: Storage, tmp_path: Path) -> None:
@@ -106,11 +107,13 @@ def test_exists_copy_delete(st: Storage, tmp_path: Path) -> None:
     src, dst = str(tmp_path / "src.bin"), f"file://{tmp_path}/copies/dst.bin"
     assert not st.exists(src)
     st.write_bytes(src, b"payload")
-    assert st.exists(src) and st.exists(str(tmp_path))
+    assert st.exists(src)
+    assert st.exists(str(tmp_path))
     st.copy(src, dst)
     assert st.read_bytes(dst) == b"payload"
     st.delete(src)
-    assert not st.exists(src) and st.exists(dst)
+    assert not st.exists(src)
+    assert st.exists(dst)
     with pytest.raises(StorageNotFoundError, match=re.escape(src)):
         st.delete(src)
     st.delete(src, missing_ok=True)
@@ -122,8 +125,10 @@ def test_missing_file_is_a_not_found_error_naming_the_uri(st: Storage, tmp_path:
     uri = f"file://{tmp_path}/nope.bin"
     with pytest.raises(StorageNotFoundError) as err:
         st.read_bytes(uri)
-    assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, StorageError)
-    assert uri in str(err.value) and err.value.uri == uri
+    assert isinstance(err.value, FileNotFoundError)
+    assert isinstance(err.value, StorageError)
+    assert uri in str(err.value)
+    assert err.value.uri == uri
     with pytest.raises(FileNotFoundError, match="nope.bin"):
         st.open_read(uri)
     with pytest.raises(FileNotFoundError, match="nope.bin"):
@@ -138,7 +143,8 @@ def test_unwritable_location_names_the_path(st: Storage, tmp_path: Path) -> None
     target = str(blocker / "sub" / "x.bin")
     with pytest.raises(StorageError) as err:
         st.write_bytes(target, b"1")
-    assert target in str(err.value) and f"{blocker} exists and is not a directory" in str(err.value)
+    assert target in str(err.value)
+    assert f"{blocker} exists and is not a directory" in str(err.value)
     with pytest.raises(StorageError, match="is not a directory"):
         st.makedirs(str(blocker / "d"))
     with pytest.raises(StorageError, match=re.escape(str(blocker / "x"))):
@@ -157,7 +163,8 @@ def test_pyarrow_fs_local_parquet_round_trip(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     fs, path = st.pyarrow_fs("manifests/m.parquet")
-    assert isinstance(fs, pyarrow.fs.LocalFileSystem) and path == str(tmp_path / "manifests" / "m.parquet")
+    assert isinstance(fs, pyarrow.fs.LocalFileSystem)
+    assert path == str(tmp_path / "manifests" / "m.parquet")
     st.makedirs("manifests")
     pq.write_table(pa.table({"video_id": ["v1", "v2"]}), path, filesystem=fs)
     with st.open_read("manifests/m.parquet") as f:

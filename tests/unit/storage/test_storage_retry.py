@@ -36,7 +36,7 @@ def _client_error(code: str, status: int) -> Exception:
         (lambda: bce.EndpointConnectionError(endpoint_url="http://127.0.0.1:1/b/k"), True),
         (lambda: bce.ConnectionClosedError(endpoint_url="http://127.0.0.1:1/b/k"), True),
         (lambda: bce.ReadTimeoutError(endpoint_url="http://127.0.0.1:1/b/k"), True),
-        (lambda: aiohttp.ServerDisconnectedError(), True),
+        (aiohttp.ServerDisconnectedError, True),
         (lambda: aiohttp.ClientPayloadError("Response payload is not completed"), True),
         (lambda: bce.IncompleteReadError(actual_bytes=10, expected_bytes=20), True),
         (lambda: ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), True),
@@ -46,7 +46,7 @@ def _client_error(code: str, status: int) -> Exception:
         (lambda: _client_error("ThrottlingException", 400), True),
         (lambda: _client_error("NoSuchKey", 404), False),
         (lambda: _client_error("AccessDenied", 403), False),
-        (lambda: bce.NoCredentialsError(), False),
+        (bce.NoCredentialsError, False),
         (lambda: bce.SSLError(endpoint_url="https://x", error="bad cert"), False),
         (lambda: OSError(errno.ENOSPC, "No space left on device"), False),
     ],
@@ -64,7 +64,7 @@ def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
 
 def test_read_succeeds_when_the_endpoint_comes_back(
     s3_bucket: Bucket, late_endpoint, retry_log: RetryLog
-) -> None:  # noqa: ANN001
+) -> None:
     cfg, bucket = s3_bucket
     Storage(cfg).write_bytes(f"{bucket}/k.bin", b"survived")
     flaky = Storage(StorageConfig(endpoint_url=late_endpoint.url, max_retries=5, retry_backoff_s=0.01))
@@ -76,7 +76,7 @@ def test_read_succeeds_when_the_endpoint_comes_back(
 
 def test_write_succeeds_when_the_endpoint_comes_back(
     s3_bucket: Bucket, late_endpoint, retry_log: RetryLog
-) -> None:  # noqa: ANN001
+) -> None:
     cfg, bucket = s3_bucket
     flaky = Storage(StorageConfig(endpoint_url=late_endpoint.url, max_retries=3, retry_backoff_s=0.01))
     flaky.write_text(f"{bucket}/w.txt", "written on attempt 3")
@@ -90,7 +90,9 @@ def test_dead_endpoint_gives_up_after_max_retries(dead_endpoint: str, retry_log:
     with pytest.raises(StorageError) as err:
         st.read_bytes(uri)
     msg = str(err.value)
-    assert uri in msg and "gave up after 3 attempts" in msg and "EndpointConnectionError" in msg
+    assert uri in msg
+    assert "gave up after 3 attempts" in msg
+    assert "EndpointConnectionError" in msg
     assert not isinstance(err.value, FileNotFoundError)
     assert len(retry_log()) == 2
     with pytest.raises(StorageError, match="gave up after 3 attempts"):
@@ -138,12 +140,14 @@ def test_throttling_is_retried_and_access_denied_is_not(
     fs = st._s3()  # the live client of this Storage: inject S3 error responses in front of it
     calls = _fail_then_delegate(monkeypatch, fs, "cat_file", [_client_error("SlowDown", 503)] * 2)
     assert st.read_bytes(f"{bucket}/t.bin") == b"throttled"
-    assert calls[0] == 3 and len(retry_log()) == 2
+    assert calls[0] == 3
+    assert len(retry_log()) == 2
 
     calls = _fail_then_delegate(monkeypatch, fs, "cat_file", [_client_error("AccessDenied", 403)])
     with pytest.raises(StoragePermissionError, match=f"{bucket}/t.bin"):
         st.read_bytes(f"{bucket}/t.bin")
-    assert calls[0] == 1 and len(retry_log()) == 2
+    assert calls[0] == 1
+    assert len(retry_log()) == 2
 
 
 def test_streamed_read_retries_a_dropped_range_request(
@@ -160,4 +164,5 @@ def test_streamed_read_retries_a_dropped_range_request(
     with st.open_read(f"{bucket}/v.bin") as f:
         f.seek(50_000)
         assert f.read(1000) == payload[50_000:51_000]
-    assert calls[0] == 2 and len(retry_log()) == 1
+    assert calls[0] == 2
+    assert len(retry_log()) == 1

@@ -21,7 +21,7 @@ Bucket = tuple[StorageConfig, str]
 
 
 @functools.cache
-def _admin(endpoint_url: str):  # noqa: ANN202 - a boto3 S3 client
+def _admin(endpoint_url: str):
     """A boto3 client, independent of the code under test, with the session's test credentials."""
     return boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1")
 
@@ -52,7 +52,9 @@ def test_exists_list_copy_delete(s3_bucket: Bucket, tmp_path: Path) -> None:
     assert st.list(f"{bucket}/runs/b/") == [f"{bucket}/runs/b/2.txt", f"{bucket}/runs/b/c/3.txt"]
     assert len(st.list(bucket)) == 4
     assert st.list(f"{bucket}/nothing-here") == []
-    assert st.exists(f"{bucket}/runs/a.txt") and st.exists(f"{bucket}/runs/b") and st.exists(bucket)
+    assert st.exists(f"{bucket}/runs/a.txt")
+    assert st.exists(f"{bucket}/runs/b")
+    assert st.exists(bucket)
     assert not st.exists(f"{bucket}/runs/zzz.txt")
     assert not st.exists("s3://vidret-no-such-bucket-1234")
 
@@ -80,7 +82,8 @@ def test_missing_key_and_bucket_are_not_found_errors(s3_bucket: Bucket, tmp_path
     st = Storage(cfg)
     with pytest.raises(StorageNotFoundError) as err:
         st.read_bytes(f"{bucket}/nope.bin")
-    assert f"{bucket}/nope.bin" in str(err.value) and isinstance(err.value, FileNotFoundError)
+    assert f"{bucket}/nope.bin" in str(err.value)
+    assert isinstance(err.value, FileNotFoundError)
     with pytest.raises(FileNotFoundError, match="vidret-no-such-bucket-1234/x"):
         st.open_read("s3://vidret-no-such-bucket-1234/x")
     with pytest.raises(StorageNotFoundError, match="s3://vidret-no-such-bucket-1234"):
@@ -99,11 +102,10 @@ def test_interrupted_atomic_write_leaves_old_object_or_nothing(s3_bucket: Bucket
     uri = f"{bucket}/out/result.json"
     if existed:
         st.write_text(uri, "old")
-    with pytest.raises(RuntimeError, match="midway"):
-        with st.atomic_write(uri) as f:
-            f.write(b"x" * 100_000)
-            f.flush()
-            raise RuntimeError("crashed midway")
+    with pytest.raises(RuntimeError, match="midway"), st.atomic_write(uri) as f:
+        f.write(b"x" * 100_000)
+        f.flush()
+        raise RuntimeError("crashed midway")
     assert _keys(cfg, bucket) == (["out/result.json"] if existed else [])  # no partial or temp objects
     if existed:
         assert st.read_text(uri) == "old"
@@ -116,7 +118,10 @@ def test_atomic_write_uploads_all_chunks(s3_bucket: Bucket) -> None:
         for i in range(4):
             f.write(bytes([i]) * 50_000)
     data = st.read_bytes(f"{bucket}/big.bin")
-    assert len(data) == 200_000 and data[49_999] == 0 and data[50_000] == 1 and data[-1] == 3
+    assert len(data) == 200_000
+    assert data[49_999] == 0
+    assert data[50_000] == 1
+    assert data[-1] == 3
 
 
 def test_open_read_streams_and_seeks(s3_bucket: Bucket) -> None:
@@ -125,14 +130,16 @@ def test_open_read_streams_and_seeks(s3_bucket: Bucket) -> None:
     payload = bytes(i % 251 for i in range(600_000))
     st.write_bytes(f"{bucket}/v.mp4", payload)
     with st.open_read(f"{bucket}/v.mp4") as f:
-        assert f.seekable() and f.readable()
+        assert f.seekable()
+        assert f.readable()
         assert f.read(10) == payload[:10]
         f.seek(-5, io.SEEK_END)
         assert f.tell() == len(payload) - 5
         assert f.read() == payload[-5:]
         f.seek(123_456)
         buf = bytearray(1000)
-        assert f.readinto(buf) == 1000 and bytes(buf) == payload[123_456:124_456]
+        assert f.readinto(buf) == 1000
+        assert bytes(buf) == payload[123_456:124_456]
     assert f.closed
 
 
@@ -154,7 +161,8 @@ def test_unpickled_storage_builds_its_own_client(s3_bucket: Bucket) -> None:
     st.write_text(f"{bucket}/a.txt", "from the driver")  # builds the live client
     state = pickle.dumps(st)
     clone = pickle.loads(state)
-    assert b"S3FileSystem" not in state and b"aiobotocore" not in state
+    assert b"S3FileSystem" not in state
+    assert b"aiobotocore" not in state
     clone.write_text(f"{bucket}/b.txt", "from a worker")
     assert st.read_text(f"{bucket}/b.txt") == "from a worker"
     assert clone.read_text(f"{bucket}/a.txt") == "from the driver"

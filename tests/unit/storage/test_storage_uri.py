@@ -76,7 +76,7 @@ def test_bucket_only_uri_rejected_where_a_file_is_needed() -> None:
         lambda st: st.open_read("file://relative"),
     ],
 )
-def test_storage_methods_validate_uris_before_io(call) -> None:  # noqa: ANN001
+def test_storage_methods_validate_uris_before_io(call) -> None:
     # No endpoint is configured: a ValueError here proves nothing was attempted over the network.
     with pytest.raises(ValueError, match="expected"):
         call(Storage())

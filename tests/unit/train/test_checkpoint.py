@@ -73,7 +73,9 @@ def test_round_trip_with_rng_restore(tmp_path: Path) -> None:
     state, net, opt = _trained_state()
     expected = _draws()  # what the generators produce right after the capture
     meta = save_checkpoint(tmp_path / "ck", state)
-    assert meta["step"] == 2 and meta["epoch"] == 0 and len(meta["config_sha256"]) == 64
+    assert meta["step"] == 2
+    assert meta["epoch"] == 0
+    assert len(meta["config_sha256"]) == 64
     assert json.loads((tmp_path / "ck" / META_FILE).read_text()) == meta
     assert is_valid_checkpoint(tmp_path / "ck")
     _draws()  # move every generator on
@@ -88,7 +90,8 @@ def test_round_trip_with_rng_restore(tmp_path: Path) -> None:
     fresh_opt.load_state_dict(loaded["optimizer"])
     for name in ("exp_avg", "exp_avg_sq"):
         want = opt.state[net.head.weight][name]
-        assert want.abs().sum() > 0 and torch.equal(fresh_opt.state[fresh.head.weight][name], want)
+        assert want.abs().sum() > 0
+        assert torch.equal(fresh_opt.state[fresh.head.weight][name], want)
     assert loaded["scheduler"]["last_epoch"] == 2
     ema = EMA(fresh, 0.5)
     ema.load_state_dict(loaded["ema"])
@@ -165,7 +168,8 @@ def test_checkpoint_key() -> None:
     a = _Net().state_dict()
     same = {k: v.clone() for k, v in reversed(list(a.items()))}
     key = checkpoint_key(a)
-    assert len(key) == 16 and key == checkpoint_key(same)
+    assert len(key) == 16
+    assert key == checkpoint_key(same)
     changed = {k: v.clone() for k, v in a.items()}
     changed["head.bias"][0] += 1e-6
     assert checkpoint_key(changed) != key

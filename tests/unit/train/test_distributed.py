@@ -164,22 +164,28 @@ def test_collectives(two_rank_results: list[dict]) -> None:
     for rank, res in enumerate(two_rank_results):
         assert (res["rank"], res["world"]) == (rank, WORLD)
         assert torch.equal(res["gathered_ids"], IDS)
-        assert res["gathered_mask"].dtype == torch.bool and torch.equal(res["gathered_mask"], IDS > 2)
+        assert res["gathered_mask"].dtype == torch.bool
+        assert torch.equal(res["gathered_mask"], IDS > 2)
         torch.testing.assert_close(res["mean"], torch.tensor([0.5, 10.0]))
         assert res["broadcast"] == {"seed": 123}
-        assert "same shape" in res["shape_error"] and "(2, 3)" in res["shape_error"]
+        assert "same shape" in res["shape_error"]
+        assert "(2, 3)" in res["shape_error"]
 
 
 def test_single_process_is_identity() -> None:
     x = torch.randn(3, 2, requires_grad=True)
-    assert vd.world_size() == 1 and vd.rank() == 0 and vd.row_offset(3) == 0
-    assert vd.gather_with_grad(x, "exact") is x and vd.gather_with_grad(x, "local_slice") is x
+    assert vd.world_size() == 1
+    assert vd.rank() == 0
+    assert vd.row_offset(3) == 0
+    assert vd.gather_with_grad(x, "exact") is x
+    assert vd.gather_with_grad(x, "local_slice") is x
     assert vd.all_reduce_mean(x) is x
     assert vd.broadcast_object({"a": 1}) == {"a": 1}
     vd.barrier()
     feats = {"t": torch.randn(4, 3), "v": torch.randn(4, 3)}
     a = vd.contrastive_loss(feats, _cosine, mode="exact")
     b = vd.contrastive_loss(feats, _cosine, mode="local_slice")
-    assert a.item() == pytest.approx(symmetric_infonce(feats, _cosine).item()) and a.item() == b.item()
+    assert a.item() == pytest.approx(symmetric_infonce(feats, _cosine).item())
+    assert a.item() == b.item()
     with pytest.raises(ValueError, match="train.gather"):
         vd.gather_with_grad(x, "sum")  # type: ignore[arg-type]

@@ -87,7 +87,8 @@ def test_param_groups_on_the_retrieval_model(debug_model: nn.Module) -> None:
     assert "backbone.clip.logit_scale" in clip
     assert "backbone.clip.visual.transformer.resblocks.0.ln_1.weight" in groups["clip_decay"]["param_names"]
     assert "backbone.clip.visual.conv1.weight" not in clip  # frozen in the method
-    assert any(n.startswith("temporal.") for n in other) and any(n.startswith("wti.") for n in other)
+    assert any(n.startswith("temporal.") for n in other)
+    assert any(n.startswith("wti.") for n in other)
     assert not any("denoiser" in n for n in other)  # stage 1: denoisers frozen
     n_trainable = sum(1 for p in debug_model.parameters() if p.requires_grad)
     assert len(clip) + len(other) == n_trainable
@@ -167,7 +168,8 @@ def test_bertadam_clips_each_tensor() -> None:
 def test_build_optimizer_kinds() -> None:
     bert = build_optimizer(_Toy(), TrainConfig(optimizer="bertadam"))
     adamw = build_optimizer(_Toy(), TrainConfig(optimizer="adamw"))
-    assert isinstance(bert, BertAdam) and type(adamw) is torch.optim.AdamW
+    assert isinstance(bert, BertAdam)
+    assert type(adamw) is torch.optim.AdamW
     for opt in (bert, adamw):
         assert all(g["betas"] == (0.9, 0.98) and g["eps"] == 1e-6 for g in opt.param_groups)
         assert {g["name"] for g in opt.param_groups} == {
@@ -199,7 +201,8 @@ def test_schedule_jump_and_validation() -> None:
     # faithful: 0.999 just before the boundary, 0.976 right after; clean: continuous
     before = lr_multiplier(99, 1000, 0.1, "warmup_cosine_unscaled")
     after = lr_multiplier(100, 1000, 0.1, "warmup_cosine_unscaled")
-    assert before == pytest.approx(0.99) and after == pytest.approx(0.97553, abs=1e-5)
+    assert before == pytest.approx(0.99)
+    assert after == pytest.approx(0.97553, abs=1e-5)
     assert lr_multiplier(101, 1000, 0.1, "warmup_cosine") == pytest.approx(1.0, abs=1e-4)
     assert lr_multiplier(5, 10, 0.0, "warmup_cosine") == pytest.approx(0.5)  # no warmup
     with pytest.raises(ValueError, match="schedule"):
@@ -236,7 +239,8 @@ def test_clip_gradients_and_logit_scale_clamp() -> None:
             p.grad = torch.full_like(p, 10.0)
     norm = clip_gradients(model, 1.0)
     total = math.sqrt(sum(p.grad.pow(2).sum().item() for p in model.parameters() if p.grad is not None))
-    assert norm.item() > 10 and total == pytest.approx(1.0, rel=1e-5)
+    assert norm.item() > 10
+    assert total == pytest.approx(1.0, rel=1e-5)
     assert clip_gradients(model, 0.0).item() == pytest.approx(1.0, rel=1e-5)  # disabled: unchanged
     with torch.no_grad():
         model.backbone.logit_scale.fill_(6.0)
@@ -274,7 +278,8 @@ def test_ema_update_math_and_swap() -> None:
     torch.manual_seed(0)
     model = _Toy()
     ema = EMA(model, decay=0.9)
-    assert "running" in ema.shadow and "count" not in ema.shadow  # float buffers only
+    assert "running" in ema.shadow
+    assert "count" not in ema.shadow
     start = {k: v.clone() for k, v in ema.shadow.items()}
     with torch.no_grad():
         model.temporal.weight.add_(1.0)
