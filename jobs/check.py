@@ -1,4 +1,7 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/check.py --manifest s3://b/manifest/test.parquet`."""
+"""Ray job entrypoint, submitted as:
+
+    ray job submit --working-dir . -- python jobs/check.py --manifest s3://b/manifest/test.parquet
+"""
 
 import sys
 

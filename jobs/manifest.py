@@ -1,4 +1,7 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/manifest.py --dataset msrvtt --anno URI ...`."""
+"""Ray job entrypoint, submitted as:
+
+    ray job submit --working-dir . -- python jobs/manifest.py --dataset msrvtt --anno URI ...
+"""
 
 import sys
 

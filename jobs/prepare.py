@@ -1,4 +1,7 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/prepare.py --config configs/msrvtt.yaml`."""
+"""Ray job entrypoint, submitted as:
+
+    ray job submit --working-dir . -- python jobs/prepare.py --config configs/msrvtt.yaml
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/synth.py --config configs/synthetic.yaml`."""
+"""Ray job entrypoint, submitted as:
+
+    ray job submit --working-dir . -- python jobs/synth.py --config configs/synthetic.yaml
+"""
 
 import sys
 

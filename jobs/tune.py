@@ -1,4 +1,7 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/tune.py --config configs/X.yaml [overrides]`."""
+"""Ray job entrypoint, submitted as:
+
+    ray job submit --working-dir . -- python jobs/tune.py --config configs/X.yaml [overrides]
+"""
 
 import sys
 

@@ -1,6 +1,7 @@
 """Fault-suite fixtures: the fault recorder, an S3 fault proxy, one local Ray per module, Ray process lookup.
 
-Every test that injects a fault takes the ``faults`` fixture and calls ``faults.inject(kind, detail)``; when the
+Every test that injects a fault takes the ``faults`` fixture and calls ``faults.inject(kind, detail)``;
+when the
 test ends the fixture records one JSON line per injected fault: ``{"test", "kind", "detail", "survived",
 "rows_lost", "checkpoints_corrupted", "bug"}``. ``survived`` is the test's verdict (it passed: the system
 recovered, or failed with the clear error the test demands); ``bug`` is the xfail reason of a known bug. Lines
@@ -41,7 +42,8 @@ class FaultRecorder:
     entries: list[dict[str, Any]] = field(default_factory=list)
 
     def inject(self, kind: str, detail: str) -> None:
-        """Note a fault about to be injected (``kind``: worker_loss, storage, bad_corpus, bad_input, security)."""
+        """Note a fault about to be injected (``kind``: worker_loss, storage, bad_corpus, bad_input,
+        security)."""
         self.entries.append(
             {"test": self.test, "kind": kind, "detail": detail, "rows_lost": 0, "checkpoints_corrupted": 0}
         )

@@ -12,7 +12,8 @@ which returns what to do with it:
 * a float: sleep that many seconds, then ``PASS`` (a slow server).
 
 ``down()`` closes the listening socket and every open connection (clients see "connection refused"), ``up()``
-listens again on the same port. ``requests`` records ``(method, path)`` of every request seen. Used only by the
+listens again on the same port. ``requests`` records ``(method, path)`` of every request seen. Used only by
+the
 fault tests; the Storage under test is pointed at ``proxy.url`` through ``StorageConfig.endpoint_url``.
 """
 

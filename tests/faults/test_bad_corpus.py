@@ -1,6 +1,7 @@
 """A corpus mixing good videos with every kind of bad one, through the real check and evaluation jobs.
 
-The bad kinds: corrupt (random bytes), truncated (the first half of a good generated file), zero-byte, audio-only (an
+The bad kinds: corrupt (random bytes), truncated (the first half of a good generated file), zero-byte,
+audio-only (an
 AAC-only MP4 made with PyAV) and missing (a URI pointing nowhere); with ``../shared`` present, also real
 broken clips (audio-only MP4, a corrupt VP9 bitstream) and real good ones in other codecs and containers.
 Within ``data.max_bad_fraction`` every bad video is skipped (never decoded into features) and listed by URI
@@ -227,7 +228,8 @@ def test_evaluation_above_the_budget_fails_listing_them(
     faults.inject(
         "bad_corpus", f"evaluation over {mixed.total} videos, {len(mixed.bad)} bad, one over the budget"
     )
-    # Ray Data 2.60 leaves an actor of a failed pipeline alive: at 0 CPU it blocks nothing that shares this Ray
+    # Ray Data 2.60 leaves an actor of a failed pipeline alive: at 0 CPU it blocks nothing that shares this
+    # Ray
     cfg = _config(mixed, "eval-strict", _below(mixed), "data.decode_cpus=0.0")
     with pytest.raises(TooManyBadVideosError) as info:
         run_evaluation(cfg, weights.uri)

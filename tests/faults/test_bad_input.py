@@ -1,12 +1,15 @@
-"""Malformed annotation files, manifests and config files: only the documented errors, naming file and row/field.
+"""Malformed annotation files, manifests and config files: only the documented errors, naming file and
+row/field.
 
-Property-based (hypothesis), bounded and derandomised so CI sees the same examples on every run. The contracts:
+Property-based (hypothesis), bounded and derandomised so CI sees the same examples on every run. The
+contracts:
 
 * annotation readers (``build_manifest`` over every dataset layout) and ``read_manifest`` raise ``ValueError``
   naming the file and, for a bad row or field, where it is (``file:row N``, ``file[key].field``);
 * ``load_config`` raises ``ValueError`` naming the file (or the override) and the dotted key.
 
-Anything else escaping (KeyError, TypeError, IndexError, UnicodeDecodeError, RecursionError, OverflowError ...)
+Anything else escaping (KeyError, TypeError, IndexError, UnicodeDecodeError, RecursionError, OverflowError
+...)
 is a bug, and so is a ``ValueError`` that does not say which file it is about.
 """
 
@@ -51,7 +54,8 @@ WORDS = st.text(string.ascii_lowercase, min_size=1, max_size=8)
 
 
 def _outcome(fn: Callable[[], Any]) -> ValueError | None:
-    """Run ``fn``; return the ValueError it raised (None when it succeeded). Anything else propagates and fails."""
+    """Run ``fn``; return the ValueError it raised (None when it succeeded). Anything else propagates and
+    fails."""
     try:
         fn()
     except ValueError as err:
@@ -67,7 +71,8 @@ def _names(err: ValueError | None, *parts: str) -> None:
 
 
 # ----------------------------------------------------------------------------------- annotation layouts
-# Each layout: dataset, split, {file name: valid bytes}. Three videos, two captions each where the format allows.
+# Each layout: dataset, split, {file name: valid bytes}. Three videos, two captions each where the format
+# allows.
 def _pkl(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=4)
 
@@ -228,7 +233,8 @@ NASTY = [
 
 @st.composite
 def _garbled(draw: st.DrawFn, data: bytes) -> bytes:
-    """``data`` truncated, emptied, spliced with random, non-UTF-8 or nasty bytes, a byte flipped, or replaced."""
+    """``data`` truncated, emptied, spliced with random, non-UTF-8 or nasty bytes, a byte flipped, or
+    replaced."""
     kind = draw(
         st.sampled_from(["truncate", "empty", "non_utf8", "splice", "nasty", "flip", "replace", "nul"])
     )
@@ -380,7 +386,8 @@ def _bad_json_case(draw: st.DrawFn) -> tuple[str, dict[str, bytes], str, str]:
         if field == "surrogate":
             what = draw(st.sampled_from(["video", "caption"]))
             row[what] = draw(SURROGATES) + ".mp4"
-            loc = f":row {i + 1}: {'video id' if what == 'video' else 'caption'} is not valid Unicode"  # id: the stem
+            # the id is the file stem
+            loc = f":row {i + 1}: {'video id' if what == 'video' else 'caption'} is not valid Unicode"
         elif field == "<row>":
             rows[i], loc = draw(_not("dict")), f":row {i + 1}"
         elif field in ("video", "caption") and draw(st.booleans()):
@@ -484,7 +491,8 @@ def test_wrong_types_in_msvd_pickle_name_file_and_entry(tmp_path: Path, faults) 
 
 @st.composite
 def _bad_columns_case(draw: st.DrawFn) -> tuple[str, dict[str, bytes], str, str, bool]:
-    """(layout, files, name, row location, must_fail): one row of a CSV/TSV given too many or too few fields."""
+    """(layout, files, name, row location, must_fail): one row of a CSV/TSV given too many or too few
+    fields."""
     layout = draw(st.sampled_from(["msrvtt_pairs", "msrvtt_ids", "custom_csv", "lsmdc"]))
     files = dict(LAYOUTS[layout][2])
     name = next(n for n in files if n.endswith(".csv"))
@@ -788,7 +796,8 @@ def test_bad_dotted_overrides_raise_value_errors_naming_the_override(tmp_path: P
 
 @pytest.mark.parametrize("override", ["train={lr: abc}", "eval.splits=[test, 3]", "train.nope.deeper=1"])
 def test_an_override_error_says_it_came_from_the_override(override: str) -> None:
-    """The dotted key in error may be below or above the override's key; either way it is blamed, not the file."""
+    """The dotted key in error may be below or above the override's key; either way it is blamed, not the
+    file."""
     with pytest.raises(ValueError, match=r"\(override") as e:
         load_config(None, [override])
     assert re.search(r"train\.lr|eval\.splits\[1\]|train\.nope", str(e.value))

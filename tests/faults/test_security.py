@@ -1,4 +1,5 @@
-"""Security faults: pickles that would run code, credentials leaking into text, a local Ray open to the network.
+"""Security faults: pickles that would run code, credentials leaking into text, a local Ray open to the
+network.
 
 (a) Checkpoints (``load_checkpoint``, ``load_state``) and CLIP weights (``read_clip_weights``, ``build_clip``)
     load tensors only: a file whose pickle would run code is refused with an error naming the file, and the
@@ -70,7 +71,8 @@ CONTAINERS = ["torch_zip", "torch_legacy", "raw_pickle", "disguised_torchscript"
 
 
 def _tamper(directory: Path, data: bytes) -> None:
-    """Replace a checkpoint's state.pt by ``data`` and make meta.json agree (whoever writes one can write both)."""
+    """Replace a checkpoint's state.pt by ``data`` and make meta.json agree (whoever writes one can write
+    both)."""
     (directory / STATE_FILE).write_bytes(data)
     meta = json.loads((directory / META_FILE).read_text())
     meta.update(state_sha256=hashlib.sha256(data).hexdigest(), state_bytes=len(data))

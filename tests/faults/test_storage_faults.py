@@ -1,7 +1,9 @@
 """Object-storage faults against a real moto S3 server behind a fault proxy (no Ray).
 
-The server goes away mid-read and mid-write, answers 503 SlowDown, or is slow: reads and writes retry a bounded
-number of times, then fail with a ``StorageError`` naming the URI; a later run, with the server back, completes.
+The server goes away mid-read and mid-write, answers 503 SlowDown, or is slow: reads and writes retry a
+bounded
+number of times, then fail with a ``StorageError`` naming the URI; a later run, with the server back,
+completes.
 Checkpoints, feature-cache shards + index, manifests and reports are never read as valid when half written:
 each either loads completely or raises.
 """

@@ -1,9 +1,11 @@
 """Worker loss on a real local Ray: one process of each Ray stage is SIGKILLed and nothing is lost.
 
-* (a) the decode actor of the Ray Data pipeline dies inside a task: Ray restarts it and retries the task; every
+* (a) the decode actor of the Ray Data pipeline dies inside a task: Ray restarts it and retries the task;
+every
   video comes out exactly once, with the frames of an undisturbed decode;
 * (b) the encoder actor of the evaluation's feature encoding (Ray Data batch inference) dies half-way through
-  the video pass: the feature cache is complete, every video and caption once, equal to an uninterrupted run's;
+  the video pass: the feature cache is complete, every video and caption once, equal to an uninterrupted
+  run's;
 * (c) a Ray Train worker dies during stage 2 (generation): the run resumes from its last checkpoint and ends
   with the step count and weights of an uninterrupted run, bit-identical as in the stage-1 kill test
   (``tests/integration/test_train.py::test_worker_sigkill_resumes_from_checkpoint``, not repeated here).
@@ -244,7 +246,8 @@ def test_encoder_actor_sigkill_mid_pass_features_complete_and_equal(
     # the train videos come first in the video pass: the kill goes out once the decode of the held video waits
     # and the encoder actor is up, so the held video's features (at least) come from the restarted actor. (Not
     # "once some features were written": the held video may share its decode block with those before it, and
-    # on a loaded machine a client timeout and retry got past the hold first, so the kill came after the pass.)
+    # on a loaded machine a client timeout and retry got past the hold first, so the kill came after the
+    # pass.)
     killer = _KillWhileHeld(
         hold, ENCODER_ACTOR, ready=lambda: ray_pids(ENCODER_ACTOR), snapshot=lambda: delivered["videos"]
     )

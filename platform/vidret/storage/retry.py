@@ -1,7 +1,8 @@
 """Bounded retries with exponential backoff for transient S3 failures, and translation to StorageError.
 
 Transient: connection failures (refused, reset, closed, timed out, a body cut off) from botocore, aiohttp
-or the OS, and throttling / 5xx responses. Everything else fails at once: not-found becomes ``StorageNotFoundError``,
+or the OS, and throttling / 5xx responses. Everything else fails at once: not-found becomes
+``StorageNotFoundError``,
 access denied ``StoragePermissionError``, the rest ``StorageError``. The s3fs client this wraps is built
 with botocore and s3fs retries off, so this loop is the only retry layer and ``max_retries`` is exact.
 """

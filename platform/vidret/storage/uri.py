@@ -89,8 +89,8 @@ def join(base_uri: str, *parts: str) -> str:
     for part in parts:
         if not isinstance(part, str):
             raise TypeError(f"join: parts must be str, got {type(part).__name__}: {part!r}")
-        part = part.strip("/")
-        if not part:
+        piece = part.strip("/")
+        if not piece:
             continue
-        out = (out if out.endswith("/") else out + "/") + part
+        out = (out if out.endswith("/") else out + "/") + piece
     return out

@@ -129,9 +129,9 @@ def test_missing_file_is_a_not_found_error_naming_the_uri(st: Storage, tmp_path:
     assert isinstance(err.value, StorageError)
     assert uri in str(err.value)
     assert err.value.uri == uri
-    with pytest.raises(FileNotFoundError, match="nope.bin"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.bin"):
         st.open_read(uri)
-    with pytest.raises(FileNotFoundError, match="nope.bin"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.bin"):
         st.copy(uri, str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
 

@@ -68,7 +68,7 @@ def test_exists_list_copy_delete(s3_bucket: Bucket, tmp_path: Path) -> None:
 
     st.delete(f"{bucket}/copies/a.txt")
     assert not st.exists(f"{bucket}/copies/a.txt")
-    with pytest.raises(StorageNotFoundError, match="copies/a.txt"):
+    with pytest.raises(StorageNotFoundError, match=r"copies/a\.txt"):
         st.delete(f"{bucket}/copies/a.txt")
     st.delete(f"{bucket}/copies/a.txt", missing_ok=True)
     st.delete(f"{bucket}/runs", recursive=True)
@@ -88,7 +88,7 @@ def test_missing_key_and_bucket_are_not_found_errors(s3_bucket: Bucket, tmp_path
         st.open_read("s3://vidret-no-such-bucket-1234/x")
     with pytest.raises(StorageNotFoundError, match="s3://vidret-no-such-bucket-1234"):
         st.list("s3://vidret-no-such-bucket-1234/prefix")
-    with pytest.raises(StorageNotFoundError, match="nope.bin"):
+    with pytest.raises(StorageNotFoundError, match=r"nope\.bin"):
         st.copy(f"{bucket}/nope.bin", f"{bucket}/dst.bin")
     with pytest.raises(StorageNotFoundError, match="no-such-local"):
         st.copy(str(tmp_path / "no-such-local"), f"{bucket}/dst.bin")
@@ -190,7 +190,7 @@ def test_config_credentials_and_anonymous_reads(s3_bucket: Bucket, monkeypatch: 
     assert Storage(keyed).read_text(f"{bucket}/private.txt") == "members only"
     anon = Storage(StorageConfig(endpoint_url=cfg.endpoint_url, region=cfg.region, anonymous=True))
     assert anon.read_text(f"{bucket}/public.txt") == "open data"
-    with pytest.raises(StoragePermissionError, match="private.txt"):
+    with pytest.raises(StoragePermissionError, match=r"private\.txt"):
         anon.read_text(f"{bucket}/private.txt")  # unsigned requests cannot read a private object
 
 
