@@ -151,7 +151,8 @@ class Storage:
         """The whole content of the file at ``uri``."""
         loc = parse_uri(uri, need_key=True)
         if loc.is_s3:
-            return self._retry("read", uri, lambda: self._s3().cat_file(loc.path))
+            data: bytes = self._retry("read", uri, lambda: self._s3().cat_file(loc.path))
+            return data
         try:
             with open(loc.path, "rb") as f:
                 return f.read()
@@ -221,7 +222,7 @@ class Storage:
             raise self._local_error(exc, "write", loc.uri) from exc
         f = os.fdopen(fd, "wb")
         try:
-            yield f  # type: ignore[misc]
+            yield f
         except BaseException:
             f.close()
             unlink_if_present(tmp)
