@@ -52,7 +52,7 @@ MAX_FUNCTION_LINES = 60
 # repository path, the stack notes' pitfall numbers, or the reference files by name.
 OUTSIDE_CITATION = re.compile(
     r"diffusionret-method|ray-notes|shared/reference|STYLE\.md|synthetic-feasibility"
-    r"|(?<!docs/method\.md )§ ?\d|(?<!stack-notes\.md )(?<![\w/.-])P\d{1,2}\b(?! ?[=(\[])"
+    r"|(?<!\.md )§ ?\d|(?<!stack-notes\.md )(?<![\w/.-])P\d{1,2}\b(?! ?[=(\[])"
 )
 
 
