@@ -40,6 +40,10 @@ class StorageConfig:
     session_token: str | None = field(default=None, repr=False)
     max_retries: int = 4  # attempts after the first on connection errors
     retry_backoff_s: float = 0.5  # base of the exponential backoff
+    shared_filesystem: bool = False
+    """Local paths are on a file system every node mounts at the same place (NFS, a shared disk). Without it
+    a job on a cluster of more than one node refuses local ``run.out``, ``train.storage_path``, manifest and
+    video paths."""
 
     def __post_init__(self) -> None:
         check(self.max_retries >= 0, "storage.max_retries", "an integer >= 0", self.max_retries)
@@ -88,6 +92,9 @@ class DataConfig:
     max_bad_fraction: float = 0.01  # the job fails, listing the bad videos, above this fraction
     decode_concurrency: int = 2
     decode_cpus: float = 0.5  # per decode task; fractional so read tasks are never starved
+    decode_actors: Literal["fixed", "auto"] = "fixed"
+    """``fixed``: every decode pool has ``decode_concurrency`` actors, and a job that cannot place them all
+    fails before it starts; ``auto``: pools shrink (to 1 actor at least) until the job fits the cluster."""
     rows_per_block: int = 4
     augment: bool = False  # training-time augmentation (off in the method)
     prepare_out: str = ""  # `vidret prepare` writes <out>/videos/*.mp4 and <out>/manifest/<split>.parquet
@@ -263,6 +270,19 @@ class RunConfig:
     seed: int = 42
     ray_address: str | None = None  # None = start a local Ray instance
     num_cpus: int | None = None  # for a local instance only
+    pending_timeout_s: float = 300.0  # an actor or placement group pending longer than this ends the job
+    autoscale_wait_s: float = 600.0  # how long a job waits for autoscaler nodes it needs
+    autoscale_max_cpus: float | None = (
+        None  # the autoscaler's upper bound on cluster CPUs (None: no autoscaler)
+    )
+    autoscale_max_gpus: float | None = None  # the same for GPUs
+
+    def __post_init__(self) -> None:
+        _check(self.pending_timeout_s > 0, "run.pending_timeout_s", "a number > 0", self.pending_timeout_s)
+        _check(self.autoscale_wait_s >= 0, "run.autoscale_wait_s", "a number >= 0", self.autoscale_wait_s)
+        for name in ("autoscale_max_cpus", "autoscale_max_gpus"):
+            value = getattr(self, name)
+            _check(value is None or value >= 0, f"run.{name}", "null or a number >= 0", value)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,55 @@
+"""No local paths across nodes: a job on a cluster of more than one node refuses local output and input
+paths unless ``storage.shared_filesystem`` says every node mounts them at the same place. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from vidret.config import Config
+from vidret.storage import is_remote
+
+
+@dataclass(frozen=True)
+class PathUse:
+    """A local path the job reads or writes, and the config key (or manifest column) that set it."""
+
+    key: str
+    uri: str
+
+
+def job_paths(cfg: Config) -> list[PathUse]:
+    """The paths of ``cfg`` that every node must reach: ``run.out``, ``train.storage_path``, the manifest,
+    the weights and checkpoints (empty values skipped)."""
+    keys = (
+        ("run.out", cfg.run.out),
+        ("train.storage_path", cfg.train.storage_path),
+        ("data.manifest", cfg.data.manifest),
+        ("train.init_checkpoint", cfg.train.init_checkpoint),
+        ("eval.checkpoint", cfg.eval.checkpoint),
+        ("model.weights", cfg.model.weights),
+    )
+    return [PathUse(k, v) for k, v in keys if v]
+
+
+def check_shared_paths(
+    cfg: Config, num_nodes: int, video_uris: Iterable[str] = (), extra: Sequence[PathUse] = ()
+) -> None:
+    """Refuse local paths on a cluster of more than one node unless ``storage.shared_filesystem``.
+
+    A local path written on one node (a checkpoint by rank 0, the feature cache by the driver) is not on the
+    others; a node that goes away takes it along. ``video_uris`` are the manifest's ``video_uri`` values
+    (the first local one is named). Raises ``ValueError`` naming the keys and the fix.
+    """
+    if num_nodes <= 1 or cfg.storage.shared_filesystem:
+        return
+    local = [p for p in (*job_paths(cfg), *extra) if not is_remote(p.uri)]
+    video = next((u for u in video_uris if not is_remote(u)), None)
+    if video is not None:
+        local.append(PathUse("video_uri (manifest)", video))
+    if local:
+        shown = "; ".join(f"{p.key}={p.uri}" for p in local)
+        raise ValueError(
+            f"the Ray cluster has {num_nodes} nodes but these paths are local to one machine: {shown}. "
+            "Use s3:// URIs, or set storage.shared_filesystem=true if every node mounts them at one place"
+        )
