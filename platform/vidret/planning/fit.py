@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 NODE_ID_LABEL = "ray.io/node-id"  # Ray's built-in node label; a selector ``!<id>`` excludes one node
@@ -62,12 +62,13 @@ class Cluster:
 
 @dataclass(frozen=True)
 class Ask:
-    """``count`` units of ``per_unit`` resources, for ``what`` (plural noun), set by the config ``knobs``."""
+    """``count`` units of ``per_unit`` resources, for ``what`` (plural noun); ``knobs`` names, per resource,
+    the config keys that lower it."""
 
     what: str
     count: int
     per_unit: Mapping[str, float]
-    knobs: tuple[str, ...] = ()
+    knobs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # resource -> config keys
     gang: bool = True
     off_head: bool = False  # asks for no resource: placed by a node constraint that excludes the head
 
@@ -136,12 +137,22 @@ def _knobs(phase: Phase, key: str) -> list[str]:
     out: list[str] = []
     for a in phase.asks:
         if a.per_unit.get(key, 0.0) > 0:
-            out += [k for k in a.knobs if k not in out]
+            out += [k for k in a.knobs.get(key, ()) if k not in out]
     return out
 
 
-def _advice(knobs: Sequence[str], tail: str = "or add nodes") -> str:
-    return f"lower {_or_list(knobs)}, {tail}" if knobs else tail
+def _advice(knobs: Sequence[str], nodes: str = "nodes") -> str:
+    return f"lower {_or_list(knobs)}, or add {nodes}" if knobs else f"add {nodes}"
+
+
+def _unit_knobs(ask: Ask, nodes: Sequence[Node]) -> list[str]:
+    """The knobs of the resources of one unit of ``ask`` that exceed every node."""
+    over = [k for k, v in ask.per_unit.items() if all(v > n.resources.get(k, 0.0) + _EPS for n in nodes)]
+    return list(dict.fromkeys(x for k in over for x in ask.knobs.get(k, ())))
+
+
+def _all_knobs(asks: Iterable[Ask]) -> list[str]:
+    return list(dict.fromkeys(k for a in asks for ks in a.knobs.values() for k in ks))
 
 
 # ------------------------------------------------------------------------------------------- checking
@@ -183,7 +194,7 @@ def _node_shortfall(phase: Phase, cluster: Cluster) -> str | None:
             shown = ", ".join(f"{_amount(k, v)}" for k, v in sorted(a.per_unit.items()) if v > 0)
             return (
                 f"{phase.name}: one of the {a.what} needs {shown} but no node has that much (CPUs per node: "
-                f"{sizes}): {_advice(list(a.knobs), 'or add larger nodes')}"
+                f"{sizes}): {_advice(_unit_knobs(a, nodes), 'larger nodes')}"
             )
     free = [dict(n.resources) for n in nodes]
     units = [a for a in phase.asks if a.gang and not a.is_zero for _ in range(a.count)]
@@ -191,10 +202,9 @@ def _node_shortfall(phase: Phase, cluster: Cluster) -> str | None:
     for a in units:
         slot = next((f for f in free if _fits(a.per_unit, f)), None)
         if slot is None:
-            knobs = [k for u in phase.asks for k in u.knobs]
             return (
                 f"{phase.name} fits the cluster's totals but not node by node (CPUs per node: {sizes}): "
-                f"{_advice(list(dict.fromkeys(knobs)))}"
+                f"{_advice(_all_knobs(phase.asks))}"
             )
         for k, v in a.per_unit.items():
             slot[k] = slot.get(k, 0.0) - v

@@ -21,17 +21,12 @@ def _gpus(cfg: Config) -> dict[str, float]:
 
 
 def _workers(cfg: Config) -> Ask:
-    knobs = ("train.num_workers",) if cfg.train.use_gpu else ()
-    return Ask(
-        "workers",
-        cfg.train.num_workers,
-        {"CPU": cfg.train.cpus_per_worker, **_gpus(cfg)},
-        ("train.cpus_per_worker", *knobs),
-    )
+    knobs = {"CPU": ("train.cpus_per_worker",), "GPU": ("train.num_workers",)}
+    return Ask("workers", cfg.train.num_workers, {"CPU": cfg.train.cpus_per_worker, **_gpus(cfg)}, knobs)
 
 
 def _decode_pools(data: DataConfig, pools: int, per_pool: int) -> Ask:
-    return Ask("decode actors", pools * per_pool, {"CPU": data.decode_cpus}, ("data.decode_cpus",))
+    return Ask("decode actors", pools * per_pool, {"CPU": data.decode_cpus}, {"CPU": ("data.decode_cpus",)})
 
 
 def _bad_video_logs(count: int) -> Ask:
@@ -90,7 +85,7 @@ TRIAL_CPUS = 1.0  # Tune rejects a trial of 0 CPU
 def tune_phases(cfg: Config, per_pool: int, trials: int) -> list[Phase]:
     """Tune: the feature cache, then ``trials`` concurrent trials of 1 CPU; a training trial also holds its
     trainer's workers (a gang: a trial that started without room for them waits forever)."""
-    trial = Ask("trials", trials, {"CPU": TRIAL_CPUS}, ("tune.max_concurrent",))
+    trial = Ask("trials", trials, {"CPU": TRIAL_CPUS}, {"CPU": ("tune.max_concurrent",)})
     asks: tuple[Ask, ...] = (trial,)
     if cfg.tune.kind == "training":
         w = _workers(cfg)
@@ -105,7 +100,7 @@ def index_phases(
 ) -> list[Phase]:
     """The search index: one decode pool feeding ``encoder_actors`` encoder actors (batch inference)."""
     res = {"CPU": encoder_cpus, **({"GPU": encoder_gpus} if encoder_gpus else {})}
-    encoders = Ask("encoder actors", encoder_actors, res, ("search.encoder_cpus",))
+    encoders = Ask("encoder actors", encoder_actors, res)
     return [Phase("index", (_decode_pools(cfg.data, 1, per_pool), encoders, _bad_video_logs(1)))]
 
 
@@ -145,7 +140,8 @@ def _first_fit(
             return plan, size
         note = f"{what.format(size=size, full=sizes[0])}, so that {job} fits the cluster ({first})"
         return replace(plan, notes=(*plan.notes, note)), size
-    assert first is not None and last is not None
+    assert first is not None
+    assert last is not None
     if len(sizes) == 1:
         raise first
     raise PlanError(f"{last} ({what.format(size=sizes[-1], full=sizes[0])} does not fit either)")
