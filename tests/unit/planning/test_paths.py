@@ -7,7 +7,7 @@ import pytest
 from vidret.config import load_config
 from vidret.planning import PathUse, check_shared_paths, job_paths
 
-S3 = ["run.out=s3://b/run", "train.storage_path=s3://b/ray", "data.manifest=s3://b/manifest"]
+S3 = ["run.out=s3://bkt/run", "train.storage_path=s3://bkt/ray", "data.manifest=s3://bkt/manifest"]
 
 
 def test_one_node_accepts_local_paths() -> None:
@@ -15,7 +15,7 @@ def test_one_node_accepts_local_paths() -> None:
 
 
 def test_two_nodes_refuse_the_default_local_paths() -> None:
-    cfg = load_config(None, ["run.out=/tmp/run", "data.manifest=s3://b/m"])
+    cfg = load_config(None, ["run.out=/tmp/run", "data.manifest=s3://bkt/m"])
     with pytest.raises(ValueError) as e:
         check_shared_paths(cfg, num_nodes=2)
     msg = str(e.value)
@@ -30,13 +30,13 @@ def test_two_nodes_refuse_the_default_local_paths() -> None:
 def test_two_nodes_refuse_a_local_video_uri_and_a_file_uri() -> None:
     cfg = load_config(None, S3)
     with pytest.raises(ValueError, match=r"video_uri \(manifest\)=file:///v/b.mp4"):
-        check_shared_paths(cfg, num_nodes=3, video_uris=["s3://b/a.mp4", "file:///v/b.mp4"])
+        check_shared_paths(cfg, num_nodes=3, video_uris=["s3://bkt/a.mp4", "file:///v/b.mp4"])
     with pytest.raises(ValueError, match=r"eval.checkpoint=/ck.pt"):
         check_shared_paths(load_config(None, [*S3, "eval.checkpoint=/ck.pt"]), num_nodes=2)
 
 
 def test_two_nodes_accept_s3_or_a_shared_file_system() -> None:
-    check_shared_paths(load_config(None, S3), num_nodes=2, video_uris=["s3://b/a.mp4"])
+    check_shared_paths(load_config(None, S3), num_nodes=2, video_uris=["s3://bkt/a.mp4"])
     shared = load_config(None, ["storage.shared_filesystem=true", "run.out=/mnt/nfs/run"])
     check_shared_paths(shared, num_nodes=2, video_uris=["/mnt/nfs/a.mp4"])
 
