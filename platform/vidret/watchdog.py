@@ -265,7 +265,8 @@ class PendingWatchdog:
             f"; and {len(late) - 5} more" if len(late) > 5 else ""
         )
         return PendingTimeoutError(
-            f"pending for more than {self.limit_s:g} s (run.pending_timeout_s), the job was stopped: {shown}. "
+            f"pending for more than {self.limit_s:g} s (run.pending_timeout_s), the job was stopped: "
+            f"{shown}. "
             "The cluster cannot place them: lower the job's sizing (train.cpus_per_worker, data.decode_cpus, "
             "data.decode_concurrency) or add nodes"
         )

@@ -1,0 +1,86 @@
+"""The pending watchdog on a real local Ray: an actor that asks for a resource no node has ends the driver's
+blocking call with the watchdog's error, naming the actor and what it asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from vidret.config import RunConfig  # noqa: E402
+from vidret.planning import NODE_ID_LABEL  # noqa: E402
+from vidret.watchdog import (  # noqa: E402
+    AutoscaleTimeoutError,
+    PendingTimeoutError,
+    PendingWatchdog,
+    describe_cluster,
+    head_node_id,
+    pending_work,
+    wait_for_resources,
+)
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A private one-CPU local Ray (its own temp dir, no dashboard); shares one already running."""
+    if ray.is_initialized():
+        yield
+        return
+    temp = Path("/tmp") / f"vr-wd-{tmp_path_factory.getbasetemp().name}"  # short: Ray's socket paths
+    ray.init(
+        address="local",
+        num_cpus=1,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=str(temp),
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@ray.remote
+class Probe:
+    def ping(self) -> int:
+        return 1
+
+
+def test_an_impossible_actor_ends_the_job_with_the_watchdog_error(local_ray: None) -> None:
+    impossible = Probe.options(num_cpus=0, resources={"impossible_gpu_sim": 1}).remote()
+    # an off-head constraint on a one-node cluster: the same label selector the jobs use, unplaceable here
+    node = ray.get_runtime_context().get_node_id()
+    excluded = Probe.options(num_cpus=0, label_selector={NODE_ID_LABEL: f"!{node}"}).remote()
+    placed = Probe.options(num_cpus=0.5).remote()
+    assert ray.get(placed.ping.remote()) == 1
+    with pytest.raises(PendingTimeoutError) as e, PendingWatchdog(2.0, poll_s=0.5, hard_exit_after_s=None):
+        ray.get(impossible.ping.remote())  # blocks forever without the watchdog
+    msg = str(e.value)
+    assert msg.startswith("pending for more than 2 s (run.pending_timeout_s), the job was stopped: ")
+    assert "actor Probe asking for {impossible_gpu_sim: 1}" in msg
+    assert (
+        msg.count("actor Probe asking for") == 2
+    )  # the label-selected one too; the placed one is not pending
+    job = ray.get_runtime_context().get_job_id()
+    assert {p.id for p in pending_work(job)} == {impossible._actor_id.hex(), excluded._actor_id.hex()}
+    ray.kill(impossible)
+    ray.kill(excluded)
+
+
+def test_the_cluster_description_and_the_bounded_wait(local_ray: None) -> None:
+    cluster = describe_cluster(RunConfig(autoscale_max_cpus=4))
+    (node,) = cluster.nodes
+    assert node.is_head
+    assert node.resources["CPU"] == 1.0
+    assert "memory" not in node.resources
+    assert cluster.max_total == {"CPU": 4.0}
+    assert head_node_id() is None  # one node: the head is where the work runs
+    lines: list[str] = []
+    wait_for_resources({"CPU": 1.0}, timeout_s=0, progress=lines.append)
+    assert lines == []
+    with pytest.raises(AutoscaleTimeoutError, match=r"the cluster has CPU 1/3 \(have/need\)"):
+        wait_for_resources({"CPU": 3.0}, timeout_s=0.2, poll_s=0.1, progress=lines.append)
+    assert lines[0].startswith("[cluster] waiting for nodes: CPU 1/3 (have/need)")
