@@ -278,11 +278,11 @@ class RunConfig:
     autoscale_max_gpus: float | None = None  # the same for GPUs
 
     def __post_init__(self) -> None:
-        _check(self.pending_timeout_s > 0, "run.pending_timeout_s", "a number > 0", self.pending_timeout_s)
-        _check(self.autoscale_wait_s >= 0, "run.autoscale_wait_s", "a number >= 0", self.autoscale_wait_s)
+        check(self.pending_timeout_s > 0, "run.pending_timeout_s", "a number > 0", self.pending_timeout_s)
+        check(self.autoscale_wait_s >= 0, "run.autoscale_wait_s", "a number >= 0", self.autoscale_wait_s)
         for name in ("autoscale_max_cpus", "autoscale_max_gpus"):
             value = getattr(self, name)
-            _check(value is None or value >= 0, f"run.{name}", "null or a number >= 0", value)
+            check(value is None or value >= 0, f"run.{name}", "null or a number >= 0", value)
 
 
 @dataclass(frozen=True)
