@@ -12,14 +12,16 @@ LAYER = {
     "data": 2,
     "model": 2,
     "diffusion": 2,
+    "planning": 1,  # pure resource arithmetic: config only
     "data.pipeline": 3,
+    "watchdog": 3,  # the Ray side of planning (cluster description, pending watchdog)
     "train": 3,
     "eval": 3,
     "cli": 4,
     "quickstart": 4,
     "__main__": 5,
 }
-RAY_ALLOWED = ("cli", "data.pipeline", "train", "eval")
+RAY_ALLOWED = ("cli", "data.pipeline", "train", "eval", "watchdog")
 
 
 def _area(dotted: str) -> str:

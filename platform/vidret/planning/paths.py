@@ -3,11 +3,18 @@ paths unless ``storage.shared_filesystem`` says every node mounts them at the sa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vidret.config import Config
-from vidret.storage import is_remote
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_local(uri: str) -> bool:
+    """A path on this machine's file system: no scheme, or ``file://`` (not ``s3://`` or another scheme)."""
+    return not _SCHEME.match(uri) or uri.startswith("file://")
 
 
 @dataclass(frozen=True)
@@ -43,8 +50,8 @@ def check_shared_paths(
     """
     if num_nodes <= 1 or cfg.storage.shared_filesystem:
         return
-    local = [p for p in (*job_paths(cfg), *extra) if not is_remote(p.uri)]
-    video = next((u for u in video_uris if not is_remote(u)), None)
+    local = [p for p in (*job_paths(cfg), *extra) if is_local(p.uri)]
+    video = next((u for u in video_uris if is_local(u)), None)
     if video is not None:
         local.append(PathUse("video_uri (manifest)", video))
     if local:
