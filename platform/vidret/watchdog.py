@@ -57,7 +57,7 @@ def describe_cluster(run: RunConfig) -> Cluster:
             resources=_schedulable(n["Resources"]),
             is_head=HEAD_RESOURCE in n["Resources"],
         )
-        for n in ray.nodes()
+        for n in ray.nodes()  # type: ignore[no-untyped-call]
         if n["Alive"]
     )
     bound = {"CPU": run.autoscale_max_cpus, "GPU": run.autoscale_max_gpus}
@@ -67,7 +67,7 @@ def describe_cluster(run: RunConfig) -> Cluster:
 
 def head_node_id() -> str | None:
     """The head's node id when the cluster has other nodes to work on (work is kept off it), else None."""
-    alive = [n for n in ray.nodes() if n["Alive"]]
+    alive = [n for n in ray.nodes() if n["Alive"]]  # type: ignore[no-untyped-call]
     if len(alive) <= 1:
         return None
     return next((n["NodeID"] for n in alive if HEAD_RESOURCE in n["Resources"]), None)
@@ -85,7 +85,7 @@ def wait_for_resources(
     say = progress or _log
     deadline = time.monotonic() + timeout_s
     while True:
-        have = _schedulable(ray.cluster_resources())
+        have = _schedulable(ray.cluster_resources())  # type: ignore[no-untyped-call]
         shown = ", ".join(f"{k} {have.get(k, 0.0):g}/{v:g}" for k, v in sorted(need.items()))
         if fraction_fits(need, have) >= 1.0:
             return
@@ -133,7 +133,7 @@ def _dashboard_url() -> str | None:
     """The state API's address of the cluster this driver is connected to; None without a dashboard."""
     from ray._private.worker import get_dashboard_url
 
-    url = get_dashboard_url()
+    url = get_dashboard_url()  # type: ignore[no-untyped-call]
     return f"http://{url}" if url else None
 
 
@@ -181,7 +181,7 @@ def _pending_gcs(job_id: str) -> list[Pending]:
     accessor = state._connect_and_get_accessor()
     out = []
     for raw in accessor.get_actor_table(ray.JobID.from_hex(job_id), "PENDING_CREATION"):
-        a = gcs_pb2.ActorTableData.FromString(raw)
+        a = gcs_pb2.ActorTableData.FromString(raw)  # type: ignore[attr-defined]
         res = dict(a.required_resources)
         out.append(Pending("actor", a.actor_id.hex(), a.class_name, _resources_text(res)))
     for pg_id, g in ray.util.placement_group_table().items():
