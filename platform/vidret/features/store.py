@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidret.eval.retrieval import TEXT_KEYS, VIDEO_KEYS, FeatureSet
+from vidret.features.types import FeatureSet, TextFeatures, VideoFeatures
 from vidret.storage import Storage, join
 
 INDEX = "index.json"
@@ -31,6 +31,7 @@ FORMAT = 1
 
 
 def split_uri(root: str, split: str) -> str:
+    """The folder of ``split`` under a cache root (``vidret.layout.cache_root``)."""
     return join(root, split)
 
 
@@ -141,12 +142,12 @@ def load_split(storage: Storage, uri: str) -> FeatureSet:
     v_order = np.argsort(v["video_index"], kind="stable")
     if not np.array_equal(v["video_index"][v_order], np.arange(len(v_order))):
         raise ValueError(f"{uri}: video rows are not 0..V-1 (cache incomplete or duplicated)")
-    text = {k: torch.from_numpy(np.ascontiguousarray(t[k][t_order])) for k in TEXT_KEYS}
-    video = {k: torch.from_numpy(np.ascontiguousarray(v[k][v_order])) for k in VIDEO_KEYS}
+    text = {k: torch.from_numpy(np.ascontiguousarray(v[t_order])) for k, v in t.items()}
+    video = {k: torch.from_numpy(np.ascontiguousarray(x[v_order])) for k, x in v.items()}
     return FeatureSet(
-        text=text,
-        video=video,
-        text_to_video_T=torch.from_numpy(t["video_index"][t_order].astype(np.int64)),
+        text=TextFeatures.from_model(text),
+        video=VideoFeatures.from_model(video),
+        text_to_video_T=text["video_index"].to(torch.int64),
         video_ids=list(index.get("video_ids", [])),
         captions=list(index.get("captions", [])),
         video_ok=v["ok"][v_order].astype(bool),
