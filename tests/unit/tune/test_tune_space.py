@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from vidret.config import Config, TuneConfig, load_config
-from vidret.eval.tune import (
+from vidret.tune.space import (
     apply_overrides,
     dotted,
     metric_mode,
