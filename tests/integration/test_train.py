@@ -42,11 +42,12 @@ from train_helpers import (
 )
 
 from vidret.config import Config, dump_yaml, replace
-from vidret.eval.retrieval import evaluate_features
+from vidret.features.scoring import evaluate_features
+from vidret.features.store import load_split, read_index
+from vidret.layout import stage_uri
+from vidret.model.build import build_model
 from vidret.storage import Storage
 from vidret.train import trainer
-from vidret.train.cache import load_split, read_index
-from vidret.train.loop import build_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -192,7 +193,7 @@ def _initial_weights(cfg: Config) -> dict[str, torch.Tensor]:
     """The weights every run of ``cfg`` starts from (seeded init; stage 2: plus the stage-1 weights)."""
     init = None
     if cfg.train.stage == "generation":
-        init = cfg.train.init_checkpoint or trainer.stage_uri(cfg, "discrimination")
+        init = cfg.train.init_checkpoint or stage_uri(cfg, "discrimination")
     return build_model(cfg, Storage(), init).state_dict()
 
 
@@ -248,7 +249,7 @@ def test_stage1_two_workers_match_one(
 
 def test_stage2_two_workers_match_one(baseline: Baseline, corpus: Corpus, tmp_path: Path) -> None:
     cfg1 = _stage1(tmp_path, corpus, "w2s2", workers=2)
-    cfg = _stage2(cfg1, init=trainer.stage_uri(baseline.stage1, "discrimination"))
+    cfg = _stage2(cfg1, init=stage_uri(baseline.stage1, "discrimination"))
     _copy_cache(baseline.stage1, cfg)
     trainer.run_training(cfg)
     print("stage 2, 2 vs 1 workers:", _compare_runs(baseline.stage2, cfg, "generation", **TWO_WORKERS_TOL))
@@ -312,7 +313,7 @@ def test_job_rerun_after_driver_kill_resumes(baseline: Baseline, corpus: Corpus,
     import ray
 
     cfg1 = _stage1(tmp_path, corpus, "job")
-    cfg = _stage2(cfg1, init=trainer.stage_uri(baseline.stage1, "discrimination"))
+    cfg = _stage2(cfg1, init=stage_uri(baseline.stage1, "discrimination"))
     _copy_cache(baseline.stage1, cfg)
     config_file = tmp_path / "job.yaml"
     config_file.write_text(dump_yaml(cfg))

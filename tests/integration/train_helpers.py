@@ -154,8 +154,8 @@ def scalar_times(tb_dir: Path | str, tag: str) -> dict[int, float]:
 # -- exported weights ------------------------------------------------------------------------------------
 def exported(cfg: Config, stage: str) -> dict:
     """The exported checkpoint of ``stage`` (``selected``, ``best``, ``step``, ``key``, ...)."""
-    from vidret.train.artifacts import load_state
-    from vidret.train.trainer import stage_uri
+    from vidret.layout import stage_uri
+    from vidret.model.checkpoint import load_state
 
     return load_state(stage_uri(cfg, stage), Storage(cfg.storage))
 
@@ -275,7 +275,7 @@ def registered_step(cfg: Config, stage: str) -> int:
 
 def final_checkpoint(cfg: Config, stage: str) -> dict:
     """The full state (``model``, ``ema``, ``optimizer``, ...) of the latest registered checkpoint."""
-    from vidret.train.checkpoint import load_checkpoint
+    from vidret.model.checkpoint import load_checkpoint
 
     snap = _snapshot(cfg, stage)
     if snap is None or not snap.get("latest_checkpoint_result"):

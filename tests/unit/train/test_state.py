@@ -15,7 +15,10 @@ torch.set_num_threads(1)
 
 
 def _state() -> TrainState:
-    cfg = load_config(None, ["model.preset=debug", "model.temporal_layers=1", "train.ema_decay=0.5", "train.warmup_proportion=0"])
+    cfg = load_config(
+        None,
+        ["model.preset=debug", "model.temporal_layers=1", "train.ema_decay=0.5", "train.warmup_proportion=0"],
+    )
     return TrainState.create(cfg, Storage(), None, total_steps=4)
 
 
