@@ -13,7 +13,8 @@ in process) as its re-ranking, stage-1 and re-ranked metrics of both directions.
 
 ``rerank_vs_loop``: the job's vectorised re-ranking (the functions ``rerank_distributed`` runs: ``topk``
 candidates, conditioning and sampling tables once per 256-query chunk, DDIM steps of
-``CandidateDenoiser.sample_step``, one ``scatter_add_`` fusion) against the released code's structure (method §4):
+``CandidateDenoiser.sample_step``, one ``scatter_add_`` fusion) against the released code's structure
+(method §4):
 per 32 queries, per-query ``topk`` and a Python gather of every candidate's features, ``ddim_sample`` calling
 the denoiser module's full forward (frame attention + every projection) at each step, and one scalar ``+=``
 per (query, candidate). Both directions, at the method's width D = 512 (headline) and the tiny D = 128. The
@@ -294,7 +295,8 @@ def _best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 
 def rerank_vs_loop(args: argparse.Namespace, dim: int, loop_queries: int) -> dict[str, Any]:
-    """Vectorised (all N queries) vs loop (the first ``loop_queries``) re-ranking, both directions, width D."""
+    """Vectorised (all N queries) vs loop (the first ``loop_queries``) re-ranking, both directions, width
+    D."""
     from vidret.diffusion.denoiser import T2VDenoiser, V2TDenoiser
     from vidret.diffusion.process import GaussianDiffusion
 
@@ -355,7 +357,8 @@ def rerank_vs_loop(args: argparse.Namespace, dim: int, loop_queries: int) -> dic
 
 
 def job_path_matches(args: argparse.Namespace) -> bool:
-    """``rerank_distributed`` (one worker) of a tiny RetrievalModel equals ``vectorised_rerank`` bit for bit."""
+    """``rerank_distributed`` (one worker) of a tiny RetrievalModel equals ``vectorised_rerank`` bit for
+    bit."""
     from vidret.eval.retrieval import rerank_distributed
 
     model, cfg, fs = _setup(args, min(args.loop_gallery, 300))
@@ -437,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     report["rerank_vs_loop_runs"] = runs
     report["benchmark_wall_s"] = round(time.perf_counter() - t0, 1)
     report["notes"] = [
-        "evaluation: evaluate_features on N captions x N videos (single caption, T = V = N) of the tiny preset "
+        "evaluation: evaluate_features on N captions x N videos (single caption, T = V = N) of the tiny "
+        "preset "
         "(D = 128): blocked WTI (eval.block_size tiles), rerank_distributed with one worker (in process: t2v "
         f"and v2t, top-{args.k}, {args.steps}-step DDIM, fusion), metrics of stage 1 and re-ranked, both "
         "directions. One process per N; peak_rss_mb_sampled is the largest VmRSS seen every 5 ms (the "

@@ -1,4 +1,5 @@
-"""Training throughput: stage 1 on decoded video, stage 2 on cached features vs stage 2 fed by decoding, and the
+"""Training throughput: stage 1 on decoded video, stage 2 on cached features vs stage 2 fed by decoding,
+and the
 cost of 2 Ray Train workers vs 1 at the same global batch.
 
 Prints one JSON object. ``python benchmarks/train.py [--preset tiny] [--size 64] [--frames 8] [--batch 32]

@@ -37,7 +37,7 @@ def _area(dotted: str) -> str:
     for area in SPLIT_AREAS:
         if dotted == area or dotted.startswith(area + "."):
             return area
-    return dotted.split(".")[0]
+    return dotted.split(".", maxsplit=1)[0]
 
 
 def _modules() -> list[tuple[str, ast.Module]]:

@@ -272,7 +272,9 @@ def test_encoder_actor_sigkill_mid_pass_features_complete_and_equal(
         got, want = cache.load_split(storage, uri), cache.load_split(ref_storage, ref_uri)
         for kind in ("text", "video"):
             for k, v in getattr(want, kind).as_model().items():
-                torch.testing.assert_close(getattr(got, kind).as_model()[k], v, rtol=1e-5, atol=1e-6, msg=f"{split} {k}")
+                torch.testing.assert_close(
+                    getattr(got, kind).as_model()[k], v, rtol=1e-5, atol=1e-6, msg=f"{split} {k}"
+                )
         assert got.video_ok.all()
         assert torch.equal(got.text_to_video_T, want.text_to_video_T)
     faults.loss(rows_lost=lost)

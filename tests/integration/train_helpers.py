@@ -202,17 +202,16 @@ def ray_pids(marker: str) -> list[int]:
     """PIDs of live processes below this one whose command line contains ``marker`` (a local Ray instance
     started here runs its raylet, and so its workers, as our descendants: other users' Ray instances are never
     matched)."""
-    importlib.import_module("ray")  # psutil is vendored by ray: importable only after it (ray-notes P16)
+    importlib.import_module("ray")  # psutil is vendored by ray: importable only after it
     psutil = importlib.import_module("psutil")
 
-    pids = []
-    for proc in psutil.Process(os.getpid()).children(recursive=True):
+    def matches(proc: Any) -> bool:
         try:
-            if marker in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
-                pids.append(proc.pid)
+            return marker in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return pids
+            return False
+
+    return [p.pid for p in psutil.Process(os.getpid()).children(recursive=True) if matches(p)]
 
 
 def train_worker_pids() -> list[int]:

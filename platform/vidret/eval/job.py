@@ -49,7 +49,8 @@ def run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
     rerank = cfg.eval.rerank and exported.get("stage") == "generation"
     if cfg.eval.rerank and not rerank:
         print(
-            "[eval] warning: eval.rerank ignored: the checkpoint is from stage 1 (its denoisers are untrained)",
+            "[eval] warning: eval.rerank ignored: the checkpoint is from stage 1 "
+            "(its denoisers are untrained)",
             file=sys.stderr,
         )
     out_dir = join(cfg.run.out, "eval", exported.get("stage", "model"))

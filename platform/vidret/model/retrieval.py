@@ -15,7 +15,8 @@ outside the model, is ``vidret.features.types``):
     text          (B, L, D)  per-token features (unnormalised)     text_mask    (B, L)
     text_weight   (B, L)     WTI token weights (masked softmax)    text_eot     (B, D) the EOT feature
     video         (B, F, D)  temporal-module frame features        video_mask   (B, F)
-    video_weight  (B, F)     WTI frame weights                     logit_scale  () exp(clip.logit_scale), capped
+    video_weight  (B, F)     WTI frame weights                     logit_scale  () exp(clip.logit_scale),
+    capped
     video_index   (B,)       stable video id, when the batch has it
 """
 

@@ -79,6 +79,7 @@ def restore_rng(state: Mapping[str, Any]) -> None:
         else:
             warnings.warn(
                 f"restore_rng: checkpoint has {len(cuda)} CUDA RNG states but this process sees "
-                f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} devices; CUDA RNG not restored",
+                f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} devices; "
+                "CUDA RNG not restored",
                 stacklevel=2,
             )

@@ -1,4 +1,5 @@
-"""``train_loop_per_worker``: plain PyTorch plus Ray Train's ``get_dataset_shard``, ``prepare_model``, ``report``.
+"""``train_loop_per_worker``: plain PyTorch plus Ray Train's ``get_dataset_shard``, ``prepare_model``,
+``report``.
 
 The driver below is short on purpose; its parts are named elsewhere: the stage's batches and loss
 (``vidret.train.steps``), the state carried from step to step and its checkpoint form

@@ -1,6 +1,7 @@
 """The stage-2 (generation) objective: both denoisers trained on hard negatives mined from the gathered batch.
 
-Shape legend: B local batch, G gathered batch (W * B), F frames, D width, K candidates (``diffusion.num`` + 1).
+Shape legend: B local batch, G gathered batch (W * B), F frames, D width, K candidates (``diffusion.num`` +
+1).
 
 The objective is an ``nn.Module`` wrapping the model so that DDP sees every parameter it uses inside one
 ``forward``. The stage-1 objective is ``vidret.train.distributed.contrastive_loss`` over the model's
@@ -19,7 +20,8 @@ from vidret.model.retrieval import RetrievalModel
 
 
 class GenerationObjective(nn.Module):
-    """The stage-2 loss of the local queries against hard negatives from the gathered batch (method §3.2-3.5)."""
+    """The stage-2 loss of the local queries against hard negatives from the gathered batch (method
+    §3.2-3.5)."""
 
     def __init__(self, model: RetrievalModel) -> None:
         super().__init__()

@@ -94,7 +94,8 @@ class TrainState:
 
     def _weights(self, source: Source) -> dict[str, Tensor]:
         """A copy of the ``source`` weights. Frozen parameters always come from the model itself: their EMA
-        equals them only up to rounding, and the stage-2 feature cache is keyed by the exact frozen encoder."""
+        equals them only up to rounding, and the stage-2 feature cache is keyed by the exact frozen
+        encoder."""
         live = copy.deepcopy(self.model.state_dict())
         if source == "model":
             return live

@@ -59,7 +59,8 @@ class Step(Protocol):
 
 
 class DiscriminationStep:
-    """Stage 1: the symmetric InfoNCE over the model's features of decoded batches (``train_<rank>`` shard)."""
+    """Stage 1: the symmetric InfoNCE over the model's features of decoded batches (``train_<rank>``
+    shard)."""
 
     def __init__(
         self, model: RetrievalModel, cfg: Config, local_batch: int, autocast: AbstractContextManager[Any]
@@ -174,7 +175,8 @@ def _stage1_val(cfg: Config) -> ValFeatures | None:
 
     def features(model: RetrievalModel) -> FeatureSet:
         enc = encode_batches(model, batches())
-        assert enc.text is not None and enc.video is not None
+        assert enc.text is not None
+        assert enc.video is not None
         order = torch.argsort(enc.rows["video_index"])
         return FeatureSet(
             text=enc.text.take(order), video=enc.video.take(order), text_to_video_T=torch.arange(len(order))

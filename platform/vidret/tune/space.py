@@ -1,8 +1,10 @@
 """The search space of a sweep, its config overrides and the trial configs: pure functions of the config.
 
 Search space: the axes (inference: ``alpha`` x ``temp`` x ``k`` x ``sample_steps``, each value applied to both
-directions; training: ``lr``) are enumerated as a grid. When the grid has more than ``tune.num_samples`` points,
-a random subset of ``num_samples`` distinct points (seeded by ``run.seed``) runs instead. The points reach Tune
+directions; training: ``lr``) are enumerated as a grid. When the grid has more than ``tune.num_samples``
+points,
+a random subset of ``num_samples`` distinct points (seeded by ``run.seed``) runs instead. The points reach
+Tune
 as one ``tune.grid_search`` axis, so no point runs twice (``tune.choice`` would draw duplicates).
 """
 

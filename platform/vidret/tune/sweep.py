@@ -16,7 +16,8 @@ The search space is ``vidret.tune.space``. Training trials run the training entr
 
 Outputs under ``<run.out>/tune/<kind>/``, each written atomically through Storage: ``results.csv`` (a row per
 trial, best first), ``results.txt`` (the metrics table), ``best_overrides.yaml`` (the fields the best trial
-sets), ``best_config.yaml`` (the resolved config with them applied) and ``summary.json``. Tune's own folders go
+sets), ``best_config.yaml`` (the resolved config with them applied) and ``summary.json``. Tune's own
+folders go
 to ``<run.out>/tune/ray`` when ``run.out`` is local, else to a temporary folder removed afterwards.
 """
 

@@ -7,10 +7,10 @@ from vidret.config import DiffusionConfig
 from vidret.diffusion.denoiser import T2VDenoiser, V2TDenoiser
 from vidret.diffusion.process import GaussianDiffusion, seeded_noise
 from vidret.diffusion.rerank import (
-    fuse,
-    hard_negatives,
     Conditioning,
     candidate_scores,
+    fuse,
+    hard_negatives,
     rerank,
     t2v_encode_candidates,
     topk_candidates,

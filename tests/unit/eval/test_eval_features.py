@@ -60,7 +60,8 @@ def model() -> RetrievalModel:
 
 
 def known_features(sim_TV: np.ndarray, text_to_video: list[int]) -> FeatureSet:
-    """A FeatureSet whose WTI similarity is ``sim_TV`` (rows of norm < 1) and whose EOT features are random."""
+    """A FeatureSet whose WTI similarity is ``sim_TV`` (rows of norm < 1) and whose EOT features are
+    random."""
     t, v = sim_TV.shape
     text = np.zeros((t, 1, DIM))
     text[:, 0, :v] = sim_TV

@@ -1,7 +1,5 @@
 """RetrievalModel: features, stage switching, the stage-1 gradients; re-ranking through the features layer."""
 
-import math
-
 import pytest
 import torch
 
@@ -76,7 +74,7 @@ def test_stage_switch_freezes_the_right_parameters(model: RetrievalModel) -> Non
     model.set_stage("discrimination")
     assert model.wti.text_weight_fc[0].weight.requires_grad
     assert not model.t2v_denoiser.q_proj.weight.requires_grad
-    with pytest.raises(ValueError, match="train.stage"):
+    with pytest.raises(ValueError, match=r"train\.stage"):
         model.set_stage("both")  # type: ignore[arg-type]
 
 

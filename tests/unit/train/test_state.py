@@ -1,4 +1,5 @@
-"""TrainState: one update moves the step and the weights; its checkpoint round-trips through the file format."""
+"""TrainState: one update moves the step and the weights; its checkpoint round-trips through the file
+format."""
 
 from __future__ import annotations
 

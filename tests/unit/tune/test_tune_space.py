@@ -72,9 +72,9 @@ def test_metric_mode_and_unknown_metric() -> None:
     assert metric_mode("v2t_R5") == "max"
     assert metric_mode("t2v_MnR") == "min"
     assert metric_mode("v2t_MdR") == "min"
-    with pytest.raises(ValueError, match="tune.metric"):
+    with pytest.raises(ValueError, match=r"tune\.metric"):
         metric_mode("R@1")
-    with pytest.raises(ValueError, match="tune.metric"):
+    with pytest.raises(ValueError, match=r"tune\.metric"):
         metric_mode("stage1_t2v_R1")  # the stage-1 baseline does not depend on the swept values
 
 
