@@ -130,7 +130,7 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
         t_off, v_off = t_off + n_t, v_off + n_v
     union = SplitRows(table=pa.concat_tables(videos), num_videos=v_off)
     video_ds, log = build_dataset(union, cfg.data, storage, tokenize=False, drop_bad=False)
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "concurrency": 1,
         "num_cpus": 0.5,
         "batch_size": cfg.eval.batch_size,
@@ -178,4 +178,4 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
 
 def _video_uris(tables: list[Any], rng: tuple[int, int, int, int]) -> list[str]:
     union = pa.concat_tables(tables)
-    return union.column("video_uri").to_pylist()[rng[2] : rng[3]]
+    return [str(u) for u in union.column("video_uri").to_pylist()[rng[2] : rng[3]]]

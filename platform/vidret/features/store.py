@@ -61,7 +61,7 @@ class ShardWriter:
         self.pending_rows -= rows
         name = f"{self.prefix}-{len(self.shards):05d}.npz"
         buf = io.BytesIO()
-        np.savez(buf, **head)
+        np.savez(buf, **head)  # type: ignore[arg-type]  # numpy's stub types **kwds as the allow_pickle flag
         data = buf.getvalue()
         self.storage.write_bytes(join(self.uri, name), data)
         self.shards.append({"name": name, "rows": rows, "bytes": len(data)})
@@ -82,7 +82,7 @@ def write_index(
     """Write the split's ``index.json`` (after all its shards): this is what makes the split valid."""
     index = {"format": FORMAT, **info, "texts": texts, "videos": videos}
     storage.write_text(join(uri, INDEX), json.dumps(index, indent=1, sort_keys=True))
-    return index
+    return dict(index)
 
 
 def write_split(
@@ -113,7 +113,7 @@ def read_index(storage: Storage, uri: str) -> dict[str, Any] | None:
     for shard in [*index["texts"], *index["videos"]]:
         if join(uri, shard["name"]) not in listed:
             return None
-    return index
+    return dict(index)
 
 
 def _load_shards(storage: Storage, uri: str, shards: list[dict[str, Any]]) -> Iterator[dict[str, np.ndarray]]:

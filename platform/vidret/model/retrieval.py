@@ -79,12 +79,12 @@ class RetrievalModel(nn.Module):
             raise ValueError(f"train.stage: expected 'discrimination' or 'generation', got {stage!r}")
         self.stage = stage
         stage1 = stage == "discrimination"
-        for module in (self.backbone, self.temporal, self.wti):
-            module.requires_grad_(stage1)
+        for encoder in (self.backbone, self.temporal, self.wti):
+            encoder.requires_grad_(stage1)
         if stage1:
             self.backbone.clip.visual.conv1.requires_grad_(False)
-        for module in (self.t2v_denoiser, self.v2t_denoiser):
-            module.requires_grad_(not stage1)
+        for denoiser in (self.t2v_denoiser, self.v2t_denoiser):
+            denoiser.requires_grad_(not stage1)
 
     def denoiser(self, direction: Direction) -> T2VDenoiser | V2TDenoiser:
         """The denoiser that re-ranks ``direction``."""
