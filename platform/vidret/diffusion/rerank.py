@@ -149,9 +149,17 @@ def t2v_encode_candidates(
     )
     if path == "gather" or not sparse_ok:
         return denoiser.encode(text_QD, video_NFD[cand_QK], video_mask_NF[cand_QK])
-    (q, k), (n, f, d) = cand_QK.shape, video_NFD.shape
+    k, n = cand_QK.shape[1], video_NFD.shape[0]
     if path == "dense" or (path == "auto" and n <= 2 * k):
         return _t2v_encode_dense(denoiser, text_QD, video_NFD, video_mask_NF, cand_QK)
+    return _t2v_encode_sparse(denoiser, text_QD, video_NFD, video_mask_NF, cand_QK)
+
+
+def _t2v_encode_sparse(
+    denoiser: T2VDenoiser, text_QD: Tensor, video_NFD: Tensor, video_mask_NF: Tensor, cand_QK: Tensor
+) -> dict[str, Tensor]:
+    """``t2v_encode_candidates`` by a sampled matmul at the candidates' frames and ``embedding_bag``."""
+    (q, k), (n, f, d) = cand_QK.shape, video_NFD.shape
     frames_ND = video_NFD.reshape(n * f, d)
     frame_F = torch.arange(f, device=cand_QK.device)
     # CSR wants increasing columns within a row: score the candidates in id order, then undo the sort

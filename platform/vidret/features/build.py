@@ -92,12 +92,17 @@ def build_feature_cache(
     return out
 
 
-def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[str, str]) -> dict[str, Any]:
-    """One text pass and one video pass over the union of the splits; rows are routed back to each split's
-    shards by their offset ranges (video rows ``[v0, v1)`` and caption rows ``[t0, t1)`` of the union)."""
+Ranges = dict[str, tuple[int, int, int, int]]
+"""split -> (t0, t1, v0, v1): its caption rows ``[t0, t1)`` and video rows ``[v0, v1)`` in the union."""
+
+
+def _union(
+    cfg: Config, storage: Storage, weights_uri: str, splits: list[str]
+) -> tuple[list[pa.Table], list[pa.Table], Ranges, dict[str, Any]]:
+    """The caption and video tables of ``splits`` renumbered into one union, their ranges and index infos."""
     texts, videos, ranges, infos = [], [], {}, {}
     v_off = t_off = 0
-    for split in uris:
+    for split in splits:
         pairs = load_split(cfg.data.manifest, split, storage, pairs=True)
         vids = load_split(cfg.data.manifest, split, storage, pairs=False)
         n_t, n_v = pairs.table.num_rows, vids.num_videos
@@ -128,13 +133,17 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
             "captions": pairs.table.column("caption").to_pylist(),
         }
         t_off, v_off = t_off + n_t, v_off + n_v
-    union = SplitRows(table=pa.concat_tables(videos), num_videos=v_off)
+    return texts, videos, ranges, infos
+
+
+def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[str, str]) -> dict[str, Any]:
+    """One text pass and one video pass over the union of the splits; rows are routed back to each split's
+    shards by their offset ranges (video rows ``[v0, v1)`` and caption rows ``[t0, t1)`` of the union)."""
+    texts, videos, ranges, infos = _union(cfg, storage, weights_uri, list(uris))
+    union = SplitRows(table=pa.concat_tables(videos), num_videos=sum(r[3] - r[2] for r in ranges.values()))
     video_ds, log = build_dataset(union, cfg.data, storage, tokenize=False, drop_bad=False)
-    kwargs: dict[str, Any] = {
-        "concurrency": 1,
-        "num_cpus": 0.5,
-        "batch_size": cfg.eval.batch_size,
-    }  # CPU headroom for the train workers
+    # one actor per pass at half a CPU: headroom for the train workers
+    kwargs: dict[str, Any] = {"concurrency": 1, "num_cpus": 0.5, "batch_size": cfg.eval.batch_size}
     encoder = {"cfg": cfg, "weights_uri": weights_uri}
     text_feats = ray.data.from_arrow(pa.concat_tables(texts)).map_batches(
         _Encoder, fn_constructor_kwargs={**encoder, "what": "texts"}, **kwargs
@@ -148,21 +157,12 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
     }
     # the video pass is read with its bad-video log: past data.max_bad_fraction it raises the typed
     # TooManyBadVideosError listing them (Ray Data would hand over a wrapped RayTaskError(UserCodeException))
-    passes = (("texts", text_feats, "caption_row", None), ("videos", video_feats, "video_index", log))
-    for kind, feats, row_key, pass_log in passes:
+    passes = (("texts", text_feats, None), ("videos", video_feats, log))
+    for kind, feats, pass_log in passes:
         for batch in iter_numpy_batches(
             feats, cfg.eval.batch_size, log=pass_log, total=union.num_videos, cfg=cfg.data
         ):
-            for split, (t0, t1, v0, v1) in ranges.items():
-                lo, hi = (t0, t1) if kind == "texts" else (v0, v1)
-                sel = (batch[row_key] >= lo) & (batch[row_key] < hi)
-                if not sel.any():
-                    continue
-                part = {k: v[sel] for k, v in batch.items()}
-                part["video_index"] = part["video_index"] - v0
-                if kind == "texts":
-                    part["caption_row"] = part["caption_row"] - t0
-                writers[split][0 if kind == "texts" else 1].add(part)
+            _route(batch, kind, ranges, {s: w[0 if kind == "texts" else 1] for s, w in writers.items()})
     bad = check_bad_fraction(log, union.num_videos, cfg.data)["bad"]
     for split, uri in uris.items():
         split_uris = {u for u in bad if u in set(_video_uris(videos, ranges[split]))}
@@ -174,6 +174,23 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
             writers[split][1].close(),
         )
     return infos
+
+
+def _route(
+    batch: dict[str, np.ndarray], kind: str, ranges: Ranges, writers: dict[str, store.ShardWriter]
+) -> None:
+    """Hand each split's rows of a union batch to its writer, renumbered to the split."""
+    row_key = "caption_row" if kind == "texts" else "video_index"
+    for split, (t0, t1, v0, v1) in ranges.items():
+        lo, hi = (t0, t1) if kind == "texts" else (v0, v1)
+        sel = (batch[row_key] >= lo) & (batch[row_key] < hi)
+        if not sel.any():
+            continue
+        part = {k: v[sel] for k, v in batch.items()}
+        part["video_index"] = part["video_index"] - v0
+        if kind == "texts":
+            part["caption_row"] = part["caption_row"] - t0
+        writers[split].add(part)
 
 
 def _video_uris(tables: list[Any], rng: tuple[int, int, int, int]) -> list[str]:
