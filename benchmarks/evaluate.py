@@ -13,7 +13,8 @@ in process) as its re-ranking, stage-1 and re-ranked metrics of both directions.
 
 ``rerank_vs_loop``: the job's vectorised re-ranking (the functions ``rerank_distributed`` runs: ``topk``
 candidates, conditioning and sampling tables once per 256-query chunk, DDIM steps of
-``CandidateDenoiser.sample_step``, one ``scatter_add_`` fusion) against the released code's structure (method §4):
+``CandidateDenoiser.sample_step``, one ``scatter_add_`` fusion) against the released code's structure
+(method §4):
 per 32 queries, per-query ``topk`` and a Python gather of every candidate's features, ``ddim_sample`` calling
 the denoiser module's full forward (frame attention + every projection) at each step, and one scalar ``+=``
 per (query, candidate). Both directions, at the method's width D = 512 (headline) and the tiny D = 128. The
@@ -96,7 +97,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _setup(args: argparse.Namespace, n: int) -> tuple[Any, Config, Any]:
     """(model, config, FeatureSet) with N captions and N videos of random features (single caption)."""
-    from vidret.eval.retrieval import FeatureSet
+    from vidret.features.types import FeatureSet, TextFeatures, VideoFeatures
     from vidret.model.retrieval import RetrievalModel
 
     cfg = _config(args)
@@ -112,13 +113,8 @@ def _setup(args: argparse.Namespace, n: int) -> tuple[Any, Config, Any]:
     with torch.no_grad():
         text_w, video_w = model.wti(text, text_mask, video, video_mask)
     fs = FeatureSet(
-        text={
-            "text": text,
-            "text_mask": text_mask,
-            "text_weight": text_w,
-            "text_eot": torch.randn(n, d, generator=g),
-        },
-        video={"video": video, "video_mask": video_mask, "video_weight": video_w},
+        text=TextFeatures(text, text_mask, text_w, torch.randn(n, d, generator=g)),
+        video=VideoFeatures(video, video_mask, video_w),
         text_to_video_T=torch.arange(n),
     )
     return model, cfg, fs
@@ -127,8 +123,8 @@ def _setup(args: argparse.Namespace, n: int) -> tuple[Any, Config, Any]:
 # -- one gallery size (in its own process) ----------------------------------------------------------------
 def _gallery_run(args: argparse.Namespace, n: int, out: Any) -> None:
     torch.set_num_threads(args.threads)
-    from vidret.eval.job import rerank_distributed
-    from vidret.eval.retrieval import evaluate_features
+    from vidret.eval.retrieval import rerank_distributed
+    from vidret.features.scoring import evaluate_features
 
     model, cfg, fs = _setup(args, n)
     state = model.state_dict()
@@ -258,27 +254,26 @@ def vectorised_rerank(
     dcfg: DiffusionConfig,
     rows: int,
 ) -> tuple[Tensor, Tensor]:
-    """What the job's ``_rerank_rows`` runs, both directions, for query rows ``0..rows-1``."""
-    from vidret.diffusion.rerank import rerank_t2v, rerank_v2t
-    from vidret.eval.job import RERANK_CHUNK
+    """What the job's re-ranking (``rerank_features``) runs, both directions, for query rows ``0..rows-1``."""
+    from vidret.diffusion.rerank import Conditioning, rerank
+    from vidret.eval.retrieval import RERANK_CHUNK
 
     ids = torch.arange(rows)
-    t2v = rerank_t2v(
+    text, video, mask = feats["text_eot"], feats["video"], feats["video_mask"]
+    t2v = rerank(
+        "t2v",
         sim_TV[:rows],
-        feats["text_eot"][:rows],
-        feats["video"],
-        feats["video_mask"],
+        Conditioning(text[:rows], video, mask),
         t2v_den,
         diffusion,
         dcfg,
         query_ids_Q=ids,
         chunk=RERANK_CHUNK,
     )
-    v2t = rerank_v2t(
+    v2t = rerank(
+        "v2t",
         sim_VT[:rows],
-        feats["video"][:rows],
-        feats["video_mask"][:rows],
-        feats["text_eot"],
+        Conditioning(text, video[:rows], mask[:rows]),
         v2t_den,
         diffusion,
         dcfg,
@@ -300,7 +295,8 @@ def _best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 
 def rerank_vs_loop(args: argparse.Namespace, dim: int, loop_queries: int) -> dict[str, Any]:
-    """Vectorised (all N queries) vs loop (the first ``loop_queries``) re-ranking, both directions, width D."""
+    """Vectorised (all N queries) vs loop (the first ``loop_queries``) re-ranking, both directions, width
+    D."""
     from vidret.diffusion.denoiser import T2VDenoiser, V2TDenoiser
     from vidret.diffusion.process import GaussianDiffusion
 
@@ -361,18 +357,13 @@ def rerank_vs_loop(args: argparse.Namespace, dim: int, loop_queries: int) -> dic
 
 
 def job_path_matches(args: argparse.Namespace) -> bool:
-    """``rerank_distributed`` (one worker) of a tiny RetrievalModel equals ``vectorised_rerank`` bit for bit."""
-    from vidret.eval.job import rerank_distributed
+    """``rerank_distributed`` (one worker) of a tiny RetrievalModel equals ``vectorised_rerank`` bit for
+    bit."""
+    from vidret.eval.retrieval import rerank_distributed
 
     model, cfg, fs = _setup(args, min(args.loop_gallery, 300))
-    sim_TV = torch.randn(
-        fs.text_to_video_T.shape[0], fs.video["video"].shape[0], generator=torch.Generator().manual_seed(2)
-    )
-    feats = {
-        "text_eot": fs.text["text_eot"],
-        "video": fs.video["video"],
-        "video_mask": fs.video["video_mask"],
-    }
+    sim_TV = torch.randn(len(fs.text), len(fs.video), generator=torch.Generator().manual_seed(2))
+    feats = {"text_eot": fs.text.eot, "video": fs.video.frames, "video_mask": fs.video.mask}
     with torch.no_grad():
         job = rerank_distributed(model, model.state_dict(), cfg, sim_TV, fs, 1)
         here = vectorised_rerank(
@@ -449,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     report["rerank_vs_loop_runs"] = runs
     report["benchmark_wall_s"] = round(time.perf_counter() - t0, 1)
     report["notes"] = [
-        "evaluation: evaluate_features on N captions x N videos (single caption, T = V = N) of the tiny preset "
+        "evaluation: evaluate_features on N captions x N videos (single caption, T = V = N) of the tiny "
+        "preset "
         "(D = 128): blocked WTI (eval.block_size tiles), rerank_distributed with one worker (in process: t2v "
         f"and v2t, top-{args.k}, {args.steps}-step DDIM, fusion), metrics of stage 1 and re-ranked, both "
         "directions. One process per N; peak_rss_mb_sampled is the largest VmRSS seen every 5 ms (the "

@@ -6,7 +6,7 @@ reference path), and the peak memory of blocked WTI gallery scoring.
 Prints one JSON object. CPU, one thread by default. ``python benchmarks/rerank.py [--quick] [--threads N]``.
 
 ``vectorised_vs_loop`` (the headline, N = 1,000 queries, K = 32, T = 50, D = 512, F = 12) is per query:
-the vectorised side re-ranks all N queries as ``rerank_t2v`` does (``t2v_candidate_scores`` + ``fuse``);
+the vectorised side re-ranks all N queries as ``rerank("t2v", ...)`` does (``candidate_scores`` + ``fuse``);
 the loop, at ~0.1 s a query, runs the first ``--loop-queries`` of them. The loop mirrors the released code
 (method §3.2, §4.3-4.5): per 32 queries, per-query ``topk``, per-candidate tensor indexing (iterating a
 tensor of ids) stacked to (32, K, F, D), ``ddim_sample`` calling the module's whole forward (text-frame
@@ -29,12 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vidret.config import DiffusionConfig
 from vidret.diffusion.denoiser import T2VDenoiser
 from vidret.diffusion.process import GaussianDiffusion, seeded_noise
 from vidret.diffusion.rerank import (
+    Conditioning,
+    candidate_scores,
     fuse,
     hard_negatives,
-    t2v_candidate_scores,
     t2v_encode_candidates,
     topk_candidates,
 )
@@ -164,7 +166,7 @@ def vec_select_encode_fuse(
     sink: Sink = _drop,
 ) -> Tensor:
     cand_QK, _ = topk_candidates(sim_QN, k)
-    for s in range(0, sim_QN.shape[0], chunk):  # the conditioning rerank_t2v builds per DDIM chunk
+    for s in range(0, sim_QN.shape[0], chunk):  # the conditioning rerank("t2v") builds per DDIM chunk
         rows = slice(s, s + chunk)
         sink(s, t2v_encode_candidates(den, text_QD[rows], video_NFD, mask_NF, cand_QK[rows])["cand_BKD"])
     return fuse(sim_QN, cand_QK, x0_QK, 1.0, 1.0)
@@ -361,10 +363,11 @@ def full_rerank_section(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     den = T2VDenoiser(d).eval()  # the 0.02 init on N(0, 1) features: x0 spread ~0.2 over K, ~1% clamped
     diff = GaussianDiffusion(betas("cosine", args.steps))
+    dcfg = DiffusionConfig(steps=args.steps, schedule="cosine", t2v_k=k, noise_seed=42)
 
     def vec(rows: int) -> Tensor:
-        c, x = t2v_candidate_scores(
-            sim[:rows], text[:rows], video, mask, den, diff, k, seed=42, chunk=args.chunk
+        c, x = candidate_scores(
+            "t2v", sim[:rows], Conditioning(text[:rows], video, mask), den, diff, dcfg, chunk=args.chunk
         )
         return fuse(sim[:rows], c, x, 1.0, 1.0)
 
@@ -385,7 +388,7 @@ def full_rerank_section(args: argparse.Namespace) -> dict[str, Any]:
             )
         )
         # one DDIM step on one chunk: the whole step network vs the training path's prepared projections
-        # vs the sampling tables (what t2v_candidate_scores runs)
+        # vs the sampling tables (what candidate_scores runs)
         c = min(args.chunk, q)
         cand = topk_candidates(sim[:c], k)[0]
         enc = t2v_encode_candidates(den, text[:c], video, mask, cand)
@@ -608,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     report["notes"] = [
         "vectorised_vs_loop: the whole t2v inference re-rank of N queries x N videos, per query: top-K "
         "selection, candidate conditioning, T-step DDIM with the real T2VDenoiser (D = dim, upstream init) "
-        "and fusion. Vectorised = t2v_candidate_scores + fuse (what rerank_t2v runs) on all N queries; loop "
+        "and fusion. Vectorised = candidate_scores + fuse (what rerank runs) on all N queries; loop "
         "= the upstream structure on the first loop_queries: per 32 queries, Python gather of the (32, K, F, "
         "D) frames, the module forward (frame attention + whole step network, O(K D^2) per query) at every "
         "step, scalar += fusion. vectorised_vs_loop_same_subset times the vectorised side on the loop's "

@@ -1,4 +1,5 @@
-"""Training throughput: stage 1 on decoded video, stage 2 on cached features vs stage 2 fed by decoding, and the
+"""Training throughput: stage 1 on decoded video, stage 2 on cached features vs stage 2 fed by decoding,
+and the
 cost of 2 Ray Train workers vs 1 at the same global batch.
 
 Prints one JSON object. ``python benchmarks/train.py [--preset tiny] [--size 64] [--frames 8] [--batch 32]
@@ -46,11 +47,12 @@ from vidret.config import Config
 from vidret.data.batches import decode_rows, split_rows, tokenize_rows
 from vidret.data.manifest import read_manifest
 from vidret.data.tokenizer import ClipTokenizer
-from vidret.model.retrieval import RetrievalModel
+from vidret.model.build import build_model
+from vidret.model.retrieval import SIMILARITY_KEYS, RetrievalModel
 from vidret.storage import Storage, join
 from vidret.train import distributed as dist
 from vidret.train.ema import EMA
-from vidret.train.loop import SIM_KEYS, build_model
+from vidret.train.objectives import GenerationObjective
 from vidret.train.optim import build_optimizer, build_scheduler, clip_gradients
 
 MODEL_KEYS = ("video", "video_mask", "text_ids", "text_mask", "video_index")
@@ -111,7 +113,7 @@ def _stage1_step(model: RetrievalModel, cfg: Config) -> Callable[[dict[str, Tens
     def step(batch: dict[str, Tensor]) -> float:
         feats = model(batch)
         loss = dist.contrastive_loss(
-            {k: feats[k] for k in (*SIM_KEYS, "video_index")},
+            {k: feats[k] for k in (*SIMILARITY_KEYS, "video_index")},
             model.similarity,
             logit_scale=feats["logit_scale"],
         )
@@ -133,15 +135,14 @@ def _stage2_step(model: RetrievalModel, cfg: Config) -> Callable[[dict[str, Tens
     opt = build_optimizer(model, cfg.train)
     gen = torch.Generator().manual_seed(0)
     k = cfg.diffusion.num + 1
+    objective = GenerationObjective(model)
 
     def step(feats: dict[str, Tensor]) -> float:
         b = feats["text"].shape[0]
         pos_BG = feats["video_index"][:, None] == feats["video_index"][None, :]
         t_B = model.diffusion.sample_timesteps(b, generator=gen)
         noise_2BK = torch.randn(2, b, k, generator=gen)
-        out = model.generation_loss(
-            feats, feats, pos_BG, row_offset=0, t_B=t_B, noise_t2v_BK=noise_2BK[0], noise_v2t_BK=noise_2BK[1]
-        )
+        out = objective(feats, feats, pos_BG, 0, t_B, noise_2BK[0], noise_2BK[1])
         opt.zero_grad(set_to_none=True)
         out["loss_generation"].backward()
         clip_gradients(model, cfg.train.clip_grad_norm)

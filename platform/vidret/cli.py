@@ -192,9 +192,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------- evaluate
 def _default_checkpoint(cfg: Config) -> str:
     """The run's stage-2 weights if exported, else its stage-1 weights."""
+    from vidret.layout import checkpoint_exists, stage_uri
     from vidret.storage import Storage
-    from vidret.train.artifacts import checkpoint_exists
-    from vidret.train.trainer import stage_uri
 
     storage = Storage(cfg.storage)
     for stage in ("generation", "discrimination"):
@@ -215,10 +214,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ tune
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from vidret.eval.tune import run_tune
+    from vidret.train.trainer import run_training
+    from vidret.tune.sweep import run_tune
 
     cfg = _load(args, _flags(args, {"kind": "tune.kind"}))
-    summary = run_tune(cfg, args.checkpoint)
+    summary = run_tune(cfg, args.checkpoint, train=run_training)
     print(summary.pop("table"))
     _print_json(summary)
     return 0

@@ -1,4 +1,4 @@
-"""The main job on the embedded default: corpus -> manifests -> stage 1 -> feature cache -> stage 2 -> evaluate.
+"""The main job on the embedded default: corpus -> manifests -> stage 1 -> feature cache -> stage 2 -> eval.
 
 Every step is resumable: a re-run reuses the complete corpus, manifests, checkpoints and feature caches it
 finds under ``run.out`` and redoes only what is missing.
@@ -41,9 +41,11 @@ def existing_corpus(storage: Storage, cfg: Config) -> dict[str, Any] | None:
 def run_quickstart(cfg: Config, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run the whole pipeline on the synthetic corpus; returns the summary (metrics tables, report path)."""
     from vidret.data.manifest import build_manifest, write_manifest
+    from vidret.data.pipeline import ensure_ray
     from vidret.data.synthetic import generate_corpus
     from vidret.eval.job import run_evaluation
-    from vidret.train.trainer import ensure_ray, run_training, stage_uri
+    from vidret.layout import stage_uri
+    from vidret.train.trainer import run_training
 
     cfg = with_absolute_paths(cfg)
     storage = Storage(cfg.storage)
@@ -63,7 +65,7 @@ def run_quickstart(cfg: Config, progress: Callable[[int, int], None] | None = No
         write_manifest(result, join(cfg.data.manifest, f"{split}.parquet"), storage)
     _done(t0)
 
-    ensure_ray(cfg)
+    ensure_ray(cfg.run)
     t0 = _announce(2, "stage 1 (discrimination) on streamed, decoded video, then the feature cache")
     s1 = replace(cfg, train=replace(cfg.train, stage="discrimination"))
     stage1 = run_training(s1)

@@ -34,8 +34,9 @@ from vidret.data.check import TooManyBadVideosError
 from vidret.data.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
 from vidret.data.pipeline import run_check
 from vidret.eval.job import run_evaluation
+from vidret.features import store as cache
+from vidret.layout import cache_root
 from vidret.storage import Storage
-from vidret.train import cache, trainer
 
 pytestmark = pytest.mark.ray
 
@@ -194,7 +195,7 @@ def weights(mixed: MixedCorpus) -> Weights:
 
 
 def _cache_uri(cfg: Config, w: Weights) -> str:
-    return cache.split_uri(trainer.cache_root(cfg, w.key), "test")
+    return cache.split_uri(cache_root(cfg, w.key), "test")
 
 
 def test_evaluation_skips_and_lists_bad_videos_in_its_summary(
@@ -217,7 +218,7 @@ def test_evaluation_skips_and_lists_bad_videos_in_its_summary(
     uris = read_manifest(str(mixed.manifest / "test.parquet"), Storage()).column("video_uri").to_pylist()
     is_bad = np.array([u in mixed.bad for u in uris])
     np.testing.assert_array_equal(fs.video_ok, ~is_bad)
-    mask = fs.video["video_mask"].numpy()
+    mask = fs.video.mask.numpy()
     assert not mask[is_bad].any()
     assert mask[~is_bad, 0].all()
 

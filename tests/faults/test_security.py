@@ -31,11 +31,18 @@ import torch
 from vidret import cli
 from vidret.config import Config, ModelConfig, RunConfig, StorageConfig, dump_yaml, load_config, to_dict
 from vidret.eval.report import write_report
+from vidret.model.checkpoint import (
+    META_FILE,
+    STATE_FILE,
+    CheckpointError,
+    load_checkpoint,
+    load_state,
+    save_checkpoint,
+    save_state,
+)
 from vidret.model.clip import read_clip_weights
 from vidret.model.presets import build_clip
 from vidret.storage import Storage, StorageError, join
-from vidret.train.artifacts import load_state, save_state
-from vidret.train.checkpoint import META_FILE, STATE_FILE, CheckpointError, load_checkpoint, save_checkpoint
 
 
 # -- (a) pickles that would run code -----------------------------------------------------------------------

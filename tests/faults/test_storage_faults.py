@@ -26,10 +26,10 @@ from s3proxy import CUT_REQUEST, CUT_RESPONSE, PASS, REFUSE, SLOW_DOWN, Request
 
 from vidret.data.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
 from vidret.eval.report import write_report
+from vidret.features import store as cache
+from vidret.layout import checkpoint_exists
+from vidret.model.checkpoint import CheckpointError, load_state, save_state
 from vidret.storage import Storage, StorageError, StorageNotFoundError, join
-from vidret.train import cache
-from vidret.train.artifacts import checkpoint_exists, load_state, save_state
-from vidret.train.checkpoint import CheckpointError
 
 pytestmark = pytest.mark.s3
 

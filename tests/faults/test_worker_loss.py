@@ -49,8 +49,10 @@ from vidret.data.decode import decode_with_config
 from vidret.data.manifest import read_manifest, write_manifest
 from vidret.data.pipeline import build_dataset, iter_numpy_batches, load_split
 from vidret.eval.job import run_evaluation
+from vidret.features import store as cache
+from vidret.layout import cache_root
 from vidret.storage import Storage, join
-from vidret.train import cache, trainer
+from vidret.train import trainer
 
 pytestmark = pytest.mark.ray
 
@@ -217,7 +219,7 @@ def reference(fault_ray: None, corpus: Corpus, tmp_path_factory: pytest.TempPath
 
 
 def _split_uri(cfg: Config, key: str, split: str) -> str:
-    return cache.split_uri(trainer.cache_root(cfg, key), split)
+    return cache.split_uri(cache_root(cfg, key), split)
 
 
 @pytest.mark.s3
@@ -272,8 +274,10 @@ def test_encoder_actor_sigkill_mid_pass_features_complete_and_equal(
         assert (index["video_ids"], index["captions"]) == (ref_index["video_ids"], ref_index["captions"])
         got, want = cache.load_split(storage, uri), cache.load_split(ref_storage, ref_uri)
         for kind in ("text", "video"):
-            for k, v in getattr(want, kind).items():
-                torch.testing.assert_close(getattr(got, kind)[k], v, rtol=1e-5, atol=1e-6, msg=f"{split} {k}")
+            for k, v in getattr(want, kind).as_model().items():
+                torch.testing.assert_close(
+                    getattr(got, kind).as_model()[k], v, rtol=1e-5, atol=1e-6, msg=f"{split} {k}"
+                )
         assert got.video_ok.all()
         assert torch.equal(got.text_to_video_T, want.text_to_video_T)
     faults.loss(rows_lost=lost)

@@ -35,7 +35,7 @@ def test_linear_scales_with_steps() -> None:
 
 
 def test_unknown_schedule_and_bad_steps() -> None:
-    with pytest.raises(ValueError, match="diffusion.schedule"):
+    with pytest.raises(ValueError, match=r"diffusion\.schedule"):
         betas("quadratic", 10)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="diffusion.steps"):
+    with pytest.raises(ValueError, match=r"diffusion\.steps"):
         betas("cosine", 0)

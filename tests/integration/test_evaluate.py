@@ -76,9 +76,8 @@ def _config(root: Path, out: str, *overrides: str) -> Config:
 
 def _export(cfg: Config, uri: str, stage: str) -> str:
     """The debug model's random weights exported at ``uri`` as a ``stage`` checkpoint; returns its key."""
-    from vidret.train.artifacts import save_state
-    from vidret.train.loop import build_model
-    from vidret.train.trainer import encoder_key
+    from vidret.model.build import build_model, encoder_key
+    from vidret.model.checkpoint import save_state
 
     torch.set_num_threads(1)
     state = build_model(cfg, Storage(), None).state_dict()
@@ -152,8 +151,8 @@ def test_metrics_json_and_report_hold_stage1_and_reranked_rows(
     first_run: dict[str, Any], corpus: Path
 ) -> None:
     from vidret.data.manifest import read_manifest
-    from vidret.train.cache import load_split
-    from vidret.train.trainer import cache_root
+    from vidret.features.store import load_split
+    from vidret.layout import cache_root
 
     out = corpus / "run" / "eval" / "generation"
     saved = json.loads((out / "metrics.json").read_text())
@@ -217,8 +216,8 @@ def test_rerun_on_one_and_two_workers_is_bit_identical(first_run: dict[str, Any]
 def test_cache_rebuilt_from_the_videos_gives_identical_features_and_matrices(
     first_run: dict[str, Any], corpus: Path
 ) -> None:
-    from vidret.train.cache import load_split
-    from vidret.train.trainer import cache_root
+    from vidret.features.store import load_split
+    from vidret.layout import cache_root
 
     cfg = _config(corpus, "run-again", "eval.num_workers=2", "eval.splits=[test]", "eval.report=false")
     _, results = _evaluate(cfg, first_run["checkpoint"])
@@ -226,9 +225,9 @@ def test_cache_rebuilt_from_the_videos_gives_identical_features_and_matrices(
     storage = Storage()
     a = load_split(storage, join(cache_root(first_run["cfg"], first_run["key"]), "test"))
     b = load_split(storage, join(cache_root(cfg, first_run["key"]), "test"))
-    for part_a, part_b in ((a.text, b.text), (a.video, b.video)):
-        for k in part_a:
-            assert torch.equal(part_a[k], part_b[k]), k
+    for part_a, part_b in ((a.text.as_model(), b.text.as_model()), (a.video.as_model(), b.video.as_model())):
+        for k, v in part_a.items():
+            assert torch.equal(v, part_b[k]), k
     assert a.video_ids == b.video_ids
     assert a.captions == b.captions
     assert not (corpus / "run-again" / "eval" / "generation" / "report.html").exists()
@@ -256,9 +255,9 @@ def test_stage1_checkpoint_reuses_the_cache_and_skips_reranking(
 
 def test_distributed_blocks_match_the_in_process_rerank(tmp_path: Path) -> None:
     """More rows than one re-rank chunk: two Ray tasks per direction give the one-process matrices exactly."""
-    from vidret.eval.job import RERANK_CHUNK, _blocks, rerank_distributed
-    from vidret.eval.retrieval import FeatureSet
-    from vidret.train.loop import build_model
+    from vidret.eval.retrieval import RERANK_CHUNK, _blocks, rerank_distributed
+    from vidret.features.types import FeatureSet, TextFeatures, VideoFeatures
+    from vidret.model.build import build_model
 
     torch.set_num_threads(1)
     cfg = load_config(
@@ -279,17 +278,17 @@ def test_distributed_blocks_match_the_in_process_rerank(tmp_path: Path) -> None:
     text_mask = (torch.arange(words) < torch.randint(2, words + 1, (texts, 1), generator=g)).long()
     video_mask = (torch.arange(frames) < torch.randint(1, frames + 1, (videos, 1), generator=g)).long()
     fs = FeatureSet(
-        text={
-            "text": torch.randn(texts, words, dim, generator=g),
-            "text_mask": text_mask,
-            "text_weight": text_mask / text_mask.sum(1, keepdim=True),
-            "text_eot": torch.randn(texts, dim, generator=g),
-        },
-        video={
-            "video": torch.randn(videos, frames, dim, generator=g),
-            "video_mask": video_mask,
-            "video_weight": video_mask / video_mask.sum(1, keepdim=True),
-        },
+        text=TextFeatures(
+            tokens=torch.randn(texts, words, dim, generator=g),
+            mask=text_mask,
+            weight=text_mask / text_mask.sum(1, keepdim=True),
+            eot=torch.randn(texts, dim, generator=g),
+        ),
+        video=VideoFeatures(
+            frames=torch.randn(videos, frames, dim, generator=g),
+            mask=video_mask,
+            weight=video_mask / video_mask.sum(1, keepdim=True),
+        ),
         text_to_video_T=torch.cat(
             [torch.arange(videos), torch.randint(0, videos, (texts - videos,), generator=g)]
         ),
@@ -297,7 +296,7 @@ def test_distributed_blocks_match_the_in_process_rerank(tmp_path: Path) -> None:
     model = build_model(cfg, Storage(), None).eval()
     state = model.state_dict()
     with torch.no_grad():
-        sim = model.similarity(fs.text, fs.video, block=128)
+        sim = model.similarity(fs.text.as_model(), fs.video.as_model(), block=128)
     one = rerank_distributed(model, state, cfg, sim, fs, 1)
     two = rerank_distributed(model, state, cfg, sim, fs, 2)
     assert one[0].shape == (texts, videos)

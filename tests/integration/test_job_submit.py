@@ -112,9 +112,11 @@ def run_dir(synth_job: tuple[JobRun, Path], out_dir: Path) -> Path:
 
 def test_synth_job_writes_the_corpus(synth_job: tuple[JobRun, Path]) -> None:
     job, corpus = synth_job
-    assert job.status == "SUCCEEDED" and job.cli_returncode == 0, job.describe()
+    assert job.status == "SUCCEEDED", job.describe()
+    assert job.cli_returncode == 0, job.describe()
     videos = sorted((corpus / "videos").glob("*.mp4"))
-    assert len(videos) == VIDEOS and all(v.stat().st_size > 0 for v in videos), job.describe()
+    assert len(videos) == VIDEOS, job.describe()
+    assert all(v.stat().st_size > 0 for v in videos), job.describe()
     anns = json.loads((corpus / "anns" / "MSRVTT_data.json").read_text())
     assert sorted(v["video_id"] for v in anns["videos"]) == sorted(v.stem for v in videos)
     summary = json.loads((corpus / "summary.json").read_text())
@@ -163,9 +165,11 @@ def test_train_job_exports_stage1_weights(head: LocalRayHead, run_dir: Path) -> 
         *TINY_TRAIN,
     )
     job = _submit(head, "train", entry, timeout_s=120)
-    assert job.status == "SUCCEEDED" and job.cli_returncode == 0, job.describe()
+    assert job.status == "SUCCEEDED", job.describe()
+    assert job.cli_returncode == 0, job.describe()
     weights = run / "checkpoints" / "discrimination"
-    assert weights.exists() and _files(weights), f"no exported weights under {weights}\n{job.describe()}"
+    assert weights.exists(), f"no exported weights under {weights}\n{job.describe()}"
+    assert _files(weights), f"no exported weights under {weights}\n{job.describe()}"
 
 
 def test_evaluate_job_writes_results(head: LocalRayHead, run_dir: Path) -> None:
@@ -177,5 +181,6 @@ def test_evaluate_job_writes_results(head: LocalRayHead, run_dir: Path) -> None:
         "jobs/evaluate.py", f"run.out={run}", f"data.manifest={run / 'manifest'}", *TINY_TRAIN
     )
     job = _submit(head, "evaluate", entry, timeout_s=120)
-    assert job.status == "SUCCEEDED" and job.cli_returncode == 0, job.describe()
+    assert job.status == "SUCCEEDED", job.describe()
+    assert job.cli_returncode == 0, job.describe()
     assert _files(run) - before, f"the evaluation wrote nothing under {run}\n{job.describe()}"

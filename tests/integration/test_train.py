@@ -5,7 +5,8 @@
 * a Ray Train worker killed with SIGKILL after a checkpoint: the run resumes from it and ends with the weights
   of the uninterrupted run; the same after the DRIVER is killed and the job is re-run with the same run.out.
 
-One Ray instance (2 logical CPUs) and one corpus for the module; the uninterrupted 1-worker runs of both stages
+One Ray instance (2 logical CPUs) and one corpus for the module; the uninterrupted 1-worker runs of both
+stages
 (``baseline``) are the reference of every comparison. The controller's poll interval is shortened so that
 ``ray.train.report`` (which waits for the previous report to be collected) does not dominate the runtime.
 """
@@ -42,18 +43,20 @@ from train_helpers import (
 )
 
 from vidret.config import Config, dump_yaml, replace
-from vidret.eval.retrieval import evaluate_features
+from vidret.features.scoring import evaluate_features
+from vidret.features.store import load_split, read_index
+from vidret.layout import stage_uri
+from vidret.model.build import build_model
 from vidret.storage import Storage
 from vidret.train import trainer
-from vidret.train.cache import load_split, read_index
-from vidret.train.loop import build_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 STAGE1_STEPS = 8
 STAGE2_STEPS = 8
 # 1 vs 2 workers: the same global batch, but sums over ranks in another order (gather, all-reduce, DDP
-# averaging), so float32 rounding differs and Adam's normalisation amplifies it where gradients are ~0 (stage 2's
+# averaging), so float32 rounding differs and Adam's normalisation amplifies it where gradients are ~0
+# (stage 2's
 # fresh denoisers). Measured: loss 2e-7 relative; the runs end 9e-6 (stage 1) and 2.4e-4 (stage 2) of a
 # whole run's update apart, the largest element 1.3e-4 (a denoiser bias), below one step's lr of 1e-3.
 TWO_WORKERS_TOL = {"loss_rtol": 1e-4, "update_rtol": 2e-3, "max_abs": 1e-3}
@@ -84,7 +87,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
 
 
 def _stage1(root: Path, corpus: Corpus, name: str, workers: int = 1, *overrides: str) -> Config:
-    # test_split=val: the feature cache then covers train and val only (each split costs ~25 s of actor starts)
+    # test_split=val: the feature cache then covers train and val only (each split costs ~25 s of actor
+    # starts)
     return small_config(
         root / name, corpus.manifest, "data.test_split=val", *overrides, workers=workers, steps=STAGE1_STEPS
     )
@@ -117,7 +121,8 @@ def baseline(train_ray: None, corpus: Corpus, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture
 def no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stage 1 without building the feature cache afterwards (driver side; the tests below compare weights)."""
+    """Stage 1 without building the feature cache afterwards (driver side; the tests below compare
+    weights)."""
     monkeypatch.setattr(trainer, "build_feature_cache", lambda *args, **kwargs: {})
 
 
@@ -145,7 +150,8 @@ def test_two_stages_write_weights_cache_and_metrics(baseline: Baseline, corpus: 
     assert w1["key"] == s1["key"] == s2["key"]  # stage 2 keeps the encoder: same feature-cache key
     # stage 2 moved the denoisers and nothing else; stage 1 moved the encoder (not the frozen conv1)
     moved2 = changed_keys(w1["selected"], w2["selected"])
-    assert moved2 and all(k.startswith(("t2v_denoiser.", "v2t_denoiser.")) for k in moved2), moved2[:5]
+    assert moved2, moved2[:5]
+    assert all(k.startswith(("t2v_denoiser.", "v2t_denoiser.")) for k in moved2), moved2[:5]
     init = build_model(baseline.stage1, Storage(), None).state_dict()  # seeded: the runs' initial weights
     moved1 = set(changed_keys(init, w1["selected"]))
     assert not any(k.startswith(("t2v_denoiser.", "v2t_denoiser.")) or ".conv1." in k for k in moved1)
@@ -165,7 +171,8 @@ def test_two_stages_write_weights_cache_and_metrics(baseline: Baseline, corpus: 
             == len(index["captions"])
             >= corpus.summary["splits"][split]
         )
-    # the in-loop validation score of the selected weights is what evaluating them on the cached val split gives
+    # the in-loop validation score of the selected weights is what evaluating them on the cached val split
+    # gives
     model = build_model(baseline.stage1, Storage(), None)
     model.load_state_dict(w1["selected"])
     val = evaluate_features(
@@ -183,7 +190,8 @@ def test_two_stages_write_weights_cache_and_metrics(baseline: Baseline, corpus: 
         assert summary["metrics"]["step"] == steps
         assert 0.0 <= summary["metrics"]["best_val_t2v_R1"] <= 100.0
         curves = _losses(cfg, stage)
-        assert len(curves) == 1 and sorted(curves[0]) == list(range(1, steps + 1)), curves
+        assert len(curves) == 1, curves
+        assert sorted(curves[0]) == list(range(1, steps + 1)), curves
         assert all(np.isfinite(v) for v in curves[0].values())
 
 
@@ -192,7 +200,7 @@ def _initial_weights(cfg: Config) -> dict[str, torch.Tensor]:
     """The weights every run of ``cfg`` starts from (seeded init; stage 2: plus the stage-1 weights)."""
     init = None
     if cfg.train.stage == "generation":
-        init = cfg.train.init_checkpoint or trainer.stage_uri(cfg, "discrimination")
+        init = cfg.train.init_checkpoint or stage_uri(cfg, "discrimination")
     return build_model(cfg, Storage(), init).state_dict()
 
 
@@ -248,7 +256,7 @@ def test_stage1_two_workers_match_one(
 
 def test_stage2_two_workers_match_one(baseline: Baseline, corpus: Corpus, tmp_path: Path) -> None:
     cfg1 = _stage1(tmp_path, corpus, "w2s2", workers=2)
-    cfg = _stage2(cfg1, init=trainer.stage_uri(baseline.stage1, "discrimination"))
+    cfg = _stage2(cfg1, init=stage_uri(baseline.stage1, "discrimination"))
     _copy_cache(baseline.stage1, cfg)
     trainer.run_training(cfg)
     print("stage 2, 2 vs 1 workers:", _compare_runs(baseline.stage2, cfg, "generation", **TWO_WORKERS_TOL))
@@ -308,11 +316,12 @@ def test_worker_sigkill_resumes_from_checkpoint(
 
 def test_job_rerun_after_driver_kill_resumes(baseline: Baseline, corpus: Corpus, tmp_path: Path) -> None:
     """Stage 2 in a separate driver process on this Ray instance; the driver is SIGKILLed after the first
-    checkpoint (its Train controller and workers die with it); ``run_training`` with the same run.out resumes."""
+    checkpoint (its Train controller and workers die with it); ``run_training`` with the same run.out
+    resumes."""
     import ray
 
     cfg1 = _stage1(tmp_path, corpus, "job")
-    cfg = _stage2(cfg1, init=trainer.stage_uri(baseline.stage1, "discrimination"))
+    cfg = _stage2(cfg1, init=stage_uri(baseline.stage1, "discrimination"))
     _copy_cache(baseline.stage1, cfg)
     config_file = tmp_path / "job.yaml"
     config_file.write_text(dump_yaml(cfg))

@@ -69,7 +69,7 @@ def _encode_split(
     model: torch.nn.Module, cfg: Config, storage: Storage, uri: str, split: str, seed: int
 ) -> None:
     """Encode random uint8 videos and tokenised captions with the model and write them as a cache split."""
-    from vidret.train.cache import write_split
+    from vidret.features.store import write_split
 
     g = torch.Generator().manual_seed(seed)
     size = 32  # the debug preset's image size
@@ -110,9 +110,9 @@ def _encode_split(
 
 def _export(cfg: Config, storage: Storage, stage: str, splits: tuple[str, ...]) -> str:
     """A debug model's weights exported as ``stage`` plus its feature cache of ``splits``; returns the key."""
-    from vidret.train.artifacts import save_state
-    from vidret.train.loop import build_model
-    from vidret.train.trainer import cache_root, encoder_key, stage_uri
+    from vidret.layout import cache_root, stage_uri
+    from vidret.model.build import build_model, encoder_key
+    from vidret.model.checkpoint import save_state
 
     torch.set_num_threads(1)
     model = build_model(cfg, storage, None).eval()
@@ -139,10 +139,11 @@ def _read_csv(storage: Storage, uri: str) -> list[dict[str, str]]:
 
 
 def test_inference_sweep_selects_on_validation(tune_ray: None, tmp_path: Path) -> None:
-    from vidret.eval.retrieval import evaluate_features
-    from vidret.eval.tune import apply_overrides, overrides_for, run_tune, trial_name
-    from vidret.train.cache import load_split
-    from vidret.train.trainer import cache_root
+    from vidret.features.scoring import evaluate_features
+    from vidret.features.store import load_split
+    from vidret.layout import cache_root
+    from vidret.tune.space import apply_overrides, overrides_for, trial_name
+    from vidret.tune.sweep import run_tune
 
     cfg = _config(
         tmp_path,
@@ -170,9 +171,9 @@ def test_inference_sweep_selects_on_validation(tune_ray: None, tmp_path: Path) -
     assert float(rows[0]["t2v_R1"]) == pytest.approx(best_by_table)
     assert rows[0]["name"] == trial_name(summary["best_params"])
     # the reported numbers are the validation evaluation of that point, recomputed here in-process
-    from vidret.train.artifacts import load_state
-    from vidret.train.loop import build_model
-    from vidret.train.trainer import stage_uri
+    from vidret.layout import stage_uri
+    from vidret.model.build import build_model
+    from vidret.model.checkpoint import load_state
 
     model = build_model(cfg, storage, None)
     model.load_state_dict(load_state(stage_uri(cfg, "generation"), storage)["selected"])
@@ -197,8 +198,8 @@ def test_inference_sweep_selects_on_validation(tune_ray: None, tmp_path: Path) -
 
 
 def test_inference_sweep_refuses_stage1_weights_and_val_as_test(tune_ray: None, tmp_path: Path) -> None:
-    from vidret.eval.tune import run_tune
-    from vidret.train.trainer import stage_uri
+    from vidret.layout import stage_uri
+    from vidret.tune.sweep import run_tune
 
     cfg = _config(tmp_path)
     storage = Storage(cfg.storage)
@@ -211,7 +212,9 @@ def test_inference_sweep_refuses_stage1_weights_and_val_as_test(tune_ray: None, 
 
 @pytest.mark.slow
 def test_training_sweep_runs_stage2_per_learning_rate(tune_ray: None, tmp_path: Path) -> None:
-    from vidret.eval.tune import run_tune, trial_out
+    from vidret.train.trainer import run_training
+    from vidret.tune.space import trial_out
+    from vidret.tune.sweep import run_tune
 
     cfg = _config(
         tmp_path,
@@ -224,7 +227,7 @@ def test_training_sweep_runs_stage2_per_learning_rate(tune_ray: None, tmp_path: 
     _export(cfg, storage, "discrimination", (cfg.data.train_split, cfg.data.val_split))
 
     with pytest.warns(UserWarning, match="max_concurrent 2 lowered to 1"):
-        summary = run_tune(cfg)
+        summary = run_tune(cfg, train=run_training)
 
     assert summary["num_trials"] == 2
     rows = _read_csv(storage, summary["table_path"])

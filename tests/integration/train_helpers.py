@@ -154,8 +154,8 @@ def scalar_times(tb_dir: Path | str, tag: str) -> dict[int, float]:
 # -- exported weights ------------------------------------------------------------------------------------
 def exported(cfg: Config, stage: str) -> dict:
     """The exported checkpoint of ``stage`` (``selected``, ``best``, ``step``, ``key``, ...)."""
-    from vidret.train.artifacts import load_state
-    from vidret.train.trainer import stage_uri
+    from vidret.layout import stage_uri
+    from vidret.model.checkpoint import load_state
 
     return load_state(stage_uri(cfg, stage), Storage(cfg.storage))
 
@@ -202,17 +202,16 @@ def ray_pids(marker: str) -> list[int]:
     """PIDs of live processes below this one whose command line contains ``marker`` (a local Ray instance
     started here runs its raylet, and so its workers, as our descendants: other users' Ray instances are never
     matched)."""
-    importlib.import_module("ray")  # psutil is vendored by ray: importable only after it (ray-notes P16)
+    importlib.import_module("ray")  # psutil is vendored by ray: importable only after it
     psutil = importlib.import_module("psutil")
 
-    pids = []
-    for proc in psutil.Process(os.getpid()).children(recursive=True):
+    def matches(proc: Any) -> bool:
         try:
-            if marker in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
-                pids.append(proc.pid)
+            return marker in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return pids
+            return False
+
+    return [p.pid for p in psutil.Process(os.getpid()).children(recursive=True) if matches(p)]
 
 
 def train_worker_pids() -> list[int]:
@@ -275,7 +274,7 @@ def registered_step(cfg: Config, stage: str) -> int:
 
 def final_checkpoint(cfg: Config, stage: str) -> dict:
     """The full state (``model``, ``ema``, ``optimizer``, ...) of the latest registered checkpoint."""
-    from vidret.train.checkpoint import load_checkpoint
+    from vidret.model.checkpoint import load_checkpoint
 
     snap = _snapshot(cfg, stage)
     if snap is None or not snap.get("latest_checkpoint_result"):

@@ -2,11 +2,13 @@
 
 from vidret.diffusion.denoiser import CandidateDenoiser, T2VDenoiser, TimestepEmbedder, V2TDenoiser
 from vidret.diffusion.process import GaussianDiffusion, seeded_noise
-from vidret.diffusion.rerank import fuse, hard_negatives, rerank_t2v, rerank_v2t, topk_candidates
+from vidret.diffusion.rerank import Conditioning, Direction, fuse, hard_negatives, rerank, topk_candidates
 from vidret.diffusion.schedule import betas
 
 __all__ = [
     "CandidateDenoiser",
+    "Conditioning",
+    "Direction",
     "GaussianDiffusion",
     "T2VDenoiser",
     "TimestepEmbedder",
@@ -14,8 +16,7 @@ __all__ = [
     "betas",
     "fuse",
     "hard_negatives",
-    "rerank_t2v",
-    "rerank_v2t",
+    "rerank",
     "seeded_noise",
     "topk_candidates",
 ]

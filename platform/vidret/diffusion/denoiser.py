@@ -28,7 +28,7 @@ Two evaluation paths give the same numbers up to float summation order:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +87,9 @@ def frame_attention_weights(logits_BKF: Tensor, mask: Tensor, mode: FrameSoftmax
     return logits_BKF.softmax(dim=-1) * mask
 
 
+_D = TypeVar("_D", bound="CandidateDenoiser")
+
+
 class CandidateDenoiser(nn.Module):
     """Shared body: timestep embedding, query-candidate attention with x_t in the logits, decoder.
 
@@ -120,7 +123,7 @@ class CandidateDenoiser(nn.Module):
         init_linear_normal(self)
 
     @classmethod
-    def from_config(cls, dim: int, cfg: DiffusionConfig) -> CandidateDenoiser:
+    def from_config(cls: type[_D], dim: int, cfg: DiffusionConfig) -> _D:
         """A denoiser of width ``dim`` with the config's attention temperature and frame softmax."""
         return cls(dim, attn_temp=cfg.attn_temp, frame_softmax=cfg.frame_softmax)
 

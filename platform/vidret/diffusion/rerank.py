@@ -5,8 +5,9 @@ Shape legend: B batch, Q queries, N gallery items, K candidates, F frames, D wid
 Everything is vectorised: selection is ``topk`` + ``gather``, fusion is ``scatter_add_``. DDIM runs over
 all queries at once; ``chunk`` only bounds memory. Per chunk the denoiser's conditioning is encoded and
 tabled once for the steps DDIM will visit (``CandidateDenoiser.prepare_sampling``); each of the T steps
-then runs only ``CandidateDenoiser.sample_step``. The initial noise of a query depends on (seed, query id) only, so a
-re-ranked matrix does not depend on chunking or worker count.
+then runs only ``CandidateDenoiser.sample_step``. The initial noise of a query depends on (seed, query id)
+only, so a re-ranked matrix does not depend on chunking or worker count. Both directions run the same code:
+``rerank(direction, ...)`` and ``candidate_scores(direction, ...)``.
 
 The text-to-video conditioning never materialises the candidates' frames (Q, K, F, D) (1000 queries x 32
 candidates x 12 frames x 512 = 786 MB, mostly copies of a 25 MB gallery): ``t2v_encode_candidates``
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -29,6 +31,8 @@ from vidret.config import DiffusionConfig
 from vidret.diffusion.denoiser import T2VDenoiser, V2TDenoiser, frame_attention_weights
 from vidret.diffusion.process import GaussianDiffusion, seeded_noise
 
+Direction = Literal["t2v", "v2t"]
+"""Text-to-video (texts query videos) or video-to-text (videos query texts)."""
 NegativesFill = Literal["positives", "error"]
 EncodePath = Literal["auto", "sparse", "dense", "gather"]
 _SPARSE_DTYPES = (torch.float32, torch.float64)  # what sampled_addmm supports on CPU
@@ -145,9 +149,17 @@ def t2v_encode_candidates(
     )
     if path == "gather" or not sparse_ok:
         return denoiser.encode(text_QD, video_NFD[cand_QK], video_mask_NF[cand_QK])
-    (q, k), (n, f, d) = cand_QK.shape, video_NFD.shape
+    k, n = cand_QK.shape[1], video_NFD.shape[0]
     if path == "dense" or (path == "auto" and n <= 2 * k):
         return _t2v_encode_dense(denoiser, text_QD, video_NFD, video_mask_NF, cand_QK)
+    return _t2v_encode_sparse(denoiser, text_QD, video_NFD, video_mask_NF, cand_QK)
+
+
+def _t2v_encode_sparse(
+    denoiser: T2VDenoiser, text_QD: Tensor, video_NFD: Tensor, video_mask_NF: Tensor, cand_QK: Tensor
+) -> dict[str, Tensor]:
+    """``t2v_encode_candidates`` by a sampled matmul at the candidates' frames and ``embedding_bag``."""
+    (q, k), (n, f, d) = cand_QK.shape, video_NFD.shape
     frames_ND = video_NFD.reshape(n * f, d)
     frame_F = torch.arange(f, device=cand_QK.device)
     # CSR wants increasing columns within a row: score the candidates in id order, then undo the sort
@@ -199,6 +211,13 @@ def _k_for(k: int, gallery: int, key: str) -> int:
     return k
 
 
+def _fusion(cfg: DiffusionConfig, direction: Direction) -> tuple[int, float, float]:
+    """``diffusion.<direction>_k``, ``_alpha`` and ``_temp``."""
+    if direction == "t2v":
+        return cfg.t2v_k, cfg.t2v_alpha, cfg.t2v_temp
+    return cfg.v2t_k, cfg.v2t_alpha, cfg.v2t_temp
+
+
 def _query_ids(query_ids_Q: Tensor | None, q: int) -> Tensor:
     if query_ids_Q is None:
         return torch.arange(q)
@@ -244,97 +263,89 @@ def _sample_chunks(
     return torch.cat(x0)
 
 
+@dataclass(frozen=True)
+class Conditioning:
+    """What the denoisers condition on: caption EOT features ``text_D`` (.., D) and video frames ``video_FD``
+    (.., F, D) with their mask ``video_mask_F`` (.., F).
+
+    Text-to-video: the texts are the Q queries and the videos the N-item gallery. Video-to-text: the videos
+    are the queries and the texts the gallery.
+    """
+
+    text_D: Tensor
+    video_FD: Tensor
+    video_mask_F: Tensor
+
+
+def _cond_fn(
+    direction: Direction, feats: Conditioning, denoiser: T2VDenoiser | V2TDenoiser, encode_path: EncodePath
+) -> Callable[[slice, Tensor], dict[str, Tensor]]:
+    """``cond_of(query rows, cand_CK)``: the denoiser's conditioning of a chunk of queries."""
+    if direction == "t2v" and isinstance(denoiser, T2VDenoiser):
+        t2v = denoiser
+
+        def t2v_cond(rows: slice, c_CK: Tensor) -> dict[str, Tensor]:
+            return t2v_encode_candidates(
+                t2v, feats.text_D[rows], feats.video_FD, feats.video_mask_F, c_CK, path=encode_path
+            )
+
+        return t2v_cond
+    if direction == "v2t" and isinstance(denoiser, V2TDenoiser):
+        v2t = denoiser
+
+        def v2t_cond(rows: slice, c_CK: Tensor) -> dict[str, Tensor]:
+            return v2t.encode(feats.text_D[c_CK], feats.video_FD[rows], feats.video_mask_F[rows])
+
+        return v2t_cond
+    raise TypeError(
+        f"re-rank {direction!r}: expected direction 't2v' with a T2VDenoiser or 'v2t' with a V2TDenoiser, "
+        f"got {type(denoiser).__name__}"
+    )
+
+
 @torch.no_grad()
-def t2v_candidate_scores(
+def candidate_scores(
+    direction: Direction,
     sim_QN: Tensor,
-    text_QD: Tensor,
-    video_NFD: Tensor,
-    video_mask_NF: Tensor,
-    denoiser: T2VDenoiser,
+    feats: Conditioning,
+    denoiser: T2VDenoiser | V2TDenoiser,
     diffusion: GaussianDiffusion,
-    k: int,
+    cfg: DiffusionConfig,
     *,
-    seed: int,
     query_ids_Q: Tensor | None = None,
     chunk: int = 1024,
-    clip_denoised: bool = True,
-    num_steps: int | None = None,
     encode_path: EncodePath = "auto",
 ) -> tuple[Tensor, Tensor]:
-    """Text-to-video: top-k videos per text query and their DDIM x0 scores, (cand_QK, x0_QK).
+    """The top-k gallery items per query and their DDIM x0 scores, (cand_QK, x0_QK).
 
-    ``sim_QN`` is texts x videos; ``text_QD`` the query EOT features; ``video_NFD`` / ``video_mask_NF`` the
-    gallery frames. ``query_ids_Q`` (default 0..Q-1) keys the seeded initial noise. ``encode_path``: see
-    ``t2v_encode_candidates`` (both give the same scores up to float rounding).
+    ``sim_QN`` is texts x videos for ``t2v`` and videos x texts for ``v2t``; ``feats`` holds the queries'
+    and the gallery's features (see ``Conditioning``). k is ``diffusion.<direction>_k`` (at most the
+    gallery), the start noise is keyed by (``diffusion.noise_seed``, ``query_ids_Q``; default 0..Q-1), and
+    DDIM runs ``diffusion.sample_steps`` steps (0: all). ``encode_path`` applies to t2v (see
+    ``t2v_encode_candidates``; every path gives the same scores up to float rounding).
     """
+    k = _k_for(_fusion(cfg, direction)[0], sim_QN.shape[1], f"diffusion.{direction}_k")
     cand_QK, _ = topk_candidates(sim_QN, k)
-
-    def cond_of(rows: slice, c_CK: Tensor) -> dict[str, Tensor]:
-        return t2v_encode_candidates(
-            denoiser, text_QD[rows], video_NFD, video_mask_NF, c_CK, path=encode_path
-        )
-
     x0_QK = _sample_chunks(
         denoiser,
         diffusion,
         cand_QK,
         _query_ids(query_ids_Q, sim_QN.shape[0]),
-        cond_of,
-        text_QD,
-        seed=seed,
+        _cond_fn(direction, feats, denoiser, encode_path),
+        feats.text_D,
+        seed=cfg.noise_seed,
         chunk=chunk,
-        clip_denoised=clip_denoised,
-        num_steps=num_steps,
+        clip_denoised=cfg.clip_denoised,
+        num_steps=cfg.sample_steps or None,
     )
     return cand_QK, x0_QK
 
 
-@torch.no_grad()
-def v2t_candidate_scores(
+def rerank(
+    direction: Direction,
     sim_QN: Tensor,
-    video_QFD: Tensor,
-    video_mask_QF: Tensor,
-    text_ND: Tensor,
-    denoiser: V2TDenoiser,
-    diffusion: GaussianDiffusion,
-    k: int,
-    *,
-    seed: int,
-    query_ids_Q: Tensor | None = None,
-    chunk: int = 1024,
-    clip_denoised: bool = True,
-    num_steps: int | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Video-to-text: top-k texts per video query and their DDIM x0 scores, (cand_QK, x0_QK).
-
-    ``sim_QN`` is videos x texts (the transpose of the t2v matrix); ``text_ND`` the gallery EOT features.
-    """
-    cand_QK, _ = topk_candidates(sim_QN, k)
-
-    def cond_of(rows: slice, c_CK: Tensor) -> dict[str, Tensor]:
-        return denoiser.encode(text_ND[c_CK], video_QFD[rows], video_mask_QF[rows])
-
-    x0_QK = _sample_chunks(
-        denoiser,
-        diffusion,
-        cand_QK,
-        _query_ids(query_ids_Q, sim_QN.shape[0]),
-        cond_of,
-        text_ND,
-        seed=seed,
-        chunk=chunk,
-        clip_denoised=clip_denoised,
-        num_steps=num_steps,
-    )
-    return cand_QK, x0_QK
-
-
-def rerank_t2v(
-    sim_QN: Tensor,
-    text_QD: Tensor,
-    video_NFD: Tensor,
-    video_mask_NF: Tensor,
-    denoiser: T2VDenoiser,
+    feats: Conditioning,
+    denoiser: T2VDenoiser | V2TDenoiser,
     diffusion: GaussianDiffusion,
     cfg: DiffusionConfig,
     *,
@@ -342,52 +353,18 @@ def rerank_t2v(
     chunk: int = 1024,
     encode_path: EncodePath = "auto",
 ) -> Tensor:
-    """Re-ranked text-to-video matrix (Q, N): top-``t2v_k`` -> DDIM -> fuse with ``t2v_alpha/t2v_temp``."""
-    k = _k_for(cfg.t2v_k, sim_QN.shape[1], "diffusion.t2v_k")
-    cand, x0 = t2v_candidate_scores(
+    """The re-ranked (Q, N) matrix of ``direction``: top-k -> DDIM -> ``fuse`` with the direction's
+    ``diffusion.<direction>_alpha`` / ``_temp`` (arguments as for ``candidate_scores``)."""
+    cand_QK, x0_QK = candidate_scores(
+        direction,
         sim_QN,
-        text_QD,
-        video_NFD,
-        video_mask_NF,
+        feats,
         denoiser,
         diffusion,
-        k,
-        seed=cfg.noise_seed,
+        cfg,
         query_ids_Q=query_ids_Q,
         chunk=chunk,
-        clip_denoised=cfg.clip_denoised,
-        num_steps=cfg.sample_steps or None,
         encode_path=encode_path,
     )
-    return fuse(sim_QN, cand, x0, cfg.t2v_alpha, cfg.t2v_temp)
-
-
-def rerank_v2t(
-    sim_QN: Tensor,
-    video_QFD: Tensor,
-    video_mask_QF: Tensor,
-    text_ND: Tensor,
-    denoiser: V2TDenoiser,
-    diffusion: GaussianDiffusion,
-    cfg: DiffusionConfig,
-    *,
-    query_ids_Q: Tensor | None = None,
-    chunk: int = 1024,
-) -> Tensor:
-    """Re-ranked video-to-text matrix (Q, N): top-``v2t_k`` -> DDIM -> fuse with ``v2t_alpha/v2t_temp``."""
-    k = _k_for(cfg.v2t_k, sim_QN.shape[1], "diffusion.v2t_k")
-    cand, x0 = v2t_candidate_scores(
-        sim_QN,
-        video_QFD,
-        video_mask_QF,
-        text_ND,
-        denoiser,
-        diffusion,
-        k,
-        seed=cfg.noise_seed,
-        query_ids_Q=query_ids_Q,
-        chunk=chunk,
-        clip_denoised=cfg.clip_denoised,
-        num_steps=cfg.sample_steps or None,
-    )
-    return fuse(sim_QN, cand, x0, cfg.v2t_alpha, cfg.v2t_temp)
+    _, alpha, temp = _fusion(cfg, direction)
+    return fuse(sim_QN, cand_QK, x0_QK, alpha, temp)

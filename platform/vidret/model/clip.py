@@ -285,7 +285,8 @@ def _list(names: list[str]) -> str:
 
 
 def apply_clip_state_dict(model: open_clip.CLIP, state_dict: Mapping[str, torch.Tensor], uri: str) -> None:
-    """Load ``state_dict`` into ``model`` strictly; ``ValueError`` lists missing/unexpected keys and shapes."""
+    """Load ``state_dict`` into ``model`` strictly; ``ValueError`` lists missing/unexpected keys and
+    shapes."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))

@@ -3,18 +3,20 @@
 Shape legend: B batch (this worker's rows), G gathered batch, L tokens, F frames, D width, K candidates,
 H/W pixels, Q queries, N gallery.
 
-Composition only: ``forward`` returns the features the losses need; the contrastive loss lives in
-``vidret.train.losses`` and receives collectives as an injected ``gather``. Everything that uses a
-parameter runs inside ``forward`` so DDP sees it (ray-notes P12): the WTI weights are computed per item
-there, which leaves ``similarity`` parameter-free, and in the generation stage ``forward`` also runs the
-denoisers on hard negatives mined from the gathered batch.
+Composition only, no loss: ``forward`` returns the features the losses need. The contrastive loss lives
+in ``vidret.train.losses`` (collectives arrive as an injected ``gather``), the stage-2 objective in
+``vidret.train.objectives`` and re-ranking in ``vidret.diffusion.rerank``. Everything that uses a parameter
+runs inside a module's ``forward`` so DDP sees it: the WTI weights are computed per item there, which
+leaves ``similarity`` parameter-free.
 
-Feature dictionaries (``encode_text``, ``encode_video``, ``forward``) use these keys:
+Feature dictionaries (``encode_text``, ``encode_video``, ``forward``) use these keys (the typed form,
+outside the model, is ``vidret.features.types``):
 
     text          (B, L, D)  per-token features (unnormalised)     text_mask    (B, L)
     text_weight   (B, L)     WTI token weights (masked softmax)    text_eot     (B, D) the EOT feature
     video         (B, F, D)  temporal-module frame features        video_mask   (B, F)
-    video_weight  (B, F)     WTI frame weights                     logit_scale  () exp(clip.logit_scale), capped
+    video_weight  (B, F)     WTI frame weights                     logit_scale  () exp(clip.logit_scale),
+    capped
     video_index   (B,)       stable video id, when the batch has it
 """
 
@@ -30,25 +32,17 @@ from torch import Tensor, nn
 from vidret.config import DiffusionConfig, ModelConfig
 from vidret.diffusion.denoiser import T2VDenoiser, V2TDenoiser
 from vidret.diffusion.process import GaussianDiffusion
-from vidret.diffusion.rerank import hard_negatives, rerank_t2v, rerank_v2t, t2v_encode_candidates
+from vidret.diffusion.rerank import Direction
 from vidret.model.clip import ClipBackbone, normalize_frames
 from vidret.model.presets import build_clip
 from vidret.model.similarity import WTIHead, wti_blocked, wti_similarity
 from vidret.model.temporal import TemporalTransformer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from vidret.storage import Storage
 
 Stage = Literal["discrimination", "generation"]
-TEXT_KEYS = ("text", "text_mask", "text_weight", "text_eot")
-VIDEO_KEYS = ("video", "video_mask", "video_weight")
 SIMILARITY_KEYS = ("text", "text_mask", "text_weight", "video", "video_mask", "video_weight")
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
 
 
 class RetrievalModel(nn.Module):
@@ -85,12 +79,16 @@ class RetrievalModel(nn.Module):
             raise ValueError(f"train.stage: expected 'discrimination' or 'generation', got {stage!r}")
         self.stage = stage
         stage1 = stage == "discrimination"
-        for module in (self.backbone, self.temporal, self.wti):
-            module.requires_grad_(stage1)
+        for encoder in (self.backbone, self.temporal, self.wti):
+            encoder.requires_grad_(stage1)
         if stage1:
             self.backbone.clip.visual.conv1.requires_grad_(False)
-        for module in (self.t2v_denoiser, self.v2t_denoiser):
-            module.requires_grad_(not stage1)
+        for denoiser in (self.t2v_denoiser, self.v2t_denoiser):
+            denoiser.requires_grad_(not stage1)
+
+    def denoiser(self, direction: Direction) -> T2VDenoiser | V2TDenoiser:
+        """The denoiser that re-ranks ``direction``."""
+        return self.t2v_denoiser if direction == "t2v" else self.v2t_denoiser
 
     # -- encoders -----------------------------------------------------------------------------------
     def encode_text(self, ids_BL: Tensor, mask_BL: Tensor) -> dict[str, Tensor]:
@@ -141,134 +139,16 @@ class RetrievalModel(nn.Module):
         return wti_blocked(*args, padding=self.cfg.wti_padding, block_q=block, block_n=block)
 
     # -- training forward ---------------------------------------------------------------------------
-    def forward(
-        self,
-        batch: Mapping[str, Tensor],
-        *,
-        gather: Callable[[Tensor], Tensor] = _identity,
-        row_offset: int = 0,
-        t_B: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """Features of a batch (keys in the module docstring), plus the stage-2 losses in ``generation``.
+    def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Features of a batch (keys in the module docstring).
 
         ``batch`` holds ``text_ids``/``text_mask`` (B, L), ``video`` (B, F, H, W, 3) uint8 and
-        ``video_mask`` (B, F), optionally ``video_index`` (B,). In the generation stage ``gather`` and
-        ``row_offset`` (this worker's first row in the gathered batch) feed ``generation_loss``, whose
-        ``loss_t2v``, ``loss_v2t`` and ``loss_generation`` are added to the result.
+        ``video_mask`` (B, F), optionally ``video_index`` (B,). The stage-2 objective runs on cached
+        features instead (``vidret.train.objectives``).
         """
         feats = self.encode_text(batch["text_ids"], batch["text_mask"])
         feats.update(self.encode_video(batch["video"], batch["video_mask"]))
         feats["logit_scale"] = self.logit_scale()
         if "video_index" in batch:
             feats["video_index"] = batch["video_index"]
-        if self.stage == "generation":
-            local = {k: v.detach() for k, v in feats.items() if k != "logit_scale"}
-            gathered = {k: gather(v) for k, v in local.items()}
-            if "video_index" in local:
-                pos_BG = local["video_index"][:, None] == gathered["video_index"][None, :]
-            else:
-                pos_BG = torch.zeros(
-                    local["text"].shape[0],
-                    gathered["text"].shape[0],
-                    dtype=torch.bool,
-                    device=local["text"].device,
-                )
-            feats.update(self.generation_loss(local, gathered, pos_BG, row_offset=row_offset, t_B=t_B))
         return feats
-
-    def generation_loss(
-        self,
-        local: Mapping[str, Tensor],
-        gathered: Mapping[str, Tensor],
-        positive_mask_BG: Tensor,
-        *,
-        row_offset: int = 0,
-        t_B: Tensor | None = None,
-        noise_t2v_BK: Tensor | None = None,
-        noise_v2t_BK: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """The stage-2 loss of the local queries against hard negatives from the gathered batch (§3.2-3.5).
-
-        Per direction: candidates = [own pair] + ``diffusion.num`` hardest negatives by WTI score (every
-        positive of ``positive_mask_BG`` excluded; ``diffusion.negatives_fill`` decides when too few remain),
-        target x0 = [1, neg, ..., neg], loss = CE(d_temp x0_hat, 0).
-        One ``t_B`` (uniform unless given) for both directions, separate noise per direction. Features are
-        used detached. The t2v candidates are pooled straight from the gathered frames
-        (``t2v_encode_candidates``) and both denoisers run as ``prepare`` + ``step``. Returns ``loss_t2v``,
-        ``loss_v2t`` and their sum ``loss_generation``.
-        """
-        dcfg = self.diffusion_cfg
-        with torch.no_grad():
-            t2v_BG = self.similarity(local, gathered)
-            same = t2v_BG.shape[0] == t2v_BG.shape[1]
-            v2t_BG = t2v_BG.T if same else self.similarity(gathered, local).T
-            idx_t2v_BK = hard_negatives(t2v_BG, positive_mask_BG, dcfg.num, row_offset, dcfg.negatives_fill)
-            idx_v2t_BK = hard_negatives(v2t_BG, positive_mask_BG, dcfg.num, row_offset, dcfg.negatives_fill)
-        rows, k = idx_t2v_BK.shape
-        x0_BK = torch.full((rows, k), dcfg.neg, device=t2v_BG.device)
-        x0_BK[:, 0] = 1.0
-        if t_B is None:
-            t_B = self.diffusion.sample_timesteps(rows, device=x0_BK.device)
-        # conditioning without the (B, K, F, D) frame gather, and the candidate-side projections once:
-        # the same loss and parameter gradients as the module forwards (tests/unit/model/test_retrieval.py)
-        t2v, v2t = self.t2v_denoiser, self.v2t_denoiser
-        t2v_enc = t2v_encode_candidates(
-            t2v, local["text_eot"], gathered["video"], gathered["video_mask"], idx_t2v_BK
-        )
-        v2t_enc = v2t.encode(gathered["text_eot"][idx_v2t_BK], local["video"], local["video_mask"])
-        loss_t2v = self.diffusion.training_loss(
-            t2v.step, x0_BK, t_B, t2v.prepare(**t2v_enc), dcfg.d_temp, noise_t2v_BK
-        )
-        loss_v2t = self.diffusion.training_loss(
-            v2t.step, x0_BK, t_B, v2t.prepare(**v2t_enc), dcfg.d_temp, noise_v2t_BK
-        )
-        return {"loss_t2v": loss_t2v, "loss_v2t": loss_v2t, "loss_generation": loss_t2v + loss_v2t}
-
-    # -- inference ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def rerank(
-        self,
-        sim_QN: Tensor,
-        text: Mapping[str, Tensor],
-        video: Mapping[str, Tensor],
-        cfg: DiffusionConfig | None = None,
-        *,
-        text_ids: Tensor | None = None,
-        video_ids: Tensor | None = None,
-        chunk: int = 1024,
-    ) -> tuple[Tensor, Tensor]:
-        """Re-ranked (t2v texts x videos, v2t videos x texts) matrices from ``sim_QN`` (texts x videos).
-
-        ``text`` / ``video`` hold the features of all texts and all videos (``text_eot``; ``video``,
-        ``video_mask``). ``cfg`` defaults to the model's diffusion config (override k/alpha/temp to tune).
-        ``text_ids``/``video_ids`` key the seeded noise of each query (default: row numbers).
-        """
-        cfg = cfg or self.diffusion_cfg
-        if (cfg.steps, cfg.schedule) != (self.diffusion_cfg.steps, self.diffusion_cfg.schedule):
-            raise ValueError(
-                f"rerank: diffusion.steps/schedule ({cfg.steps}, {cfg.schedule}) differ from the "
-                f"model's ({self.diffusion_cfg.steps}, {self.diffusion_cfg.schedule})"
-            )
-        t2v = rerank_t2v(
-            sim_QN,
-            text["text_eot"],
-            video["video"],
-            video["video_mask"],
-            self.t2v_denoiser,
-            self.diffusion,
-            cfg,
-            query_ids_Q=text_ids,
-            chunk=chunk,
-        )
-        v2t = rerank_v2t(
-            sim_QN.T,
-            video["video"],
-            video["video_mask"],
-            text["text_eot"],
-            self.v2t_denoiser,
-            self.diffusion,
-            cfg,
-            query_ids_Q=video_ids,
-            chunk=chunk,
-        )
-        return t2v, v2t

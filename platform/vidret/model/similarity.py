@@ -169,6 +169,7 @@ def wti_blocked(
     video_mask_NF: torch.Tensor,
     text_w_QL: torch.Tensor,
     video_w_NF: torch.Tensor,
+    *,
     padding: WtiPadding = "zero",
     block_q: int = 256,
     block_n: int = 256,

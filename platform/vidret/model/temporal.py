@@ -88,7 +88,8 @@ class TemporalTransformer(nn.Module):
         return 0 if emb is None else int(emb.num_embeddings)
 
     def forward(self, frames_BFD: torch.Tensor, mask_BF: torch.Tensor) -> torch.Tensor:
-        """Contextualised frame features ``(B, F, D)``, not normalised; padded frames (mask 0) are masked keys.
+        """Contextualised frame features ``(B, F, D)``, not normalised; padded frames (mask 0) are masked
+        keys.
 
         Outputs at padded positions are computed but meaningless; WTI ignores them.
         """

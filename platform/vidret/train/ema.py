@@ -8,6 +8,7 @@ initialised heads start from a different draw; here the EMA starts as an exact c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Literal
@@ -25,11 +26,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _tracked(model: nn.Module) -> dict[str, Tensor]:
     """Floating-point parameters and buffers of ``model`` by name (shared tensors once)."""
     m = _unwrap(model)
-    out: dict[str, Tensor] = {}
-    for name, t in [*m.named_parameters(), *m.named_buffers()]:
-        if t.is_floating_point():
-            out[name] = t
-    return out
+    return {name: t for name, t in [*m.named_parameters(), *m.named_buffers()] if t.is_floating_point()}
 
 
 class EMA:
@@ -112,6 +109,6 @@ class EMA:
 def select_better(model_metric: float, ema_metric: float) -> Literal["model", "ema"]:
     """Which weights to keep: the EMA only when its metric (higher is better, e.g. t2v R@1) is strictly
     higher (ties keep the model). A NaN metric never wins over a number."""
-    if ema_metric == ema_metric and (model_metric != model_metric or ema_metric > model_metric):
+    if not math.isnan(ema_metric) and (math.isnan(model_metric) or ema_metric > model_metric):
         return "ema"
     return "model"

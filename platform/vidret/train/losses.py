@@ -65,8 +65,9 @@ def symmetric_infonce(
 
     ``features`` holds this worker's B rows (every tensor has B first); each is passed through ``gather``
     to build the G columns (0-d tensors are passed through as they are). Pass only what ``similarity``
-    needs, plus the video ids when ``same_video_positives``. ``similarity`` must be parameter-free given the features (the
-    model computes every learnt quantity inside ``forward``, so DDP sees all parameter use there).
+    needs, plus the video ids when ``same_video_positives``. ``similarity`` must be parameter-free given
+    the features (the model computes every learnt quantity inside ``forward``, so DDP sees all parameter
+    use there).
     Labels: faithful ``same_video_positives=False`` uses the own pair only (other captions of the same video
     are negatives); ``True`` uses soft targets over every column with the same ``features[video_id_key]``.
     Returns a scalar.

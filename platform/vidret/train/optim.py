@@ -1,4 +1,5 @@
-"""Parameter groups, the BertAdam / AdamW optimisers, warmup-cosine schedules and per-step clamps (method §2.5).
+"""Parameter groups, the BertAdam / AdamW optimisers, warmup-cosine schedules and per-step clamps (method
+§2.5).
 
 Parameter groups (faithful to the released code):
 
@@ -69,7 +70,8 @@ def is_decayed(name: str) -> bool:
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Optimiser groups ``clip_decay``, ``clip_no_decay``, ``other_decay``, ``other_no_decay`` (empty ones dropped).
+    """Optimiser groups ``clip_decay``, ``clip_no_decay``, ``other_decay``, ``other_no_decay`` (empty ones
+    dropped).
 
     Each dict holds ``params`` (tensors), ``param_names``, ``lr``, ``weight_decay`` and ``name``; torch
     optimisers keep ``param_names`` and ``name`` in their state dicts.
@@ -102,12 +104,14 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 
 def freeze_fp16_clip(model: nn.Module) -> list[str]:
-    """Freeze the CLIP tensors upstream keeps in fp16 (``train.clip_precision = fp16_frozen``); return their names.
+    """Freeze the CLIP tensors upstream keeps in fp16 (``train.clip_precision = fp16_frozen``); return
+    their names.
 
     Frozen: weights and biases of every Conv/Linear module, ``nn.MultiheadAttention`` in-projections, and the
     ``proj`` / ``text_projection`` matrices, all under ``backbone``. Left as they are: LayerNorms,
     ``token_embedding``, positional and class embeddings, ``logit_scale``. Only sets ``requires_grad=False``
-    (never re-enables anything), so call it after ``set_stage`` and before DDP wrapping and ``build_optimizer``.
+    (never re-enables anything), so call it after ``set_stage`` and before DDP wrapping and
+    ``build_optimizer``.
     """
     inner = getattr(model, "module", model)
     backbone = getattr(inner, CLIP_PREFIX.rstrip("."), None)

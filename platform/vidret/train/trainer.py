@@ -25,69 +25,15 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from vidret.config import Config, dump_yaml, replace, with_absolute_paths
-from vidret.data.pipeline import (
-    SplitRows,
-    build_dataset,
-    check_bad_fraction,
-    check_bad_fractions,
-    iter_numpy_batches,
-    load_split,
-    tokenize_rows,
-)
-from vidret.data.pipeline import ensure_ray as pipeline_ensure_ray
-from vidret.data.tokenizer import ClipTokenizer
+from vidret.data.pipeline import SplitRows, build_dataset, check_bad_fractions, ensure_ray, load_split
+from vidret.features.build import build_feature_cache
+from vidret.features.store import read_index
+from vidret.layout import check_placeholders, checkpoint_exists, stage_uri
+from vidret.model.build import encoder_key
+from vidret.model.checkpoint import load_checkpoint, load_state, save_state
 from vidret.storage import Storage, is_remote, join
-from vidret.train import cache as feature_cache
-from vidret.train.artifacts import checkpoint_exists, load_state, save_state
-from vidret.train.checkpoint import checkpoint_key, load_checkpoint
 from vidret.train.loop import train_loop_per_worker
 from vidret.train.plan import make_plan
-
-PLACEHOLDER = "YOUR-BUCKET"
-
-
-def ensure_ray(cfg: Config) -> None:
-    """Connect to the configured cluster or start a local instance (see ``vidret.data.pipeline.ensure_ray``)."""
-    pipeline_ensure_ray(cfg.run)
-
-
-def check_placeholders(cfg: Config) -> None:
-    """Refuse to run on the ``s3://YOUR-BUCKET`` placeholders of the shipped real-dataset configs."""
-    for key, value in (
-        ("run.out", cfg.run.out),
-        ("data.manifest", cfg.data.manifest),
-        ("train.storage_path", cfg.train.storage_path),
-        ("model.weights", cfg.model.weights),
-        ("train.init_checkpoint", cfg.train.init_checkpoint),
-    ):
-        if value and PLACEHOLDER in value:
-            raise ValueError(
-                f"{key} is still the placeholder {value!r}: set it to your bucket "
-                f"(e.g. {key}=s3://my-bucket/...)"
-            )
-
-
-def stage_uri(cfg: Config, stage: str) -> str:
-    """Where the selected weights of ``stage`` are exported."""
-    return join(cfg.run.out, "checkpoints", stage)
-
-
-DENOISER_PREFIXES = ("t2v_denoiser.", "v2t_denoiser.")
-
-
-def encoder_key(state_dict: dict[str, Any]) -> str:
-    """Content key of the encoder weights (everything but the denoisers): the feature cache's key, shared by a
-    stage-1 checkpoint and the stage-2 checkpoints trained on top of it (their encoder is frozen)."""
-    return checkpoint_key({k: v for k, v in state_dict.items() if not k.startswith(DENOISER_PREFIXES)})
-
-
-def cache_root(cfg: Config, key: str) -> str:
-    return join(cfg.run.out, "features", key)
-
-
-def eval_splits(cfg: Config) -> list[str]:
-    out = [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split, *cfg.data.extra_eval_splits]
-    return list(dict.fromkeys(out))
 
 
 def _storage_path(cfg: Config, storage: Storage) -> tuple[str, Any]:
@@ -174,7 +120,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
     cfg = with_absolute_paths(cfg)
     check_placeholders(cfg)
     storage = Storage(cfg.storage)
-    ensure_ray(cfg)
+    ensure_ray(cfg.run)
     t0 = time.perf_counter()
     summary = _run_stage1(cfg, storage) if cfg.train.stage == "discrimination" else _run_stage2(cfg, storage)
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -203,7 +149,7 @@ def _run_stage1(cfg: Config, storage: Storage) -> dict[str, Any]:
         logs.append(log)
     # The val pass runs at epoch ends while the train shard's decode actors still hold their CPUs (the train
     # iterator is paused, not finished): its single decode actor reserves no CPU, or it would wait forever
-    # for one (ray-notes P8). It is short and runs while training waits for it.
+    # for one. It is short and runs while training waits for it.
     val_data = replace(cfg.data, decode_cpus=0.0, decode_concurrency=1)
     datasets["val"], _ = build_dataset(val, val_data, storage, drop_bad=False)
     _log(
@@ -245,7 +191,7 @@ def _run_stage2(cfg: Config, storage: Storage) -> dict[str, Any]:
         raise ValueError(f"train.init_checkpoint: no stage-1 weights at {init} (run stage 1 first)")
     key = load_state(init, storage)["key"]
     cache = build_feature_cache(cfg, storage, init, key)
-    train_index = feature_cache.read_index(storage, cache["train"])
+    train_index = read_index(storage, cache[cfg.data.train_split])
     num_rows = sum(s["rows"] for s in train_index["texts"])
     if cfg.diffusion.num > cfg.train.batch_size - 1:
         raise ValueError(
@@ -273,149 +219,3 @@ def _run_stage2(cfg: Config, storage: Storage) -> dict[str, Any]:
         "steps": plan.total_steps,
         "metrics": result.metrics,
     }
-
-
-# -- feature cache (Ray Data batch inference) ---------------------------------------------------------------
-class _Encoder:
-    """Ray Data actor: frozen stage-1 encoder applied to decoded video rows or tokenised caption rows."""
-
-    def __init__(self, cfg: Config, weights_uri: str, what: str) -> None:
-        import torch
-
-        from vidret.train.loop import build_model
-
-        torch.set_num_threads(1)
-        storage = Storage(cfg.storage)
-        self.model = build_model(cfg, storage, None)
-        self.model.load_state_dict(load_state(weights_uri, storage)["selected"])
-        self.model.eval()
-        self.what, self.max_words = what, cfg.data.max_words
-        self.tokenizer = ClipTokenizer() if what == "texts" else None
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from vidret.eval.retrieval import encode_batches
-
-        if self.tokenizer is not None:
-            batch = tokenize_rows(batch, self.tokenizer, self.max_words)
-        feats = encode_batches(self.model, [batch], texts=self.what == "texts", videos=self.what == "videos")
-        out = {k: v.numpy() for k, v in feats.items()}
-        if self.what == "texts":
-            out["caption_row"] = np.asarray(batch["caption_row"], np.int64)
-            out.pop("ok", None)
-        return out
-
-
-def build_feature_cache(
-    cfg: Config, storage: Storage, weights_uri: str, key: str, splits: list[str] | None = None
-) -> dict[str, str]:
-    """Encode ``splits`` (default: train, val, test and extra) with the weights at ``weights_uri`` into
-    ``<run.out>/features/<key>/<split>``. Complete splits are reused; the missing ones are encoded together,
-    in one text pass and one video pass (the actors start once). Returns {split: uri}.
-    """
-    root = cache_root(cfg, key)
-    out, missing = {}, []
-    for split in splits if splits is not None else eval_splits(cfg):
-        out[split] = feature_cache.split_uri(root, split)
-        if feature_cache.read_index(storage, out[split]) is not None:
-            _log(f"[cache] {split}: reusing {out[split]}")
-        else:
-            missing.append(split)
-    if missing:
-        t0 = time.perf_counter()
-        infos = _encode_splits(cfg, storage, weights_uri, {s: out[s] for s in missing})
-        for split in missing:
-            _log(
-                f"[cache] {split}: {infos[split]['num_texts']} captions, {infos[split]['num_videos']} videos "
-                f"-> {out[split]}"
-            )
-        _log(f"[cache] encoded {', '.join(missing)} in {time.perf_counter() - t0:.1f} s")
-    return out
-
-
-def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[str, str]) -> dict[str, Any]:
-    """One text pass and one video pass over the union of the splits; rows are routed back to each split's
-    shards by their offset ranges (video rows ``[v0, v1)`` and caption rows ``[t0, t1)`` of the union)."""
-    import pyarrow as pa
-
-    texts, videos, ranges, infos = [], [], {}, {}
-    v_off = t_off = 0
-    for split in uris:
-        pairs = load_split(cfg.data.manifest, split, storage, pairs=True)
-        vids = load_split(cfg.data.manifest, split, storage, pairs=False)
-        n_t, n_v = pairs.table.num_rows, vids.num_videos
-        texts.append(
-            pa.table(
-                {
-                    "caption": pairs.table.column("caption"),
-                    "caption_row": pa.array(np.arange(n_t) + t_off, pa.int64()),
-                    "video_index": pa.array(pairs.table.column("video_index").to_numpy() + v_off),
-                }
-            )
-        )
-        vt = vids.table
-        videos.append(
-            vt.set_column(
-                vt.schema.get_field_index("video_index"),
-                "video_index",
-                pa.array(vt.column("video_index").to_numpy() + v_off),
-            )
-        )
-        ranges[split] = (t_off, t_off + n_t, v_off, v_off + n_v)
-        infos[split] = {
-            "split": split,
-            "num_texts": n_t,
-            "num_videos": n_v,
-            "weights": weights_uri,
-            "video_ids": vt.column("video_id").to_pylist(),
-            "captions": pairs.table.column("caption").to_pylist(),
-        }
-        t_off, v_off = t_off + n_t, v_off + n_v
-    union = SplitRows(table=pa.concat_tables(videos), num_videos=v_off)
-    video_ds, log = build_dataset(union, cfg.data, storage, tokenize=False, drop_bad=False)
-    kwargs = {"concurrency": 1, "num_cpus": 0.5, "batch_size": cfg.eval.batch_size}  # headroom: P8
-    encoder = {"cfg": cfg, "weights_uri": weights_uri}
-    text_feats = ray.data.from_arrow(pa.concat_tables(texts)).map_batches(
-        _Encoder, fn_constructor_kwargs={**encoder, "what": "texts"}, **kwargs
-    )
-    video_feats = video_ds.map_batches(
-        _Encoder, fn_constructor_kwargs={**encoder, "what": "videos"}, **kwargs
-    )
-    writers = {
-        s: (feature_cache.ShardWriter(storage, u, "texts"), feature_cache.ShardWriter(storage, u, "videos"))
-        for s, u in uris.items()
-    }
-    # the video pass is read with its bad-video log: past data.max_bad_fraction it raises the typed
-    # TooManyBadVideosError listing them (Ray Data would hand over a wrapped RayTaskError(UserCodeException))
-    passes = (("texts", text_feats, "caption_row", None), ("videos", video_feats, "video_index", log))
-    for kind, feats, row_key, pass_log in passes:
-        for batch in iter_numpy_batches(
-            feats, cfg.eval.batch_size, log=pass_log, total=union.num_videos, cfg=cfg.data
-        ):
-            for split, (t0, t1, v0, v1) in ranges.items():
-                lo, hi = (t0, t1) if kind == "texts" else (v0, v1)
-                sel = (batch[row_key] >= lo) & (batch[row_key] < hi)
-                if not sel.any():
-                    continue
-                part = {k: v[sel] for k, v in batch.items()}
-                part["video_index"] = part["video_index"] - v0
-                if kind == "texts":
-                    part["caption_row"] = part["caption_row"] - t0
-                writers[split][0 if kind == "texts" else 1].add(part)
-    bad = check_bad_fraction(log, union.num_videos, cfg.data)["bad"]
-    for split, uri in uris.items():
-        split_uris = {u for u in bad if u in set(_video_uris(videos, ranges[split]))}
-        feature_cache.write_index(
-            storage,
-            uri,
-            {**infos[split], "bad_videos": {u: bad[u] for u in split_uris}},
-            writers[split][0].close(),
-            writers[split][1].close(),
-        )
-    return infos
-
-
-def _video_uris(tables: list[Any], rng: tuple[int, int, int, int]) -> list[str]:
-    import pyarrow as pa
-
-    union = pa.concat_tables(tables)
-    return union.column("video_uri").to_pylist()[rng[2] : rng[3]]

@@ -7,14 +7,13 @@ from vidret.config import DiffusionConfig
 from vidret.diffusion.denoiser import T2VDenoiser, V2TDenoiser
 from vidret.diffusion.process import GaussianDiffusion, seeded_noise
 from vidret.diffusion.rerank import (
+    Conditioning,
+    candidate_scores,
     fuse,
     hard_negatives,
-    rerank_t2v,
-    rerank_v2t,
-    t2v_candidate_scores,
+    rerank,
     t2v_encode_candidates,
     topk_candidates,
-    v2t_candidate_scores,
 )
 
 torch.set_num_threads(1)
@@ -116,19 +115,22 @@ def _features(q: int, n: int, f: int, d: int, seed: int) -> dict[str, torch.Tens
     }
 
 
+def _cond(x: dict[str, torch.Tensor]) -> Conditioning:
+    return Conditioning(x["text"], x["video"], x["mask"])
+
+
 def test_rerank_t2v_invariant_to_chunk_and_subset() -> None:
     torch.manual_seed(0)
     den, diff = T2VDenoiser(16), GaussianDiffusion.from_config(DiffusionConfig(steps=10))
     cfg = DiffusionConfig(steps=10, t2v_k=4, t2v_alpha=1.0)
     x = _features(9, 12, 3, 16, 0)
-    whole = rerank_t2v(x["sim"], x["text"], x["video"], x["mask"], den, diff, cfg, chunk=100)
-    chunked = rerank_t2v(x["sim"], x["text"], x["video"], x["mask"], den, diff, cfg, chunk=2)
+    whole = rerank("t2v", x["sim"], _cond(x), den, diff, cfg, chunk=100)
+    chunked = rerank("t2v", x["sim"], _cond(x), den, diff, cfg, chunk=2)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
     # a subset of queries with their global ids reproduces those rows (a worker's shard)
     rows = torch.tensor([8, 2, 5])
-    part = rerank_t2v(
-        x["sim"][rows], x["text"][rows], x["video"], x["mask"], den, diff, cfg, query_ids_Q=rows
-    )
+    sub = Conditioning(x["text"][rows], x["video"], x["mask"])
+    part = rerank("t2v", x["sim"][rows], sub, den, diff, cfg, query_ids_Q=rows)
     torch.testing.assert_close(part, whole[rows], rtol=1e-5, atol=1e-6)
     # only the top-k cells change, each row gains exactly alpha
     delta = whole - x["sim"]
@@ -153,24 +155,23 @@ def test_rerank_scores_match_ddim_over_the_reference_forward(frame_softmax: str)
     t2v = _scaled(T2VDenoiser(16, frame_softmax=frame_softmax))  # type: ignore[arg-type]
     v2t = _scaled(V2TDenoiser(16, frame_softmax=frame_softmax))  # type: ignore[arg-type]
     x = _features(4, 10, 3, 16, 1)
-    cand, x0 = t2v_candidate_scores(
-        x["sim"], x["text"], x["video"], x["mask"], t2v, diff, 3, seed=11, chunk=3
-    )
+    cfg = DiffusionConfig(steps=5, t2v_k=3, v2t_k=3, noise_seed=11)
+    cand, x0 = candidate_scores("t2v", x["sim"], _cond(x), t2v, diff, cfg, chunk=3)
     cond = {"text_BD": x["text"], "video_BKFD": x["video"][cand], "video_mask_BKF": x["mask"][cand]}
     noise = seeded_noise(torch.arange(4), 3, 11)
     torch.testing.assert_close(x0, diff.ddim_sample(t2v, (4, 3), cond, noise=noise), rtol=1e-5, atol=1e-5)
     ref = diff.ddim_sample(t2v, (4, 3), cond, noise=noise, clip_denoised=False)
-    cand2, x0_raw = t2v_candidate_scores(
-        x["sim"], x["text"], x["video"], x["mask"], t2v, diff, 3, seed=11, chunk=3, clip_denoised=False
-    )
+    raw = DiffusionConfig(steps=5, t2v_k=3, noise_seed=11, clip_denoised=False)
+    cand2, x0_raw = candidate_scores("t2v", x["sim"], _cond(x), t2v, diff, raw, chunk=3)
     assert torch.equal(cand2, cand)
     torch.testing.assert_close(x0_raw, ref, rtol=1e-5, atol=1e-5)
     assert ref.std() > 0.1  # not a constant prediction
     # video-to-text: 10 videos x 4 texts (the gallery), candidate texts per video
     sim_v = x["sim"].T
-    cand, x0 = v2t_candidate_scores(
-        sim_v, x["video"], x["mask"], x["text"], v2t, diff, 3, seed=5, chunk=4, clip_denoised=False
-    )
+    v_cfg = DiffusionConfig(steps=5, v2t_k=3, noise_seed=5, clip_denoised=False)
+    cand, x0 = candidate_scores("v2t", sim_v, _cond(x), v2t, diff, v_cfg, chunk=4)
+    with pytest.raises(TypeError, match="V2TDenoiser"):
+        candidate_scores("v2t", sim_v, _cond(x), t2v, diff, v_cfg)
     cond = {"text_BKD": x["text"][cand], "video_BFD": x["video"], "video_mask_BF": x["mask"]}
     ref = diff.ddim_sample(
         v2t, (10, 3), cond, noise=seeded_noise(torch.arange(10), 3, 5), clip_denoised=False
@@ -187,9 +188,10 @@ def test_rerank_v2t_and_k_larger_than_gallery_warns() -> None:
     video, mask, text = torch.randn(6, 3, 16, generator=g), torch.ones(6, 3), torch.randn(5, 16, generator=g)
     cfg = DiffusionConfig(steps=5, v2t_k=32, v2t_alpha=0.5)
     with pytest.warns(UserWarning, match="diffusion.v2t_k = 32"):
-        out = rerank_v2t(sim, video, mask, text, den, diff, cfg)
+        out = rerank("v2t", sim, Conditioning(text, video, mask), den, diff, cfg)
     torch.testing.assert_close((out - sim).sum(1), torch.full((6,), 0.5), rtol=1e-5, atol=1e-5)
-    again = rerank_v2t(sim, video, mask, text, den, diff, DiffusionConfig(steps=5, v2t_k=5, v2t_alpha=0.5))
+    cfg5 = DiffusionConfig(steps=5, v2t_k=5, v2t_alpha=0.5)
+    again = rerank("v2t", sim, Conditioning(text, video, mask), den, diff, cfg5)
     torch.testing.assert_close(again, out)
 
 
@@ -254,12 +256,8 @@ def test_rerank_t2v_sparse_chunked_equals_gathered_unchunked() -> None:
     den, diff = T2VDenoiser(16), GaussianDiffusion.from_config(DiffusionConfig(steps=8))
     cfg = DiffusionConfig(steps=8, t2v_k=5, t2v_alpha=1.0)
     x = _features(11, 14, 4, 16, 3)
-    ref = rerank_t2v(
-        x["sim"], x["text"], x["video"], x["mask"], den, diff, cfg, chunk=100, encode_path="gather"
-    )
+    ref = rerank("t2v", x["sim"], _cond(x), den, diff, cfg, chunk=100, encode_path="gather")
     for chunk, path in [(1, "sparse"), (4, "sparse"), (100, "sparse"), (4, "dense"), (100, "auto")]:
-        out = rerank_t2v(
-            x["sim"], x["text"], x["video"], x["mask"], den, diff, cfg, chunk=chunk, encode_path=path
-        )
+        out = rerank("t2v", x["sim"], _cond(x), den, diff, cfg, chunk=chunk, encode_path=path)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     assert not torch.equal(ref, x["sim"])

@@ -23,6 +23,7 @@ v2t scores a video against each caption group by its best caption: (v, g) = max_
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,12 @@ import pytest
 import torch
 
 from vidret.config import DiffusionConfig, EvalConfig, ModelConfig
-from vidret.eval.retrieval import FeatureSet, evaluate_features
+from vidret.features.encode import encode_batches
+from vidret.features.scoring import evaluate_features, similarity
+from vidret.features.store import load_split, write_split
+from vidret.features.types import FeatureSet, TextFeatures, VideoFeatures
 from vidret.model.retrieval import RetrievalModel
 from vidret.storage import Storage
-from vidret.train.cache import load_split, write_split
 
 S_TV = np.array(
     [
@@ -57,7 +60,8 @@ def model() -> RetrievalModel:
 
 
 def known_features(sim_TV: np.ndarray, text_to_video: list[int]) -> FeatureSet:
-    """A FeatureSet whose WTI similarity is ``sim_TV`` (rows of norm < 1) and whose EOT features are random."""
+    """A FeatureSet whose WTI similarity is ``sim_TV`` (rows of norm < 1) and whose EOT features are
+    random."""
     t, v = sim_TV.shape
     text = np.zeros((t, 1, DIM))
     text[:, 0, :v] = sim_TV
@@ -66,17 +70,17 @@ def known_features(sim_TV: np.ndarray, text_to_video: list[int]) -> FeatureSet:
     video[np.arange(v), 0, np.arange(v)] = 1.0
     g = torch.Generator().manual_seed(0)
     return FeatureSet(
-        text={
-            "text": torch.from_numpy(text).float(),
-            "text_mask": torch.ones(t, 1, dtype=torch.int64),
-            "text_weight": torch.ones(t, 1),
-            "text_eot": torch.randn(t, DIM, generator=g),
-        },
-        video={
-            "video": torch.from_numpy(video).float(),
-            "video_mask": torch.ones(v, 1, dtype=torch.int64),
-            "video_weight": torch.ones(v, 1),
-        },
+        text=TextFeatures(
+            tokens=torch.from_numpy(text).float(),
+            mask=torch.ones(t, 1, dtype=torch.int64),
+            weight=torch.ones(t, 1),
+            eot=torch.randn(t, DIM, generator=g),
+        ),
+        video=VideoFeatures(
+            frames=torch.from_numpy(video).float(),
+            mask=torch.ones(v, 1, dtype=torch.int64),
+            weight=torch.ones(v, 1),
+        ),
         text_to_video_T=torch.tensor(text_to_video, dtype=torch.int64),
         video_ids=[f"video{i}" for i in range(v)],
         captions=[f"caption {i}" for i in range(t)],
@@ -86,7 +90,7 @@ def known_features(sim_TV: np.ndarray, text_to_video: list[int]) -> FeatureSet:
 def test_features_give_the_hand_written_similarity(model: RetrievalModel) -> None:
     fs = known_features(S_TV, TEXT_TO_VIDEO)
     assert not fs.single_caption
-    sim = model.similarity(fs.text, fs.video, block=2)
+    sim = similarity(model, fs, block=2)
     np.testing.assert_allclose(sim.numpy(), S_TV, atol=1e-6)
 
 
@@ -168,8 +172,8 @@ def test_in_process_rerank_of_a_multi_caption_set(model: RetrievalModel) -> None
 def test_cached_multi_caption_split_loads_in_caption_order(model: RetrievalModel, tmp_path: Path) -> None:
     """Shards written out of order come back sorted (captions by row, videos by index) with their labels."""
     fs = known_features(S_TV, TEXT_TO_VIDEO)
-    text = {k: v.numpy() for k, v in fs.text.items()}
-    video = {k: v.numpy() for k, v in fs.video.items()}
+    text = {k: v.numpy() for k, v in fs.text.as_model().items()}
+    video = {k: v.numpy() for k, v in fs.video.as_model().items()}
     t_perm, v_perm = np.array([3, 0, 4, 1, 2]), np.array([2, 0, 1])
     tv = np.array(TEXT_TO_VIDEO)
     text_rows = {
@@ -192,10 +196,9 @@ def test_cached_multi_caption_split_loads_in_caption_order(model: RetrievalModel
     assert loaded.text_to_video_T.tolist() == TEXT_TO_VIDEO
     assert loaded.video_ids == fs.video_ids
     assert loaded.captions == fs.captions
-    for k in fs.text:
-        assert torch.equal(loaded.text[k], fs.text[k]), k
-    for k in fs.video:
-        assert torch.equal(loaded.video[k], fs.video[k]), k
+    for got, want in ((loaded.text, fs.text), (loaded.video, fs.video)):
+        for f in fields(want):
+            assert torch.equal(getattr(got, f.name), getattr(want, f.name)), f.name
     res = evaluate_features(model, loaded, EvalConfig(rerank=False))
     np.testing.assert_array_equal(res.ranks["stage1"]["t2v"], [0, 2, 1, 0, 1])
     np.testing.assert_array_equal(res.ranks["stage1"]["v2t"], [0, 0, 1])
@@ -211,8 +214,6 @@ def test_encode_batches_reads_read_only_arrays_without_warning(model: RetrievalM
     """Ray Data hands batch inference read-only views of the object store: same features, no torch warning,
     and the caller's buffers are not aliased by the returned tensors."""
     import warnings
-
-    from vidret.eval.retrieval import encode_batches
 
     rng = np.random.default_rng(0)
     ids = np.zeros((2, 8), np.int64)
@@ -232,9 +233,10 @@ def test_encode_batches_reads_read_only_arrays_without_warning(model: RetrievalM
         warnings.simplefilter("error")  # the non-writable-array UserWarning would fail here
         got = encode_batches(model, [frozen])
     want = encode_batches(model, [batch])
-    assert set(got) == set(want)
-    assert "video_index" in got
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
-    got["video_index"][0] = -1
+    got_arrays, want_arrays = got.arrays(), want.arrays()
+    assert set(got_arrays) == set(want_arrays)
+    assert "video_index" in got.rows
+    for k, v in want_arrays.items():
+        np.testing.assert_array_equal(got_arrays[k], v, err_msg=k)
+    got.rows["video_index"][0] = -1
     assert frozen["video_index"][0] == 4

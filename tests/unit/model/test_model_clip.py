@@ -22,7 +22,7 @@ def test_presets_build_offline_with_expected_sizes():
         77,
     )
     assert tiny.text_heads == 4
-    with pytest.raises(ValueError, match="model.preset"):
+    with pytest.raises(ValueError, match=r"model\.preset"):
         preset_config("ViT-X")
 
 

@@ -100,7 +100,7 @@ def test_mismatched_architecture_lists_keys_and_shapes(tmp_path: Path, debug_cli
     state["visual.extra.weight"] = torch.zeros(1)
     path = tmp_path / "bad.pt"
     torch.save(state, path)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match="missing keys") as err:
         load_clip_weights(build_clip(ModelConfig(preset="debug")), str(path))
     msg = str(err.value)
     assert str(path) in msg
@@ -129,17 +129,17 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path, monkeypatch, writer: s
         torch.save(payload, path)
     else:
         path.write_bytes(pickle.dumps(payload))
-    with pytest.raises(ValueError, match="evil.pt"):
+    with pytest.raises(ValueError, match=r"evil\.pt"):
         read_clip_weights(str(path))
     assert not marker.exists()
 
 
 def test_missing_or_garbage_file_names_the_uri(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
         build_clip(ModelConfig(preset="debug", weights=str(tmp_path / "nope.pt")))
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00not a checkpoint" * 10)
-    with pytest.raises(ValueError, match="garbage.pt"):
+    with pytest.raises(ValueError, match=r"garbage\.pt"):
         read_clip_weights(str(garbage))
     notdict = tmp_path / "list.pt"
     torch.save([torch.zeros(1)], notdict)
@@ -170,7 +170,7 @@ def test_weights_are_read_through_the_given_storage(debug_clip):
     model = build_clip(cfg, storage=storage).eval()  # type: ignore[arg-type]
     assert storage.reads == ["s3://bucket/clip/ViT-debug.pt"]
     _assert_same_outputs(model, debug_clip)
-    with pytest.raises(FileNotFoundError, match="s3://bucket/clip/other.pt"):
+    with pytest.raises(FileNotFoundError, match=r"s3://bucket/clip/other\.pt"):
         read_clip_weights("s3://bucket/clip/other.pt", storage=storage)  # type: ignore[arg-type]
 
 

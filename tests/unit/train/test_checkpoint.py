@@ -13,18 +13,17 @@ import torch
 from torch import nn
 
 from vidret.config import TrainConfig, dump_yaml, load_config
-from vidret.train.checkpoint import (
+from vidret.model.checkpoint import (
     META_FILE,
     STATE_FILE,
     CheckpointError,
-    capture_rng,
     checkpoint_key,
     is_valid_checkpoint,
     load_checkpoint,
     read_meta,
-    restore_rng,
     save_checkpoint,
 )
+from vidret.train.checkpoint import capture_rng, restore_rng
 from vidret.train.ema import EMA
 from vidret.train.optim import build_optimizer, build_scheduler
 

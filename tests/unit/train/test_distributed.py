@@ -187,5 +187,5 @@ def test_single_process_is_identity() -> None:
     b = vd.contrastive_loss(feats, _cosine, mode="local_slice")
     assert a.item() == pytest.approx(symmetric_infonce(feats, _cosine).item())
     assert a.item() == b.item()
-    with pytest.raises(ValueError, match="train.gather"):
+    with pytest.raises(ValueError, match=r"train\.gather"):
         vd.gather_with_grad(x, "sum")  # type: ignore[arg-type]

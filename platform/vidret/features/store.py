@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidret.eval.retrieval import TEXT_KEYS, VIDEO_KEYS, FeatureSet
+from vidret.features.types import FeatureSet, TextFeatures, VideoFeatures
 from vidret.storage import Storage, join
 
 INDEX = "index.json"
@@ -31,6 +31,7 @@ FORMAT = 1
 
 
 def split_uri(root: str, split: str) -> str:
+    """The folder of ``split`` under a cache root (``vidret.layout.cache_root``)."""
     return join(root, split)
 
 
@@ -60,7 +61,7 @@ class ShardWriter:
         self.pending_rows -= rows
         name = f"{self.prefix}-{len(self.shards):05d}.npz"
         buf = io.BytesIO()
-        np.savez(buf, **head)
+        np.savez(buf, **head)  # type: ignore[arg-type]  # numpy's stub types **kwds as the allow_pickle flag
         data = buf.getvalue()
         self.storage.write_bytes(join(self.uri, name), data)
         self.shards.append({"name": name, "rows": rows, "bytes": len(data)})
@@ -81,7 +82,7 @@ def write_index(
     """Write the split's ``index.json`` (after all its shards): this is what makes the split valid."""
     index = {"format": FORMAT, **info, "texts": texts, "videos": videos}
     storage.write_text(join(uri, INDEX), json.dumps(index, indent=1, sort_keys=True))
-    return index
+    return dict(index)
 
 
 def write_split(
@@ -112,7 +113,7 @@ def read_index(storage: Storage, uri: str) -> dict[str, Any] | None:
     for shard in [*index["texts"], *index["videos"]]:
         if join(uri, shard["name"]) not in listed:
             return None
-    return index
+    return dict(index)
 
 
 def _load_shards(storage: Storage, uri: str, shards: list[dict[str, Any]]) -> Iterator[dict[str, np.ndarray]]:
@@ -141,12 +142,12 @@ def load_split(storage: Storage, uri: str) -> FeatureSet:
     v_order = np.argsort(v["video_index"], kind="stable")
     if not np.array_equal(v["video_index"][v_order], np.arange(len(v_order))):
         raise ValueError(f"{uri}: video rows are not 0..V-1 (cache incomplete or duplicated)")
-    text = {k: torch.from_numpy(np.ascontiguousarray(t[k][t_order])) for k in TEXT_KEYS}
-    video = {k: torch.from_numpy(np.ascontiguousarray(v[k][v_order])) for k in VIDEO_KEYS}
+    text = {k: torch.from_numpy(np.ascontiguousarray(v[t_order])) for k, v in t.items()}
+    video = {k: torch.from_numpy(np.ascontiguousarray(x[v_order])) for k, x in v.items()}
     return FeatureSet(
-        text=text,
-        video=video,
-        text_to_video_T=torch.from_numpy(t["video_index"][t_order].astype(np.int64)),
+        text=TextFeatures.from_model(text),
+        video=VideoFeatures.from_model(video),
+        text_to_video_T=text["video_index"].to(torch.int64),
         video_ids=list(index.get("video_ids", [])),
         captions=list(index.get("captions", [])),
         video_ok=v["ok"][v_order].astype(bool),

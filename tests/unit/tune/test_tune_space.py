@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from vidret.config import Config, TuneConfig, load_config
-from vidret.eval.tune import (
+from vidret.tune.space import (
     apply_overrides,
     dotted,
     metric_mode,
@@ -72,9 +72,9 @@ def test_metric_mode_and_unknown_metric() -> None:
     assert metric_mode("v2t_R5") == "max"
     assert metric_mode("t2v_MnR") == "min"
     assert metric_mode("v2t_MdR") == "min"
-    with pytest.raises(ValueError, match="tune.metric"):
+    with pytest.raises(ValueError, match=r"tune\.metric"):
         metric_mode("R@1")
-    with pytest.raises(ValueError, match="tune.metric"):
+    with pytest.raises(ValueError, match=r"tune\.metric"):
         metric_mode("stage1_t2v_R1")  # the stage-1 baseline does not depend on the swept values
 
 
