@@ -114,7 +114,7 @@ def manifest_uri(cfg: Config, split: str) -> str:
 
 
 def _cmd_manifest(args: argparse.Namespace) -> int:
-    from vidret.data.manifest import build_manifest, write_manifest
+    from vidret.data.annotations.manifest import build_manifest, write_manifest
     from vidret.storage import Storage
 
     cfg = _load(args, _flags(args, {"dataset": "data.dataset"}))
@@ -131,7 +131,8 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- check / prepare
 def _cmd_check(args: argparse.Namespace) -> int:
-    from vidret.data.pipeline import ensure_ray, run_check
+    from vidret.data.executors import run_check
+    from vidret.runtime import ensure_ray
 
     cfg = _load(args)
     ensure_ray(cfg.run)
@@ -141,7 +142,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from vidret.data.pipeline import ensure_ray, run_prepare
+    from vidret.data.executors import run_prepare
+    from vidret.runtime import ensure_ray
 
     cfg = _load(
         args,

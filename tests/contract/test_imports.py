@@ -12,20 +12,22 @@ LAYER = {
     "data": 2,
     "model": 2,
     "diffusion": 2,
-    "data.pipeline": 3,
-    "train": 3,
-    "eval": 3,
-    "cli": 4,
-    "quickstart": 4,
-    "__main__": 5,
+    "runtime": 3,
+    "data.pipeline": 4,
+    "data.executors": 4,
+    "train": 5,
+    "eval": 5,
+    "cli": 6,
+    "quickstart": 6,
+    "__main__": 7,
 }
-RAY_ALLOWED = ("cli", "data.pipeline", "train", "eval")
+RAY_ALLOWED = ("cli", "runtime", "data.pipeline", "data.executors", "train", "eval")
 
 
 def _area(dotted: str) -> str:
     parts = dotted.split(".")
-    if parts[:2] == ["data", "pipeline"]:
-        return "data.pipeline"
+    if parts[:2] in (["data", "pipeline"], ["data", "executors"]):
+        return ".".join(parts[:2])
     return parts[0]
 
 

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pytest
 
 from vidret.config import Config, DataConfig
+from vidret.data.annotations.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
 from vidret.data.check import TooManyBadVideosError
-from vidret.data.decode import decode_video, probe
-from vidret.data.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
-from vidret.data.pipeline import run_check, run_prepare
+from vidret.data.executors import run_check, run_prepare
+from vidret.data.video import decode_video, probe
 from vidret.storage import Storage, join
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.ray]

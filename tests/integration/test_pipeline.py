@@ -11,12 +11,12 @@ import pyarrow as pa
 import pytest
 
 from vidret.config import DataConfig
+from vidret.data.annotations.manifest import MANIFEST_SCHEMA
 from vidret.data.batches import MODEL_COLUMNS, SplitRows, split_rows
 from vidret.data.check import TooManyBadVideosError
-from vidret.data.decode import decode_with_config
-from vidret.data.manifest import MANIFEST_SCHEMA
 from vidret.data.pipeline import build_dataset, check_bad_fraction, check_bad_fractions, iter_numpy_batches
 from vidret.data.tokenizer import ClipTokenizer
+from vidret.data.video import decode_with_config
 from vidret.storage import Storage, join
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.ray]

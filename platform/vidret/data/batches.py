@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from vidret.config import DataConfig
 from vidret.data.check import classify
-from vidret.data.decode import DecodeError, decode_with_config
+from vidret.data.video import DecodeError, decode_with_config
 from vidret.storage import Storage, StorageError, is_remote, parse_uri
 
 if TYPE_CHECKING:  # the tokenizer imports torch and open_clip (~7 s, ~1 GB): decode workers never need it

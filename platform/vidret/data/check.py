@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vidret.data.decoders import REASONS, DecodeError
+from vidret.data.video.types import REASONS, DecodeError
 from vidret.storage import StorageError
 
 FAILURE_REASONS: tuple[str, ...] = (*REASONS, "read_error", "invalid_row")

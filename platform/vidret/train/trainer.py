@@ -34,8 +34,8 @@ from vidret.data.pipeline import (
     load_split,
     tokenize_rows,
 )
-from vidret.data.pipeline import ensure_ray as pipeline_ensure_ray
 from vidret.data.tokenizer import ClipTokenizer
+from vidret.runtime import ensure_ray as pipeline_ensure_ray
 from vidret.storage import Storage, is_remote, join
 from vidret.train import cache as feature_cache
 from vidret.train.artifacts import checkpoint_exists, load_state, save_state

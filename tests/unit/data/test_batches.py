@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from vidret.config import DataConfig
+from vidret.data.annotations.manifest import MANIFEST_SCHEMA
 from vidret.data.batches import augment_rows, decode_rows, split_rows
 from vidret.data.check import (
     FAILURE_REASONS,
@@ -20,8 +21,7 @@ from vidret.data.check import (
     enforce_budget,
     summarise,
 )
-from vidret.data.decode import DecodeError, decode_with_config
-from vidret.data.manifest import MANIFEST_SCHEMA
+from vidret.data.video import DecodeError, decode_with_config
 from vidret.storage import Storage, StorageError, StorageNotFoundError
 
 CFG = DataConfig(size=32, max_frames=4, decoder="pyav", decode_timeout_s=30.0)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from vidret.config import DataConfig
-from vidret.data.decode import (
+from vidret.data.video import (
     AUTO_ORDER,
     DecodeError,
     decode_video,
@@ -24,8 +24,7 @@ from vidret.data.decode import (
     sample_indices,
     time_decoders,
 )
-from vidret.data.decode_worker import DecodeWorker
-from vidret.data.transforms import (
+from vidret.data.video.transforms import (
     IDENTITY,
     apply_display_transform,
     center_crop,
@@ -34,6 +33,7 @@ from vidret.data.transforms import (
     rotation_degrees,
     transform_from_rotation,
 )
+from vidret.data.video.worker import DecodeWorker
 
 DECODERS = ["pyav", "decord"]
 
@@ -118,11 +118,11 @@ def test_decoders_agree_pixel_for_pixel(grey_clip: Path) -> None:
 
 
 def test_seek_path_matches_sequential_path(grey_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vidret.data import decoders
+    from vidret.data.video import pyav_backend
 
     kw = {"max_frames": 12, "framerate": 3.0, "size": 24, "decoder": "pyav"}
     seeking, m1 = decode_video(str(grey_clip), **kw)
-    monkeypatch.setattr(decoders, "_seek_plan", lambda source, uri: None)  # force sequential decoding
+    monkeypatch.setattr(pyav_backend, "_seek_plan", lambda source, uri: None)  # force sequential decoding
     sequential, m2 = decode_video(str(grey_clip), **kw)
     np.testing.assert_array_equal(m1, m2)
     np.testing.assert_array_equal(seeking, sequential)
@@ -175,7 +175,7 @@ def test_display_matrix_is_applied(tmp_path: Path, decoder: str, rotation, matri
 
 
 def test_auto_falls_back_to_the_next_decoder(grey_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vidret.data import decode
+    from vidret.data.video import local
 
     calls: list[str] = []
 
@@ -183,7 +183,7 @@ def test_auto_falls_back_to_the_next_decoder(grey_clip: Path, monkeypatch: pytes
         calls.append(uri)
         raise DecodeError(uri, "unsupported_codec", "test double")
 
-    monkeypatch.setitem(decode._READERS, AUTO_ORDER[0], broken)
+    monkeypatch.setitem(local._READERS, AUTO_ORDER[0], broken)
     frames, mask = decode_video(str(grey_clip), max_frames=12, framerate=1.0, size=32, uri="g.mp4")
     assert calls == ["g.mp4"]
     assert _frame_indices(frames, mask) == [0, 8, 16, 24, 32, 40]

@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from vidret.config import StorageConfig
-from vidret.data.formats import lsmdc_movie, read_msrvtt_split_ids, safe_unpickle
-from vidret.data.manifest import MANIFEST_SCHEMA, build_manifest, read_manifest, write_manifest
+from vidret.data.annotations.formats import lsmdc_movie, read_msrvtt_split_ids
+from vidret.data.annotations.manifest import MANIFEST_SCHEMA, build_manifest, read_manifest, write_manifest
+from vidret.data.annotations.records import safe_unpickle
 from vidret.storage import Storage
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "annotations"

@@ -11,8 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from vidret.data.decode import DecodeError, decode_video, probe
-from vidret.data.prepare import (
+from vidret.data.video import DecodeError, decode_video, probe
+from vidret.data.video.prepare import (
     PrepareSettings,
     output_names,
     output_size,

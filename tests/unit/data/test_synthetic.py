@@ -15,8 +15,8 @@ import pytest
 
 from vidret.config import StorageConfig, SynthConfig
 from vidret.data.synthetic import frame_count, generate_corpus, plan_corpus, split_sizes
-from vidret.data.synthetic_plan import COLOURS, HELD_OUT, MOTIONS, SHAPES
-from vidret.data.synthetic_render import RGB, render_frames
+from vidret.data.synthetic.plan import COLOURS, HELD_OUT, MOTIONS, SHAPES
+from vidret.data.synthetic.render import RGB, render_frames
 from vidret.storage import Storage
 
 SMALL = {"videos": 24, "seed": 3, "size": 32, "seconds": 1.5, "fps": 8, "workers": 1}

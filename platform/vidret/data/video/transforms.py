@@ -3,7 +3,7 @@
 Shape legend: H height, W width, S output side (``size``); frames are ``uint8`` RGB ``(H, W, 3)``.
 
 The method's image pipeline is PIL ``Resize(size, bicubic)`` on the short side followed by
-``CenterCrop(size)`` (diffusionret-method.md section 5.1). We keep PIL's bicubic filter (antialiased on
+``CenterCrop(size)`` (CLIP's preprocessing, as the method uses it). We keep PIL's bicubic filter (antialiased on
 downscaling, as torchvision's PIL path is) so frames match what CLIP preprocessing produces; normalisation
 to float happens later, on the batch.
 """

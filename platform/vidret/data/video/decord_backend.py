@@ -11,17 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vidret.data.decoders import (
-    Clip,
-    DecodeError,
-    Pick,
-    Source,
-    as_rate,
-    choose_fps,
-    pyav_first_frame,
-    rewound,
-)
-from vidret.data.transforms import (
+from vidret.data.video.pyav_backend import pyav_first_frame
+from vidret.data.video.transforms import (
     IDENTITY,
     DisplayTransform,
     apply_display_transform,
@@ -29,6 +20,7 @@ from vidret.data.transforms import (
     frame_to_square,
     is_reflection,
 )
+from vidret.data.video.types import Clip, DecodeError, Pick, Source, as_rate, choose_fps, rewound
 
 
 def read_decord(source: Source, pick: Pick, size: int, uri: str, *, threads: int = 1) -> Clip:

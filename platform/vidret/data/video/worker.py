@@ -22,15 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from vidret.data.decoders import DecodeError, Source
+from vidret.data.video.local import decode_local
+from vidret.data.video.types import DecodeError, Source
 
 _STARTUP_TIMEOUT_S = 120.0  # importing numpy/PyAV/decord in a spawned child; generous on a loaded machine
 
 
 def _child_main(conn: Connection) -> None:
     """Serve decode requests until the pipe closes: ``(source, kwargs)`` -> ``("ok", frames, mask)`` or error."""
-    from vidret.data.decode import decode_local
-
     conn.send(("ready",))  # imports done: the parent's timeout clock starts only after this
     while True:
         try:
@@ -94,7 +93,7 @@ class DecodeWorker:
         return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
 
     def decode(self, source: Source, *, timeout_s: float, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Run :func:`vidret.data.decode.decode_local` in the child; kill it after ``timeout_s`` seconds.
+        """Run :func:`vidret.data.video.local.decode_local` in the child; kill it after ``timeout_s`` seconds.
 
         File objects are read into bytes here (they cannot cross a process boundary). The timeout covers
         the decode, not the start-up of a fresh child (waited for separately, so a cold start never

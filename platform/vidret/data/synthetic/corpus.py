@@ -43,7 +43,7 @@ from functools import partial
 import numpy as np
 
 from vidret.config import SynthConfig
-from vidret.data.synthetic_plan import (
+from vidret.data.synthetic.plan import (
     COLOURS,
     HELD_OUT,
     KINDS,
@@ -58,7 +58,7 @@ from vidret.data.synthetic_plan import (
     sample_content,
     sample_kind,
 )
-from vidret.data.synthetic_render import ENCODER_OPTIONS, render_chunk
+from vidret.data.synthetic.render import ENCODER_OPTIONS, render_chunk
 from vidret.storage import Storage, join
 
 GENERATOR_VERSION = "1"

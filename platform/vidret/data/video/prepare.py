@@ -12,7 +12,7 @@ Why: sampling 1 frame/s from a 30 fps 320x240 clip decodes every frame up to the
 
 Resumability: next to each output ``<name>.mp4`` a sidecar ``<name>.mp4.json`` (written after the video, both
 atomically) records the source URI and the settings; :func:`prepare_one` skips a video whose sidecar
-matches. Source failures raise :class:`~vidret.data.decode.DecodeError` with the decoder's reasons.
+matches. Source failures raise :class:`~vidret.data.video.DecodeError` with the decoder's reasons.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ from typing import Any
 import numpy as np
 
 from vidret.config import DataConfig
-from vidret.data.decoders import DecodeError, Source, pyav_first_frame
-from vidret.data.transforms import IDENTITY, DisplayTransform, apply_display_transform, displayed_size
+from vidret.data.video.packets import PacketFrames
+from vidret.data.video.pyav_backend import pyav_first_frame
+from vidret.data.video.transforms import IDENTITY, DisplayTransform, apply_display_transform, displayed_size
+from vidret.data.video.types import DecodeError, Source
 from vidret.storage import Storage, StorageError, join
 
 SIDECAR_VERSION = 1
@@ -103,37 +105,16 @@ def _digest(text: str) -> str:
 def _source_frames(container: Any, stream: Any, uri: str, fps: float) -> Iterator[tuple[Any, float]]:
     """Decoded frames of ``stream`` with their presentation time in seconds (first frame at 0).
 
-    A packet that fails to decode is skipped; the stream is ``corrupt`` when no frame decodes or when more
-    than a tenth of the packets (and at least 3) fail, the same rule as the decoders.
+    A packet that fails to decode is skipped; the stream is ``corrupt`` by the same rule as decoding
+    (:class:`~vidret.data.video.packets.PacketFrames`).
     """
-    import av
-
-    n = bad = packets = 0
+    frames = PacketFrames(container, stream, uri)
     t0: float | None = None
-    first_error = ""
-    demux = container.demux(stream)
-    while True:
-        try:
-            packet = next(demux)
-        except StopIteration:
-            break
-        except av.error.FFmpegError as exc:  # a demuxer error ends the stream; keep what decoded
-            first_error = first_error or f"demux: {exc}"
-            break
-        packets += 1
-        try:
-            frames = packet.decode()
-        except av.error.FFmpegError as exc:
-            bad += 1
-            first_error = first_error or f"decode: {exc}"
-            continue
-        for frame in frames:
-            t = float(frame.time) if frame.time is not None else n / fps
-            t0 = t if t0 is None else t0
-            n += 1
-            yield frame, t - t0
-    if n == 0 or bad > max(2, packets // 10):
-        raise DecodeError(uri, "corrupt", f"{bad} of {packets} packets failed; first error: {first_error}")
+    for n, frame in enumerate(frames):
+        t = float(frame.time) if frame.time is not None else n / fps
+        t0 = t if t0 is None else t0
+        yield frame, t - t0
+    frames.verdict()
 
 
 def transcode(

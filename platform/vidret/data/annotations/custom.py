@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from vidret.data.formats import (
+from vidret.data.annotations.records import (
     AnnRecord,
     Caption,
     finite_number,

@@ -4,7 +4,7 @@ Schema (``MANIFEST_SCHEMA``): ``video_id`` string, ``video_uri`` string, ``capti
 ``start``/``end`` float64 seconds (null = from the beginning / to the end of the file), ``split`` string,
 ``dataset`` string. ``video_id`` is unique within a manifest.
 
-``build_manifest`` reads the annotations (``vidret.data.formats``), then, in this order:
+``build_manifest`` reads the annotations (:mod:`vidret.data.annotations.formats`), then, in this order:
 
 1. Captions are stripped; empty ones are dropped and listed in ``report.empty_captions`` with where they came
    from. A record left without any caption is dropped (``report.no_captions``).
@@ -36,16 +36,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vidret.data.formats import (
-    VIDEO_EXTENSIONS,
-    AnnRecord,
+from vidret.data.annotations.custom import is_absolute, read_custom
+from vidret.data.annotations.formats import (
     read_activitynet,
     read_didemo,
     read_lsmdc,
     read_msrvtt,
     read_msvd,
 )
-from vidret.data.formats_custom import is_absolute, read_custom
+from vidret.data.annotations.records import VIDEO_EXTENSIONS, AnnRecord
 from vidret.storage import Storage, is_remote, join
 
 MANIFEST_SCHEMA = pa.schema(
