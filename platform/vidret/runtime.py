@@ -13,7 +13,7 @@ import ray
 
 from vidret.config import RunConfig
 
-__all__ = ["LOCAL_RAY_HOST", "ensure_ray", "quiet_local_ray_logs"]
+__all__ = ["LOCAL_RAY_HOST", "ensure_ray", "live_actors", "quiet_local_ray_logs"]
 
 LOCAL_RAY_HOST = "127.0.0.1"  # a local instance is reachable from this machine only
 
@@ -21,7 +21,8 @@ LOCAL_RAY_HOST = "127.0.0.1"  # a local instance is reachable from this machine 
 def ensure_ray(run: RunConfig) -> None:
     """Connect to (``run.ray_address``, or ``RAY_ADDRESS`` inside ``ray job submit``) or start a local Ray.
 
-    A local instance uses ``address="local"`` so a stale cluster file is never picked up (``ray.init()`` without an address joins whatever cluster Ray's temp dir last recorded), has
+    A local instance uses ``address="local"`` so a stale cluster file is never picked up (``ray.init()``
+    without an address joins whatever cluster Ray's temp dir last recorded), has
     no dashboard, and binds every Ray process (GCS, raylet, agents, workers) to ``127.0.0.1``: see
     :func:`_init_local_ray`. Does nothing when Ray is already initialised.
     """
@@ -71,3 +72,16 @@ def quiet_local_ray_logs() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
         logging.ERROR
     )
+
+
+def live_actors() -> list[dict[str, str]]:
+    """Actors of the connected cluster that are not dead: ``[{"class", "state"}]`` (ALIVE, PENDING_CREATION,
+    RESTARTING, DEPENDENCIES_UNREADY). Read from the GCS, so it works without the dashboard; for checks that
+    a job left nothing behind."""
+    from ray._private import state
+
+    return [
+        {"class": str(a.get("ActorClassName", "")), "state": str(a.get("State", ""))}
+        for a in state.actors().values()
+        if a.get("State") != "DEAD"
+    ]

@@ -145,7 +145,8 @@ def keep_rows(batch: dict[str, np.ndarray], keep_B: np.ndarray) -> dict[str, np.
 
 
 def model_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Only the model's columns (``MODEL_COLUMNS``): every column numeric, so torch's default collate works."""
+    """Only the model's columns (``MODEL_COLUMNS``): every column numeric, so torch's default collate
+    works."""
     return {k: batch[k] for k in MODEL_COLUMNS}
 
 

@@ -22,7 +22,14 @@ from vidret.config import Config, DataConfig
 from vidret.data.annotations.manifest import read_manifest, write_manifest
 from vidret.data.batches import decode_rows
 from vidret.data.check import enforce_budget, summarise
-from vidret.data.pipeline import absolute_local_uris, absolute_uri, failures_of, input_blocks
+from vidret.data.pipeline import (
+    absolute_local_uris,
+    absolute_uri,
+    check_pool_fits,
+    failures_of,
+    input_blocks,
+    stream_batches,
+)
 from vidret.data.video.prepare import PrepareSettings, plan_outputs, prepare_one
 from vidret.runtime import ensure_ray
 from vidret.storage import Storage, join
@@ -57,7 +64,8 @@ def run_check(
     """Decode every video of a manifest in parallel on Ray and summarise (``vidret check``).
 
     Returns the summary of :func:`vidret.data.check.summarise` plus ``manifest``, ``seconds`` and
-    ``summary_uri``, and writes it as JSON (atomically) to ``out_uri`` (default ``<manifest_uri>.check.json``).
+    ``summary_uri``, and writes it as JSON (atomically) to ``out_uri`` (default
+    ``<manifest_uri>.check.json``).
     Never raises for bad videos: ``within_budget`` says whether ``data.max_bad_fraction`` holds.
     """
     ensure_ray(cfg.run)
@@ -67,6 +75,7 @@ def run_check(
     table = absolute_local_uris(manifest.select(["video_id", "video_uri", "start", "end"]))
     failures: list[dict[str, Any]] = []
     done = 0
+    check_pool_fits(cfg.data)
     ds = input_blocks(table, cfg.data.rows_per_block).map_batches(
         _CheckStage,
         fn_constructor_kwargs={"cfg": cfg.data, "storage": storage},
@@ -75,7 +84,7 @@ def run_check(
         compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_concurrency),
         num_cpus=cfg.data.decode_cpus,
     )
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in stream_batches(ds, None):
         failures += failures_of(batch)
         done += len(batch["ok"])
         if progress is not None:
@@ -166,6 +175,33 @@ def run_prepare(
             "out_uri": list(targets.values()),
         }
     )
+    counts, failures = _run_prepare_tasks(plan, settings, storage, progress)
+    summary = {
+        "out": out,
+        "manifest": join(out, "manifest"),
+        "settings": settings.__dict__.copy(),
+        **counts,
+        **summarise(failures, plan.num_rows, cfg.data.max_bad_fraction),
+        "splits": {},
+    }
+    summary.update(seconds=round(time.perf_counter() - t0, 3))
+    new_tables = _prepared_manifests(manifests, targets, {f["video_uri"] for f in failures}, summary)
+    storage.write_text(join(out, "prepare.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    enforce_budget(
+        {f["video_uri"]: f["reason"] for f in failures},
+        plan.num_rows,
+        cfg.data.max_bad_fraction,
+        what="prepare",
+    )
+    for split, table in new_tables.items():
+        write_manifest(table, join(out, "manifest", f"{split}.parquet"), storage)
+    return summary
+
+
+def _run_prepare_tasks(
+    plan: pa.Table, settings: PrepareSettings, storage: Storage, progress: Progress | None
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Transcode every row of ``plan`` in one-CPU Ray tasks; returns the status counts and the failures."""
     ds = input_blocks(plan, 1).map_batches(
         _prepare_batch,
         fn_kwargs={"settings": settings, "storage": storage},
@@ -175,7 +211,7 @@ def run_prepare(
     )
     counts = {"transcoded": 0, "skipped": 0, "failed": 0}
     failures: list[dict[str, Any]] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in stream_batches(ds, None):
         for i, status in enumerate(batch["status"]):
             counts[str(status)] += 1
             if status == "failed":
@@ -189,35 +225,22 @@ def run_prepare(
                 )
         if progress is not None:
             progress(sum(counts.values()), plan.num_rows)
-    failed = {f["video_uri"] for f in failures}
-    summary = {
-        "out": out,
-        "manifest": join(out, "manifest"),
-        "settings": settings.__dict__.copy(),
-        **counts,
-        **summarise(failures, plan.num_rows, cfg.data.max_bad_fraction),
-        "splits": {},
-    }
-    summary.update(seconds=round(time.perf_counter() - t0, 3))
+    return counts, failures
+
+
+def _prepared_manifests(
+    manifests: dict[str, pa.Table], targets: dict[str, str], failed: set[str], summary: dict[str, Any]
+) -> dict[str, pa.Table]:
+    """Each split's manifest pointing at the prepared files, rows of failed sources dropped (and listed in
+    ``summary["splits"]``)."""
     new_tables = {}
     for split, table in manifests.items():
-        uris = table.column("video_uri").to_pylist()
-        keep = pa.array([u not in failed for u in uris])
+        keep = pa.array([u not in failed for u in table.column("video_uri").to_pylist()])
         kept = table.filter(keep)
         new_uris = pa.array([targets[u] for u in kept.column("video_uri").to_pylist()], pa.string())
         new_tables[split] = kept.set_column(kept.schema.get_field_index("video_uri"), "video_uri", new_uris)
-        dropped = pc.invert(keep)
         summary["splits"][split] = {
             "rows": kept.num_rows,
-            "dropped": table.filter(dropped).column("video_id").to_pylist(),
+            "dropped": table.filter(pc.invert(keep)).column("video_id").to_pylist(),
         }
-    storage.write_text(join(out, "prepare.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    enforce_budget(
-        {f["video_uri"]: f["reason"] for f in failures},
-        plan.num_rows,
-        cfg.data.max_bad_fraction,
-        what="prepare",
-    )
-    for split, table in new_tables.items():
-        write_manifest(table, join(out, "manifest", f"{split}.parquet"), storage)
-    return summary
+    return new_tables

@@ -4,7 +4,8 @@ input blocks, in :mod:`vidret.data.executors`).
 Shape legend: B rows, F frames, S frame side, L tokens. Batches leaving :func:`build_dataset` hold the
 columns of :data:`vidret.data.batches.MODEL_COLUMNS`::
 
-    video uint8 (B, F, S, S, 3)   video_mask int64 (B, F)   text_ids / text_mask int64 (B, L)   video_index int64 (B,)
+    video uint8 (B, F, S, S, 3)   video_mask int64 (B, F)
+    text_ids / text_mask int64 (B, L)   video_index int64 (B,)
 
 The per-batch work is the pure functions of :mod:`vidret.data.batches`; here they run inside one
 ``map_batches`` stage of ``data.decode_concurrency`` actors at ``data.decode_cpus`` CPUs each. The CPUs are
@@ -14,9 +15,10 @@ timeout), so one actor keeps one core busy. Input rows are split into blocks of 
 (one Parquet file is one block, decoded by one task otherwise).
 
 Bad videos are dropped from the batches (or kept as zeros with ``ok=False``: ``drop_bad=False``) and
-recorded by a :class:`BadVideoLog` actor; the decode stage raises :class:`~vidret.data.check.TooManyBadVideosError` (listing them) as soon as more distinct videos
-failed than ``data.max_bad_fraction`` of the split allows, so a broken corpus fails the job early instead
-of training on a shrinking dataset. Memory stays bounded by Ray Data's streaming backpressure.
+recorded by a :class:`BadVideoLog` actor; the decode stage raises
+:class:`~vidret.data.check.TooManyBadVideosError` (listing them) as soon as more distinct videos failed
+than ``data.max_bad_fraction`` of the split allows, so a broken corpus fails the job early instead of
+training on a shrinking dataset. Memory stays bounded by Ray Data's streaming backpressure.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ class BadVideoLog:
 
 
 def failures_of(out: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """The failed rows of a decoded batch as failure dicts (``video_id``, ``video_uri``, ``reason``, ``detail``)."""
+    """The failed rows of a decoded batch as failure dicts (``video_id``, ``video_uri``, ``reason``,
+    ``detail``)."""
     return [
         {
             "video_id": str(out["video_id"][i]),
@@ -169,7 +172,8 @@ class _DecodeStage:
 
 
 def _matrix(column: np.ndarray, width: int) -> np.ndarray:
-    """A fixed-size-list column as (B, width): Ray hands it over as a 2-D array or as an object array of rows."""
+    """A fixed-size-list column as (B, width): Ray hands it over as a 2-D array or as an object array of
+    rows."""
     if column.dtype != object:
         return column
     return np.stack(list(column)) if len(column) else np.zeros((0, width), np.int64)
@@ -222,6 +226,7 @@ def build_dataset(
         table = _with_tokens(table, cfg.max_words)
     if shuffle_seed is not None:
         table = table.take(pa.array(np.random.default_rng(shuffle_seed).permutation(table.num_rows)))
+    check_pool_fits(cfg)
     log = BadVideoLog.remote()
     stage_kwargs = {
         "cfg": cfg,
@@ -247,12 +252,14 @@ def build_dataset(
 
 def check_bad_fraction(log: Any, total: int, cfg: DataConfig) -> dict[str, Any]:
     """What ``log`` recorded: ``{"seen", "bad": {uri: reason}, "failures": [...], "total", "bad_fraction"}``;
-    raises ``TooManyBadVideosError`` listing them when more than ``cfg.max_bad_fraction`` of ``total`` failed."""
+    raises ``TooManyBadVideosError`` listing them when more than ``cfg.max_bad_fraction`` of ``total``
+    failed."""
     return check_bad_fractions([log], total, cfg)
 
 
 def check_bad_fractions(logs: Sequence[Any], total: int, cfg: DataConfig) -> dict[str, Any]:
-    """:func:`check_bad_fraction` over several pipelines reading shards of one split (one per training worker).
+    """:func:`check_bad_fraction` over several pipelines reading shards of one split (one per training
+    worker).
 
     A video whose rows landed on two shards counts once (first failure kept), ``seen`` adds up the shards'
     rows, and the budget is ``cfg.max_bad_fraction`` of ``total``, the split's distinct videos, as in the
@@ -296,13 +303,63 @@ def iter_numpy_batches(
     pipeline fails because the budget is exceeded the typed ``TooManyBadVideosError`` is raised here (Ray
     Data wraps exceptions from the decode stage and loses their type on the way).
     """
+    batches = stream_batches(ds, batch_size=batch_size, drop_last=drop_last)
     try:
-        yield from ds.iter_batches(
-            batch_size=batch_size, batch_format="numpy", drop_last=drop_last, prefetch_batches=1
-        )
+        yield from batches
     except ray.exceptions.RayError:
         if log is not None and cfg is not None:
             check_bad_fraction(log, total, cfg)
         raise
     if log is not None and cfg is not None:
         check_bad_fraction(log, total, cfg)
+
+
+def stream_batches(ds: ray.data.Dataset, batch_size: int | None, *, drop_last: bool = False) -> Iterator[Any]:
+    """``ds.iter_batches`` (numpy, one batch prefetched); a failure is re-raised without the executor's
+    frames.
+
+    Why: the traceback of a failed Ray Data pass holds the streaming executor's frames, and through them the
+    handles of its map actors; an exception kept by the caller (a log, ``pytest.raises``, a retry loop) then
+    keeps every decode actor alive, holding its CPUs. A few failed passes on a small cluster leave the next
+    pipeline's actors pending forever. The re-raised error keeps its type, message and cause chain.
+    """
+    failure: BaseException | None = None
+    try:
+        yield from ds.iter_batches(
+            batch_size=batch_size, batch_format="numpy", drop_last=drop_last, prefetch_batches=1
+        )
+    except ray.exceptions.RayError as exc:
+        failure = _without_tracebacks(exc)
+    if failure is not None:
+        raise failure
+
+
+def _without_tracebacks(exc: BaseException) -> BaseException:
+    """``exc`` with the tracebacks of it and every exception in its cause/context chains dropped (they pin
+    executor frames)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        link = todo.pop()
+        if id(link) in seen:
+            continue
+        seen.add(id(link))
+        link.__traceback__ = None
+        todo.extend(e for e in (link.__cause__, link.__context__) if e is not None)
+    return exc
+
+
+def check_pool_fits(cfg: DataConfig) -> None:
+    """Raise ``ValueError`` when the decode actors alone need more CPUs than the cluster has.
+
+    Ray Data starts a fixed pool of ``data.decode_concurrency`` actors at ``data.decode_cpus`` each; a pool
+    that cannot be placed leaves its actors pending and the pipeline waits forever without an error.
+    """
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    need = cfg.decode_concurrency * cfg.decode_cpus
+    if need > cpus:
+        raise ValueError(
+            f"data.decode_concurrency={cfg.decode_concurrency} x data.decode_cpus={cfg.decode_cpus:g} = "
+            f"{need:g} CPUs, but the Ray cluster has {cpus:g}: lower one of them "
+            "(the actors would wait forever)"
+        )

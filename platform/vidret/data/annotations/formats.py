@@ -1,6 +1,7 @@
 """Per-dataset annotation readers: annotation files -> ``AnnRecord`` lists (one record per video or segment).
 
-Readers only parse and validate; they never look at the videos. ``vidret.data.annotations.manifest`` turns records into
+Readers only parse and validate; they never look at the videos. ``vidret.data.annotations.manifest`` turns
+records into
 the Parquet manifest (video matching, empty-caption and duplicate handling, the report).
 
 Every reader reads through ``Storage`` so ``s3://`` annotation directories work like local ones. Malformed

@@ -137,12 +137,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module in ("builtins", "__builtin__") and name in self._ALLOWED:
             return getattr(builtins, name)
         raise _RefusedGlobal(
-            f"{self._uri}: refusing to unpickle global {module}.{name}; only plain dict/list/str/tuple are allowed"
+            f"{self._uri}: refusing to unpickle global {module}.{name}; "
+            "only plain dict/list/str/tuple are allowed"
         )
 
 
 def safe_unpickle(data: bytes, uri: str) -> Any:
-    """Unpickle ``data`` allowing only builtins dict/list/str/tuple; ``ValueError`` naming ``uri`` otherwise."""
+    """Unpickle ``data`` allowing only builtins dict/list/str/tuple; ``ValueError`` naming ``uri``
+    otherwise."""
     try:
         return _RestrictedUnpickler(data, uri).load()
     except _RefusedGlobal:

@@ -27,12 +27,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from vidret.config import DataConfig
 from vidret.data.video.local import AUTO_ORDER, DecoderName, decode_local, time_decoders
 from vidret.data.video.pyav_backend import pyav_first_frame
 from vidret.data.video.sampling import sample_indices
-from vidret.data.video.transforms import apply_display_transform, displayed_size, is_reflection
+from vidret.data.video.transforms import IDENTITY, apply_display_transform, displayed_size, is_reflection
 from vidret.data.video.types import REASONS, DecodeError, Source, check_exists
 from vidret.data.video.worker import default_worker
 
@@ -50,22 +51,27 @@ __all__ = [
 
 
 def probe(source: Source, *, uri: str = "<bytes>") -> dict[str, Any]:
-    """Describe the first video stream (PyAV): displayed (upright) size, rotation, fps, frame count, codec.
+    """Describe the first video stream (PyAV): stored size, sample aspect ratio, displayed size, rotation,
+    fps,
+    frame count, codec.
 
-    Returns ``dict(width, height, coded_width, coded_height, rotation, reflected, fps, num_frames,
-    duration, codec)``. ``width``/``height`` are as displayed (swapped for 90/270 degree rotations);
+    Returns ``dict(width, height, coded_width, coded_height, sample_aspect_ratio, rotation, reflected, fps,
+    num_frames, duration, codec)``. ``coded_width``/``coded_height`` are the stored size;
+    ``sample_aspect_ratio`` is ``"num:den"`` (``"1:1"`` for square pixels); ``width``/``height`` are as
+    displayed: the stored width times the sample aspect ratio, then swapped for 90/270 degree rotations.
     ``rotation`` is counter-clockwise degrees as FFmpeg reports it (``-90`` = turn clockwise);
     ``num_frames`` is the header count (or the packet count when the header has none) and may over-report.
     Decodes one frame (the display matrix travels on frames in FFmpeg 8).
     """
     check_exists(source, uri)
     info, transform, rotation, _ = pyav_first_frame(source, uri)
-    width, height = displayed_size(info.width, info.height, transform)
+    width, height = displayed_size(info.width, info.height, transform, float(info.sar))
     return {
         "width": width,
         "height": height,
         "coded_width": info.width,
         "coded_height": info.height,
+        "sample_aspect_ratio": f"{info.sar.numerator}:{info.sar.denominator}",
         "rotation": rotation,
         "reflected": is_reflection(transform),
         "fps": info.fps,
@@ -76,9 +82,16 @@ def probe(source: Source, *, uri: str = "<bytes>") -> dict[str, Any]:
 
 
 def upright_frame(source: Source, *, uri: str = "<bytes>") -> np.ndarray:
-    """First frame, full resolution, as displayed (display matrix applied): (H, W, 3) uint8; for debugging."""
+    """First frame as displayed (sample aspect ratio and display matrix applied), full resolution:
+    (H, W, 3) uint8; for debugging."""
     check_exists(source, uri)
-    _, transform, _, frame_HW3 = pyav_first_frame(source, uri, with_pixels=True)
+    info, transform, _, frame_HW3 = pyav_first_frame(source, uri, with_pixels=True)
+    assert frame_HW3 is not None
+    if info.sar != 1:
+        shown_w, _ = displayed_size(info.width, info.height, IDENTITY, float(info.sar))
+        frame_HW3 = np.asarray(
+            Image.fromarray(frame_HW3).resize((shown_w, info.height), Image.Resampling.BICUBIC)
+        )
     return np.ascontiguousarray(apply_display_transform(frame_HW3, transform))
 
 
@@ -118,7 +131,8 @@ def decode_with_config(
     start: float | None = None,
     end: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`decode_video` with ``max_frames``, ``framerate``, ``size``, ``decoder``, timeout from ``cfg``."""
+    """:func:`decode_video` with ``max_frames``, ``framerate``, ``size``, ``decoder`` and the timeout
+    (``decode_timeout_s``) from ``cfg``."""
     return decode_video(
         source,
         max_frames=cfg.max_frames,

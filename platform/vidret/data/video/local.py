@@ -9,6 +9,7 @@ is the measurement behind the order.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -22,6 +23,7 @@ from vidret.data.video.pyav_backend import read_pyav
 from vidret.data.video.sampling import make_pick
 from vidret.data.video.types import Clip, DecodeError, Source, check_exists
 
+log = logging.getLogger(__name__)
 DecoderName = Literal["auto", "decord", "pyav"]
 _READERS: dict[str, Callable[..., Clip]] = {"pyav": read_pyav, "decord": read_decord}
 # PyAV first: time_decoders on a 30 s 320x240 H.264 clip (GOP 60, MSR-VTT-like), one core, best of 3,
@@ -44,7 +46,8 @@ def decode_local(
     int_fps: bool = False,
     threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`vidret.data.video.decode_video` in the calling process, with no timeout (what the timeout worker runs)."""
+    """:func:`vidret.data.video.decode_video` in the calling process, with no timeout (what the timeout
+    worker runs)."""
     if decoder not in ("auto", *_READERS):
         raise ValueError(f"decoder must be 'auto', 'pyav' or 'decord', got {decoder!r}")
     if size < 1 or max_frames < 1:
@@ -62,9 +65,11 @@ def decode_local(
             if exc.reason == "missing":
                 raise
     else:
-        first = errors.get("pyav") or next(iter(errors.values()))
-        others = "; ".join(f"{n}: {e.detail}" for n, e in errors.items() if e is not first)
-        raise DecodeError(uri, first.reason, first.detail + (f"; {others}" if others else "")) from None
+        primary = errors[order[0]]  # the primary back end's reason; a fallback's text is for debugging only
+        for name, exc in errors.items():
+            if exc is not primary:
+                log.debug("fallback %s also failed on %s: %s", name, uri, exc)
+        raise DecodeError(uri, primary.reason, primary.detail) from None
     frames_FSS3 = np.zeros((max_frames, size, size, 3), dtype=np.uint8)
     mask_F = np.zeros((max_frames,), dtype=np.int64)
     n = clip.frames_NSS3.shape[0]

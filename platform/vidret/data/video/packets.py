@@ -47,7 +47,8 @@ class PacketFrames:
                 yield frame
 
     def verdict(self) -> None:
-        """Raise ``DecodeError(corrupt)`` when no frame decoded or too many packets failed (module docstring)."""
+        """Raise ``DecodeError(corrupt)`` when no frame decoded or too many packets failed (module
+        docstring)."""
         if self.frames == 0 or self.bad > max(2, self.packets // 10):
             raise DecodeError(
                 self.uri,

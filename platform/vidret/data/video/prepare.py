@@ -1,7 +1,8 @@
-"""Transcode source videos into retrieval-ready files (method 5.3), numpy/PyAV only (no Ray here).
+"""Transcode source videos into retrieval-ready files, numpy/PyAV only (no Ray here).
 
-A prepared file is H.264 (``yuv420p``) in MP4 with ``+faststart``, no audio, upright (the source's display
-matrix is applied to the pixels and not written out), short side ``short_side`` (default 224; the long
+A prepared file is H.264 (``yuv420p``) in MP4 with ``+faststart``, no audio, upright and with square pixels
+(the source's display matrix and sample aspect ratio are applied to the pixels and not written out), short
+side ``short_side`` (default 224; the long
 side keeps the aspect ratio and is floored to an even number, like the upstream's ffmpeg
 ``scale='if(gt(a,1),trunc(oh*a/2)*2,224)':...``), constant frame rate ``fps`` (default 3; the frame shown at
 ``k / fps`` is the source frame displayed at that instant, so frames are dropped or repeated like
@@ -140,8 +141,8 @@ def _transcode(source: Source, out_path: str, settings: PrepareSettings, uri: st
 
     info, transform, rotation, _ = pyav_first_frame(source, uri)  # classifies unreadable sources
     if info.fps <= 0:
-        raise DecodeError(uri, "corrupt", "no frame rate and no duration in the container")
-    shown_w, shown_h = displayed_size(info.width, info.height, transform)
+        raise DecodeError(uri, "no_duration", "no frame rate and no duration in the container")
+    shown_w, shown_h = displayed_size(info.width, info.height, transform, float(info.sar))
     out_w, out_h = output_size(shown_w, shown_h, settings.short_side)
     coded_w, coded_h = displayed_size(out_w, out_h, transform)  # size to scale to before the transform
     rate = Fraction(settings.fps).limit_denominator(1001)
@@ -156,17 +157,7 @@ def _transcode(source: Source, out_path: str, settings: PrepareSettings, uri: st
     ):
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
-        enc = out.add_stream("libx264", rate=rate)
-        enc.width, enc.height, enc.pix_fmt = out_w, out_h, "yuv420p"
-        gop = str(settings.gop)
-        enc.options = {
-            "g": gop,
-            "keyint_min": gop,
-            "sc_threshold": "0",
-            "crf": str(settings.crf),
-            "preset": settings.preset,
-            "threads": "1",
-        }
+        enc = _add_encoder(out, settings, out_w, out_h, rate)
         current: Any = None
         converted: Any = None
 
@@ -206,8 +197,26 @@ def _transcode(source: Source, out_path: str, settings: PrepareSettings, uri: st
     }
 
 
+def _add_encoder(out: Any, settings: PrepareSettings, width: int, height: int, rate: Fraction) -> Any:
+    """The H.264 output stream: square pixels (the source's ratio is in the size), a keyframe every GOP."""
+    enc = out.add_stream("libx264", rate=rate)
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.codec_context.sample_aspect_ratio = Fraction(1)
+    gop = str(settings.gop)
+    enc.options = {
+        "g": gop,
+        "keyint_min": gop,
+        "sc_threshold": "0",
+        "crf": str(settings.crf),
+        "preset": settings.preset,
+        "threads": "1",
+    }
+    return enc
+
+
 def _convert(frame: Any, width: int, height: int, transform: DisplayTransform) -> Any:
-    """Scale to the coded ``width x height`` (bicubic); with a display transform, return upright RGB pixels."""
+    """Scale to the coded ``width x height`` (bicubic); with a display transform, return upright RGB
+    pixels."""
     if transform == IDENTITY:
         return frame.reformat(width=width, height=height, format="yuv420p", interpolation="BICUBIC")
     rgb = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BICUBIC")

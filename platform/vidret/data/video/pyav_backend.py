@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -45,10 +46,10 @@ def _av_reason(exc: Exception) -> Reason:
 
     if isinstance(exc, (av.error.FileNotFoundError, FileNotFoundError, IsADirectoryError)):
         return "missing"
-    if isinstance(
-        exc, (av.error.DecoderNotFoundError, av.error.PatchWelcomeError, av.error.DemuxerNotFoundError)
-    ):
+    if isinstance(exc, (av.error.DecoderNotFoundError, av.error.PatchWelcomeError)):
         return "unsupported_codec"
+    if isinstance(exc, av.error.DemuxerNotFoundError):
+        return "unsupported_container"
     return "corrupt"
 
 
@@ -120,6 +121,7 @@ def pyav_stream_info(source: Source, uri: str) -> StreamInfo:
         else:
             duration = None
         codec = cc.codec.name if cc.codec is not None else cc.name
+        sar = _sample_aspect_ratio(stream)
         width, height = int(cc.width), int(cc.height)
         average = as_rate(stream.average_rate)
         if stream.time_base and average == as_rate(1 / stream.time_base):
@@ -129,7 +131,16 @@ def pyav_stream_info(source: Source, uri: str) -> StreamInfo:
     if num_frames <= 0:
         with rewound(source) as src:
             num_frames = _count_packets(src, uri)
-    return StreamInfo(codec, width, height, num_frames, choose_fps(rates, num_frames, duration), duration)
+    fps = choose_fps(rates, num_frames, duration)
+    return StreamInfo(codec, width, height, num_frames, fps, duration, sar)
+
+
+def _sample_aspect_ratio(stream: Any) -> Fraction:
+    """The stream's sample aspect ratio (container, else codec header); 1 when unset or nonsensical."""
+    for value in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if value is not None and value > 0:
+            return Fraction(value)
+    return Fraction(1)
 
 
 def _frame_transform(frame: Any) -> DisplayTransform:
@@ -145,7 +156,7 @@ def _frame_transform(frame: Any) -> DisplayTransform:
 
 
 def _decode_pass(
-    source: Source, uri: str, wanted: set[int], size: int | None, threads: int
+    source: Source, uri: str, wanted: set[int], size: int | None, threads: int, sar: Fraction = Fraction(1)
 ) -> tuple[dict[int, np.ndarray], int, DisplayTransform]:
     """Decode sequentially, converting only frames in ``wanted``; stop after the last wanted frame.
 
@@ -164,7 +175,11 @@ def _decode_pass(
             if n == 0:
                 transform = _frame_transform(frame)
             if n in wanted:
-                kept[n] = frame_to_square(frame.to_image(), size, transform) if size else frame.to_ndarray()
+                kept[n] = (
+                    frame_to_square(frame.to_image(), size, transform, float(sar))
+                    if size
+                    else frame.to_ndarray()
+                )
             n += 1
             if n > last_wanted:
                 break
@@ -205,7 +220,13 @@ def _seek_plan(source: Source, uri: str) -> _SeekPlan | None:
 
 
 def _seek_pass(
-    source: Source, uri: str, plan: _SeekPlan, wanted: list[int], size: int, threads: int
+    source: Source,
+    uri: str,
+    plan: _SeekPlan,
+    wanted: list[int],
+    size: int,
+    threads: int,
+    sar: Fraction = Fraction(1),
 ) -> dict[int, np.ndarray]:
     """Decode only the GOPs holding ``wanted`` frames: seek to the keyframe before a frame whenever that
     keyframe lies ahead of the decoder, else keep decoding forward. Frames are matched by pts; any mismatch
@@ -235,7 +256,7 @@ def _seek_pass(
                     if transform is None:
                         transform = _frame_transform(frame)
                     if i == target:
-                        kept[i] = frame_to_square(frame.to_image(), size, transform)
+                        kept[i] = frame_to_square(frame.to_image(), size, transform, float(sar))
                         break
                 else:
                     raise _CannotSeek
@@ -256,25 +277,25 @@ def read_pyav(source: Source, pick: Pick, size: int, uri: str, *, threads: int =
     """
     info = pyav_stream_info(source, uri)
     if info.fps <= 0:
-        raise DecodeError(uri, "corrupt", "no frame rate and no duration in the container")
+        raise DecodeError(uri, "no_duration", "no frame rate and no duration in the container")
     if info.num_frames <= 0:
         raise DecodeError(uri, "corrupt", "the video stream has no packets")
     plan = _seek_plan(source, uri)
     if plan is not None and len(plan.keyframes) > 1 and plan.keyframes[0] == 0:
         indices = pick(len(plan.pts), info.fps)
         try:
-            kept = _seek_pass(source, uri, plan, indices.tolist(), size, threads)
+            kept = _seek_pass(source, uri, plan, indices.tolist(), size, threads, info.sar)
             return Clip(np.stack([kept[int(i)] for i in indices]), indices, len(plan.pts), info.fps)
         except _CannotSeek:
             pass  # e.g. edit lists or decoders that drop frames: the sequential count is the truth
     indices = pick(info.num_frames, info.fps)
-    kept, n, _ = _decode_pass(source, uri, set(indices.tolist()), size, threads)
+    kept, n, _ = _decode_pass(source, uri, set(indices.tolist()), size, threads, info.sar)
     num_frames = info.num_frames
     if n < info.num_frames and (indices >= n).any():
         num_frames = n
         indices = pick(n, info.fps)
         if not set(indices.tolist()) <= kept.keys():
-            kept, _, _ = _decode_pass(source, uri, set(indices.tolist()), size, threads)
+            kept, _, _ = _decode_pass(source, uri, set(indices.tolist()), size, threads, info.sar)
     frames_NSS3 = np.stack([kept[int(i)] for i in indices])
     return Clip(frames_NSS3, indices, num_frames, info.fps)
 

@@ -15,12 +15,37 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-Reason = Literal["missing", "no_video_stream", "unsupported_codec", "corrupt", "timeout"]
-REASONS: tuple[str, ...] = ("missing", "no_video_stream", "unsupported_codec", "corrupt", "timeout")
+Reason = Literal[
+    "missing",
+    "no_video_stream",
+    "unsupported_codec",
+    "unsupported_container",
+    "no_duration",
+    "corrupt",
+    "timeout",
+]
+# The closed set of reasons a video cannot be decoded, each with one meaning:
+#   missing                no such file (or a directory, or storage says not found)
+#   no_video_stream        the container opens but holds no video stream (audio-only, subtitles only)
+#   unsupported_codec      a video stream exists but the back end has no decoder for its codec
+#   unsupported_container  the back end cannot read this container format (the file itself may be fine)
+#   no_duration            the container gives neither a frame rate nor a duration/frame count to sample by
+#   corrupt                the file is damaged: unreadable header, no frame decodes, too many bad packets
+#   timeout                decoding did not finish within ``data.decode_timeout_s`` (the child was killed)
+REASONS: tuple[str, ...] = (
+    "missing",
+    "no_video_stream",
+    "unsupported_codec",
+    "unsupported_container",
+    "no_duration",
+    "corrupt",
+    "timeout",
+)
 Source = bytes | bytearray | memoryview | BinaryIO | str | os.PathLike
 Pick = Callable[[int, float], np.ndarray]
 
@@ -33,6 +58,7 @@ class DecodeError(ValueError):
     def __init__(self, uri: str, reason: str, detail: str = "") -> None:
         if reason not in REASONS:
             raise ValueError(f"DecodeError reason must be one of {REASONS}, got {reason!r}")
+        detail = " ".join(detail.split())  # one line, whatever a back end put in it
         self.uri, self.reason, self.detail = uri, reason, detail
         super().__init__(f"cannot decode {uri}: {reason}" + (f" ({detail})" if detail else ""))
 
@@ -60,6 +86,9 @@ class StreamInfo:
     num_frames: int  # header count, or packet count when the header has none (0 only if empty)
     fps: float
     duration: float | None  # seconds
+    sar: Fraction = Fraction(
+        1
+    )  # sample (pixel) aspect ratio: a coded pixel is shown sar times as wide as tall
 
 
 @contextmanager
