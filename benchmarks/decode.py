@@ -62,7 +62,7 @@ def make_clip(path: Path, seconds: float, seed: int, fps: int = 30, w: int = 320
 
 
 def manifest(paths: list[str], split: str) -> pa.Table:
-    from vidret.data.manifest import MANIFEST_SCHEMA
+    from vidret.data.annotations.manifest import MANIFEST_SCHEMA
 
     n = len(paths)
     return pa.table(
@@ -84,8 +84,8 @@ def bare_decord(paths: list[str]) -> dict[str, float]:
     """(b): decord on one core, the pipeline's sampling rule and resize/crop."""
     import decord
 
-    from vidret.data.decode import sample_indices
-    from vidret.data.transforms import frame_to_square
+    from vidret.data.video import sample_indices
+    from vidret.data.video.transforms import frame_to_square
 
     frames = 0
     t, cpu = time.perf_counter(), time.process_time()
@@ -103,7 +103,7 @@ def bare_decord(paths: list[str]) -> dict[str, float]:
 
 def bare_vidret(paths: list[str]) -> dict[str, float]:
     """The pipeline's own decoder (``decode_local``, data.decoder="auto") in a plain loop on one core."""
-    from vidret.data.decode import decode_local
+    from vidret.data.video.local import decode_local
 
     t, cpu = time.perf_counter(), time.process_time()
     frames = sum(
@@ -132,7 +132,7 @@ def opencv_upstream(paths: list[str]) -> dict[str, float]:
     """(c): the upstream's rawvideo_util rule with OpenCV, one seek per sampled second, one core."""
     import cv2
 
-    from vidret.data.transforms import frame_to_square
+    from vidret.data.video.transforms import frame_to_square
 
     cv2.setNumThreads(1)
     frames = 0
@@ -277,8 +277,8 @@ def main() -> None:
     import ray  # before psutil (P16)
 
     from vidret.config import Config, DataConfig, RunConfig
-    from vidret.data.manifest import write_manifest
-    from vidret.data.pipeline import run_prepare
+    from vidret.data.annotations.manifest import write_manifest
+    from vidret.data.executors import run_prepare
 
     n, bare_n = args.n, args.bare or args.n
     work = Path(args.work or tempfile.mkdtemp(prefix="vidret-bench-"))

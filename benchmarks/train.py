@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integrat
 from train_helpers import make_corpus, scalar_times, small_config
 
 from vidret.config import Config
+from vidret.data.annotations.manifest import read_manifest
 from vidret.data.batches import decode_rows, split_rows, tokenize_rows
-from vidret.data.manifest import read_manifest
 from vidret.data.tokenizer import ClipTokenizer
 from vidret.model.build import build_model
 from vidret.model.retrieval import SIMILARITY_KEYS, RetrievalModel

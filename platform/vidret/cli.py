@@ -113,35 +113,59 @@ def manifest_uri(cfg: Config, split: str) -> str:
     return join(cfg.data.manifest, f"{split}.parquet")
 
 
+def default_manifest_out(cfg: Config, split: str) -> str:
+    """``vidret manifest``'s output without ``--out``: ``<data.manifest>/<split>.parquet`` when
+    ``data.manifest`` is set, else ``<run.out>/manifest/<split>.parquet`` (next to the run)."""
+    from vidret.storage import join
+
+    if cfg.data.manifest:
+        return manifest_uri(cfg, split)
+    return join(cfg.run.out, "manifest", f"{split}.parquet")
+
+
 def _cmd_manifest(args: argparse.Namespace) -> int:
-    from vidret.data.manifest import build_manifest, write_manifest
+    from vidret.data.annotations.manifest import build_manifest, write_manifest
     from vidret.storage import Storage
 
-    cfg = _load(args, _flags(args, {"dataset": "data.dataset"}))
+    cfg = _load(args, _flags(args, {"dataset": "data.dataset", "on_duplicate": "data.on_duplicate"}))
     storage = Storage(cfg.storage)
-    out = args.out or manifest_uri(cfg, args.split)
+    out = args.out or default_manifest_out(cfg, args.split)
     result = build_manifest(
-        cfg.data.dataset, args.anno, args.videos, args.split, storage, check_videos=not args.no_check_videos
+        cfg.data.dataset,
+        args.anno,
+        args.videos,
+        args.split,
+        storage,
+        check_videos=not args.no_check_videos,
+        on_duplicate=cfg.data.on_duplicate,
     )
     print(result.report.format_text(), file=sys.stderr)
     write_manifest(result, out, storage)
-    _print_json({"manifest": out, **result.report.counts()})
+    report_uri, config_uri = f"{out}.report.json", f"{out}.config.yaml"
+    storage.write_text(report_uri, json.dumps(result.report.to_dict(), indent=2, sort_keys=True) + "\n")
+    storage.write_text(config_uri, dump_yaml(cfg))
+    _print_json({"manifest": out, "report": report_uri, "config": config_uri, **result.report.counts()})
     return 0
 
 
 # ------------------------------------------------------------------------------------- check / prepare
 def _cmd_check(args: argparse.Namespace) -> int:
-    from vidret.data.pipeline import ensure_ray, run_check
+    from vidret.data.check import verdict_lines
+    from vidret.data.executors import run_check
+    from vidret.runtime import ensure_ray
 
     cfg = _load(args)
     ensure_ray(cfg.run)
     summary = run_check(cfg, args.manifest, out_uri=args.out, progress=_progress("check"))
     _print_json(summary)
+    sys.stdout.flush()
+    print("\n".join(verdict_lines(summary, summary["summary_uri"])), file=sys.stderr)
     return 0 if summary["within_budget"] else EXIT_ERROR
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from vidret.data.pipeline import ensure_ray, run_prepare
+    from vidret.data.executors import run_prepare
+    from vidret.runtime import ensure_ray
 
     cfg = _load(
         args,
@@ -228,12 +252,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
-    parser = _Parser(prog="vidret", description="DiffusionRet text-video retrieval on Ray.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    handlers: dict[str, Handler] = {}
-
+def _add_data_commands(sub: Any, handlers: dict[str, Handler]) -> None:
+    """The data commands: synth, manifest, check, prepare."""
     p = sub.add_parser("synth", help="generate the captioned synthetic video corpus")
     p.add_argument("--out", metavar="URI", help="output folder or s3://bucket/prefix")
     p.add_argument("--videos", type=int, metavar="N")
@@ -253,8 +273,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p.add_argument("--anno", required=True, metavar="PATH_OR_URI", help="annotation folder (or file, custom)")
     p.add_argument("--videos", required=True, metavar="URI", help="folder or prefix holding the videos")
     p.add_argument("--split", required=True, help="split name, e.g. train, val, test")
-    p.add_argument("--out", metavar="URI", help="manifest file; default <data.manifest>/<split>.parquet")
+    p.add_argument(
+        "--out",
+        metavar="URI",
+        help=(
+            "manifest file (default <data.manifest>/<split>.parquet, else "
+            "<run.out>/manifest/<split>.parquet); the report (<out>.report.json) and the resolved config "
+            "(<out>.config.yaml) go next to it"
+        ),
+    )
     p.add_argument("--no-check-videos", action="store_true", help="do not list the videos folder")
+    p.add_argument(
+        "--on-duplicate",
+        choices=["error", "keep-first"],
+        dest="on_duplicate",
+        help="one video_id naming two different videos: fail naming both rows (default) or keep the first",
+    )
     _add_common(p)
     handlers["manifest"] = _cmd_manifest
 
@@ -271,6 +305,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p.add_argument("--short-side", type=int, dest="short_side")
     _add_common(p)
     handlers["prepare"] = _cmd_prepare
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
+    parser = _Parser(prog="vidret", description="DiffusionRet text-video retrieval on Ray.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    handlers: dict[str, Handler] = {}
+
+    _add_data_commands(sub, handlers)
 
     p = sub.add_parser("train", help="train a stage (discrimination or generation) on Ray Train")
     p.add_argument("--stage", choices=["discrimination", "generation"])

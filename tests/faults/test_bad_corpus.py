@@ -30,9 +30,9 @@ from test_evaluate import _export  # random debug weights exported as a checkpoi
 from train_helpers import make_corpus, small_config
 
 from vidret.config import Config
+from vidret.data.annotations.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
 from vidret.data.check import TooManyBadVideosError
-from vidret.data.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
-from vidret.data.pipeline import run_check
+from vidret.data.executors import run_check
 from vidret.eval.job import run_evaluation
 from vidret.features import store as cache
 from vidret.layout import cache_root

@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from vidret.config import Config, StorageConfig, load_config, yaml_load
-from vidret.data.manifest import MANIFEST_SCHEMA, build_manifest, read_manifest
+from vidret.data.annotations.manifest import MANIFEST_SCHEMA, build_manifest, read_manifest
 from vidret.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -311,7 +311,7 @@ def test_local_ray_and_its_dashboard_bind_to_loopback_only(monkeypatch: pytest.M
     import psutil
     from ray._private import ray_constants
 
-    from vidret.data.pipeline import ensure_ray
+    from vidret.runtime import ensure_ray
 
     if ray.is_initialized():
         pytest.skip("a Ray instance is already running in this process; this test must start its own")

@@ -24,7 +24,7 @@ import torch
 from fault_helpers import ProxiedBucket
 from s3proxy import CUT_REQUEST, CUT_RESPONSE, PASS, REFUSE, SLOW_DOWN, Request
 
-from vidret.data.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
+from vidret.data.annotations.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
 from vidret.eval.report import write_report
 from vidret.features import store as cache
 from vidret.layout import checkpoint_exists

@@ -45,9 +45,9 @@ from train_helpers import (
 )
 
 from vidret.config import Config, DataConfig, replace
-from vidret.data.decode import decode_with_config
-from vidret.data.manifest import read_manifest, write_manifest
+from vidret.data.annotations.manifest import read_manifest, write_manifest
 from vidret.data.pipeline import build_dataset, iter_numpy_batches, load_split
+from vidret.data.video import decode_with_config
 from vidret.eval.job import run_evaluation
 from vidret.features import store as cache
 from vidret.layout import cache_root

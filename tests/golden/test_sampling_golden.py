@@ -1,4 +1,4 @@
-"""Golden frame indices of the sampling rule (``vidret.data.decode.sample_indices``).
+"""Golden frame indices of the sampling rule (``vidret.data.video.sample_indices``).
 
 Each case is worked out by hand from the rule in diffusionret-method.md 5.1: one frame per 1/framerate
 seconds from the segment start, the frame shown at time t is floor(t * fps), then uniform subsampling with
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vidret.data.decode import sample_indices
+from vidret.data.video import sample_indices
 
 NTSC = 30000 / 1001  # 29.97 fps
 

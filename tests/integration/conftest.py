@@ -49,7 +49,7 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     Yields ``{"root": Path, "manifest": pa.Table}``; the manifest rows keep the generator's split in
     ``dataset`` order and use absolute local paths.
     """
-    from vidret.data.manifest import build_manifest
+    from vidret.data.annotations.manifest import build_manifest
     from vidret.data.synthetic import generate_corpus
 
     root = tmp_path_factory.mktemp("corpus")

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pytest
 
 from vidret.config import Config, DataConfig
+from vidret.data.annotations.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
 from vidret.data.check import TooManyBadVideosError
-from vidret.data.decode import decode_video, probe
-from vidret.data.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
-from vidret.data.pipeline import run_check, run_prepare
+from vidret.data.executors import run_check, run_prepare
+from vidret.data.video import decode_video, probe
 from vidret.storage import Storage, join
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.ray]
@@ -145,6 +145,47 @@ def test_prepare_transcodes_resumes_and_reports_bad_sources(tmp_path: Path, s3_b
     assert (second["transcoded"], second["skipped"], second["failed"]) == (0, 2, 1)
 
     strict = Config(storage=storage_cfg, data=DataConfig(**{**data.__dict__, "max_bad_fraction": 0.0}))
-    with pytest.raises(TooManyBadVideosError, match="broken.mp4") as info:
+    with pytest.raises(TooManyBadVideosError, match=r"broken\.mp4") as info:
         run_prepare(strict)
     assert info.value.what == "prepare"
+
+
+# The clips of ../shared/data/real-videos that no back end decodes, and why (PyAV 18 / FFmpeg 8, decord 0.6).
+REAL_FAILURES = {
+    "bbb_1ch_8kHz_aac_lc.m4a": "no_video_stream",  # audio-only M4A
+    "sample_audio_only.mp4": "no_video_stream",  # audio-only MP4
+    "invalid-bitstream.webm": "corrupt",  # 51 of 52 VP9 packets fail to decode
+}
+
+
+@pytest.mark.slow
+def test_check_over_the_real_clips_reports_the_known_failures(shared_dir: Path, tmp_path: Path) -> None:
+    import csv
+    import shutil
+
+    from vidret.data.annotations.manifest import build_manifest
+    from vidret.data.check import verdict_lines
+
+    source = shared_dir / "data" / "real-videos"
+    if not (source / "MANIFEST.csv").is_file():
+        pytest.skip(f"{source / 'MANIFEST.csv'} is missing")
+    names = [row["file"] for row in csv.DictReader((source / "MANIFEST.csv").open())]
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in names:  # never read in place: copies only
+        shutil.copyfile(source / name, videos / name)
+    table = tmp_path / "anns.csv"
+    table.write_text("video,caption\n" + "".join(f"{n},a clip\n" for n in names))
+    storage = Storage()
+    result = build_manifest("custom", str(table), str(videos), "all", storage)
+    assert result.table.num_rows == 30  # sample.mp4/.avi/.flv keep distinct ids
+    uri = str(tmp_path / "manifest" / "all.parquet")
+    write_manifest(result, uri, storage)
+    data = DataConfig(size=32, max_frames=4, framerate=4.0, rows_per_block=2, max_bad_fraction=0.1)
+    summary = run_check(Config(data=data), uri)
+    got = {Path(f["video_uri"]).name: f["reason"] for f in summary["failures"]}
+    assert got == REAL_FAILURES
+    assert summary["within_budget"]
+    assert verdict_lines(summary, uri)[-1].startswith(
+        "3 of 30 videos failed (10% <= max_bad_fraction 10%): no_video_stream 2, corrupt 1"
+    )

@@ -34,7 +34,7 @@ EVAL_SPLITS = ("train", "test")  # the first one is the report's
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 generated videos (32 px, 1 s at 8 fps) and ``manifest/<split>.parquet`` for every split."""
-    from vidret.data.manifest import build_manifest, write_manifest
+    from vidret.data.annotations.manifest import build_manifest, write_manifest
     from vidret.data.synthetic import generate_corpus
 
     root = tmp_path_factory.mktemp("eval-corpus")
@@ -150,7 +150,7 @@ def first_run(corpus: Path) -> dict[str, Any]:
 def test_metrics_json_and_report_hold_stage1_and_reranked_rows(
     first_run: dict[str, Any], corpus: Path
 ) -> None:
-    from vidret.data.manifest import read_manifest
+    from vidret.data.annotations.manifest import read_manifest
     from vidret.features.store import load_split
     from vidret.layout import cache_root
 

@@ -97,7 +97,7 @@ def synth_job(head: LocalRayHead, out_dir: Path) -> tuple[JobRun, Path]:
 def run_dir(synth_job: tuple[JobRun, Path], out_dir: Path) -> Path:
     """A run folder with the split manifests of the synth job's corpus (written here, in-process: no job
     entrypoint writes manifests alone any more)."""
-    from vidret.data.manifest import build_manifest, write_manifest
+    from vidret.data.annotations.manifest import build_manifest, write_manifest
     from vidret.storage import Storage
 
     job, corpus = synth_job

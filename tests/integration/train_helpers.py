@@ -39,7 +39,7 @@ def make_corpus(
     out: Path, videos: int = 64, size: int = 32, seconds: float = 1.0, fps: int = 4, seed: int = 0
 ) -> Corpus:
     """Generate ``videos`` synthetic clips under ``out/corpus`` and write ``out/manifest/<split>.parquet``."""
-    from vidret.data.manifest import build_manifest, write_manifest
+    from vidret.data.annotations.manifest import build_manifest, write_manifest
     from vidret.data.synthetic import generate_corpus
 
     storage = Storage()

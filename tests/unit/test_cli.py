@@ -1,5 +1,6 @@
 """The CLI: help lists subcommands; bad input gives one clear line and a non-zero exit."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,42 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
+
+
+def _custom_corpus(tmp_path: Path) -> tuple[Path, Path]:
+    videos = tmp_path / "videos"
+    for name in ("sample.mp4", "sample.avi", "a/clip.mp4"):
+        (videos / name).parent.mkdir(parents=True, exist_ok=True)
+        (videos / name).write_bytes(b"")
+    table = tmp_path / "anns.csv"
+    table.write_text(
+        "video,caption,video_id\nsample.mp4,one,\nsample.avi,two,\na/clip.mp4,three,sample.mp4\n"
+    )
+    return table, videos
+
+
+def test_manifest_collision_fails_naming_both_rows(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    table, videos = _custom_corpus(tmp_path)
+    argv = ["manifest", "--dataset", "custom", "--anno", str(table), "--videos", str(videos), "--split", "s"]
+    code, _, err = _run([*argv, f"run.out={tmp_path / 'run'}"], capsys)
+    _assert_one_line_error(code, err, "sample.mp4", f"{table}:row 2", f"{table}:row 4", "--on-duplicate")
+    assert not (tmp_path / "run" / "manifest").exists()
+
+
+def test_manifest_defaults_next_to_the_run_with_report_and_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    table, videos = _custom_corpus(tmp_path)
+    argv = ["manifest", "--dataset", "custom", "--anno", str(table), "--videos", str(videos), "--split", "s"]
+    code, out, err = _run([*argv, "--on-duplicate", "keep-first", f"run.out={tmp_path / 'run'}"], capsys)
+    assert code == 0, err
+    manifest = tmp_path / "run" / "manifest" / "s.parquet"
+    assert json.loads(out)["manifest"] == str(manifest)
+    assert manifest.is_file()
+    assert "2 rows" in err
+    assert "0 duplicate rows merged, 1 dropped" in err
+    report = json.loads(Path(f"{manifest}.report.json").read_text())
+    assert [d["where"] for d in report["duplicate_ids"]] == [f"{table}:row 4"]
+    assert "on_duplicate: keep-first" in Path(f"{manifest}.config.yaml").read_text()

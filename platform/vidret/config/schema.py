@@ -100,6 +100,7 @@ class DataConfig:
     prepare_out: str = ""  # `vidret prepare` writes <out>/videos/*.mp4 and <out>/manifest/<split>.parquet
     prepare_fps: float = 3.0  # frame rate of the prepared files (method 5.3)
     prepare_short_side: int = 224  # short side of the prepared files (even, aspect kept)
+    on_duplicate: Literal["error", "keep-first"] = "error"  # `vidret manifest`: one id naming two videos
 
     def __post_init__(self) -> None:
         check(2 <= self.max_words <= 77, "data.max_words", "an integer in [2, 77]")

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from vidret.config import DataConfig
 from vidret.data.check import classify
-from vidret.data.decode import DecodeError, decode_with_config
+from vidret.data.video import DecodeError, decode_with_config
 from vidret.storage import Storage, StorageError, is_remote, parse_uri
 
 if TYPE_CHECKING:  # the tokenizer imports torch and open_clip (~7 s, ~1 GB): decode workers never need it
@@ -145,7 +145,8 @@ def keep_rows(batch: dict[str, np.ndarray], keep_B: np.ndarray) -> dict[str, np.
 
 
 def model_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Only the model's columns (``MODEL_COLUMNS``): every column numeric, so torch's default collate works."""
+    """Only the model's columns (``MODEL_COLUMNS``): every column numeric, so torch's default collate
+    works."""
     return {k: batch[k] for k in MODEL_COLUMNS}
 
 

@@ -4,9 +4,9 @@ Pure Python (no Ray): the Ray adapter (:mod:`vidret.data.pipeline`) collects fai
 calls these functions on the driver, and the decode stage calls :func:`enforce_budget` to fail fast.
 
 A failure is a dict ``{"video_id", "video_uri", "reason", "detail"}``; ``reason`` is one of the decoder's
-reasons (``missing``, ``no_video_stream``, ``unsupported_codec``, ``corrupt``, ``timeout``) or
-``read_error`` (storage failed after its retries) or ``invalid_row`` (the manifest row cannot be sampled,
-e.g. ``end < start``).
+reasons (:data:`vidret.data.video.REASONS`: ``missing``, ``no_video_stream``, ``unsupported_codec``,
+``unsupported_container``, ``no_duration``, ``corrupt``, ``timeout``) or ``read_error`` (storage failed
+after its retries) or ``invalid_row`` (the manifest row cannot be sampled, e.g. ``end < start``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vidret.data.decoders import REASONS, DecodeError
+from vidret.data.video.types import REASONS, DecodeError
 from vidret.storage import StorageError
 
 FAILURE_REASONS: tuple[str, ...] = (*REASONS, "read_error", "invalid_row")
@@ -94,7 +94,36 @@ def summarise(
         "max_bad_fraction": max_bad_fraction,
         "within_budget": len(bad_uris) <= bad_budget(total, max_bad_fraction),
         "by_reason": dict(by_reason),
+        "examples": _examples(failures),
         "failures": sorted(
             (dict(f) for f in failures), key=lambda f: (str(f["video_uri"]), str(f["video_id"]))
         ),
     }
+
+
+def _examples(failures: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """One failure per reason (the first by URI): ``{reason: {"video_uri", "detail"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for f in sorted(failures, key=lambda f: str(f["video_uri"])):
+        out.setdefault(str(f["reason"]), {"video_uri": str(f["video_uri"]), "detail": str(f["detail"])})
+    return out
+
+
+def verdict_lines(summary: Mapping[str, Any], where: str) -> list[str]:
+    """What ``vidret check`` prints last: one line per failure reason with an example file, then the verdict,
+    e.g. ``2 of 8 videos failed (25% > max_bad_fraction 1%): corrupt 1, no_video_stream 1 - details in X``."""
+    reasons = {r: n for r, n in summary["by_reason"].items() if n}
+    lines = []
+    for reason, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
+        example = summary["examples"][reason]
+        lines.append(f"  {reason}: {n}, e.g. {example['video_uri']} ({example['detail'][:160]})")
+    bad, total, limit = summary["bad_videos"], summary["total"], summary["max_bad_fraction"]
+    if not bad:
+        return [f"all {total} videos decoded - details in {where}"]
+    sign = "<=" if summary["within_budget"] else ">"
+    grouped = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    lines.append(
+        f"{bad} of {total} videos failed ({summary['bad_fraction']:.0%} {sign} max_bad_fraction "
+        f"{limit:.0%}): {grouped} - details in {where}"
+    )
+    return lines

@@ -1,30 +1,30 @@
-"""The Ray Data adapter (the only Ray Data module): manifest -> decoded, tokenised batches; check; prepare.
+"""The Ray Data adapter: manifest -> decoded, tokenised batches (the check and prepare executors reuse its
+input blocks, in :mod:`vidret.data.executors`).
 
 Shape legend: B rows, F frames, S frame side, L tokens. Batches leaving :func:`build_dataset` hold the
 columns of :data:`vidret.data.batches.MODEL_COLUMNS`::
 
-    video uint8 (B, F, S, S, 3)   video_mask int64 (B, F)   text_ids / text_mask int64 (B, L)   video_index int64 (B,)
+    video uint8 (B, F, S, S, 3)   video_mask int64 (B, F)
+    text_ids / text_mask int64 (B, L)   video_index int64 (B,)
 
 The per-batch work is the pure functions of :mod:`vidret.data.batches`; here they run inside one
 ``map_batches`` stage of ``data.decode_concurrency`` actors at ``data.decode_cpus`` CPUs each. The CPUs are
-fractional on purpose (ray-notes P8: actors holding every CPU starve the other tasks and hang silently);
-each actor's decoding runs in its own decode child process (:mod:`vidret.data.decode_worker`, for the
+fractional on purpose (actors holding every CPU starve the other tasks and the pipeline hangs silently);
+each actor's decoding runs in its own decode child process (:mod:`vidret.data.video.worker`, for the
 timeout), so one actor keeps one core busy. Input rows are split into blocks of ``data.rows_per_block``
-(ray-notes P6: one Parquet file is one block, decoded by one task otherwise).
+(one Parquet file is one block, decoded by one task otherwise).
 
 Bad videos are dropped from the batches (or kept as zeros with ``ok=False``: ``drop_bad=False``) and
-recorded by a :class:`BadVideoLog` actor; the decode stage raises :class:`~vidret.data.check.TooManyBadVideosError` (listing them) as soon as more distinct videos
-failed than ``data.max_bad_fraction`` of the split allows, so a broken corpus fails the job early instead
-of training on a shrinking dataset. Memory stays bounded by Ray Data's streaming backpressure.
+recorded by a :class:`BadVideoLog` actor; the decode stage raises
+:class:`~vidret.data.check.TooManyBadVideosError` (listing them) as soon as more distinct videos failed
+than ``data.max_bad_fraction`` of the split allows, so a broken corpus fails the job early instead of
+training on a shrinking dataset. Memory stays bounded by Ray Data's streaming backpressure.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from vidret.config import Config, DataConfig, RunConfig
+from vidret.config import DataConfig
+from vidret.data.annotations.manifest import read_manifest
 from vidret.data.batches import (
     SplitRows,
     augment_rows,
@@ -42,9 +43,7 @@ from vidret.data.batches import (
     split_rows,
     tokenize_rows,
 )
-from vidret.data.check import TooManyBadVideosError, bad_budget, enforce_budget, summarise
-from vidret.data.manifest import read_manifest, write_manifest
-from vidret.data.prepare import PrepareSettings, plan_outputs, prepare_one
+from vidret.data.check import TooManyBadVideosError, bad_budget, enforce_budget
 from vidret.storage import Storage, is_remote, join, parse_uri
 
 __all__ = [
@@ -55,86 +54,24 @@ __all__ = [
     "check_bad_fraction",
     "check_bad_fractions",
     "decode_rows",
-    "ensure_ray",
     "iter_numpy_batches",
     "load_split",
-    "prepare_splits",
-    "run_check",
-    "run_prepare",
     "split_rows",
     "tokenize_rows",
 ]
 
-Progress = Callable[[int, int], None]
 _MAX_INPUT_BLOCK_ROWS = 1024  # rows per input block at most (one object in the store each)
 _BLOCKS_PER_ACTOR = 8  # input blocks per decode actor at least, so every actor has work
 
 
-LOCAL_RAY_HOST = "127.0.0.1"  # a local instance is reachable from this machine only
-
-
-def ensure_ray(run: RunConfig) -> None:
-    """Connect to (``run.ray_address``, or ``RAY_ADDRESS`` inside ``ray job submit``) or start a local Ray.
-
-    A local instance uses ``address="local"`` so a stale cluster file is never picked up (ray-notes P15), has
-    no dashboard, and binds every Ray process (GCS, raylet, agents, workers) to ``127.0.0.1``: see
-    :func:`_init_local_ray`. Does nothing when Ray is already initialised.
-    """
-    ctx = ray.data.DataContext.get_current()  # periodic log lines instead of redrawn bars (job logs, CI)
-    ctx.enable_progress_bars = False
-    ctx.enable_operator_progress_bars = False
-    if ray.is_initialized():
-        return
-    if run.ray_address:
-        ray.init(address=run.ray_address)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        _init_local_ray(run.num_cpus)
-
-
-def _init_local_ray(num_cpus: int | None) -> None:
-    """``ray.init`` of a local instance bound to loopback.
-
-    On Linux Ray replaces a loopback ``_node_ip_address`` with the machine's routable address, so its GCS,
-    raylet and agents would listen on every interface, unless its cluster mode is off
-    (``ray._private.services.get_node_ip_address``; the flag is ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``, read at
-    import). The flag is switched off for this call only: a later connection to a real cluster in the same
-    process must still see the routable address.
-    """
-    from ray._private import ray_constants
-
-    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            dashboard_host=LOCAL_RAY_HOST,
-            _node_ip_address=LOCAL_RAY_HOST,
-            runtime_env={"worker_process_setup_hook": "vidret.data.pipeline.quiet_local_ray_logs"},
-        )
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
-
-
-def quiet_local_ray_logs() -> None:
-    """Worker setup hook of the local Ray: silence Ray Train's placement-group cleaner, which asks the state
-    API (served by the dashboard, which a local instance does not start) about the Train controller every
-    second and logs a warning each time it cannot. Errors still show."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
-        logging.ERROR
-    )
-
-
-def _absolute(uri: str) -> str:
+def absolute_uri(uri: str) -> str:
     """A relative local path made absolute on the driver: Ray workers need not share its working directory."""
     return uri if is_remote(uri) or os.path.isabs(parse_uri(uri).path) else os.path.abspath(uri)
 
 
-def _absolute_local(table: pa.Table) -> pa.Table:
-    uris = [_absolute(u) for u in table.column("video_uri").to_pylist()]
+def absolute_local_uris(table: pa.Table) -> pa.Table:
+    """``table`` with its local ``video_uri`` values made absolute (:func:`absolute_uri`)."""
+    uris = [absolute_uri(u) for u in table.column("video_uri").to_pylist()]
     return table.set_column(
         table.schema.get_field_index("video_uri"), "video_uri", pa.array(uris, pa.string())
     )
@@ -145,9 +82,9 @@ def input_block_rows(num_rows: int, rows_per_block: int, concurrency: int) -> in
     return max(rows_per_block, min(_MAX_INPUT_BLOCK_ROWS, num_rows // (_BLOCKS_PER_ACTOR * concurrency)))
 
 
-def _dataset(table: pa.Table, block_rows: int) -> ray.data.Dataset:
+def input_blocks(table: pa.Table, block_rows: int) -> ray.data.Dataset:
     """The input blocks, cut on the driver. No ``repartition``: its CPU task would wait forever for a CPU when
-    the decode actors and a Ray Train worker already hold the whole budget (ray-notes P8)."""
+    the decode actors and a Ray Train worker already hold the whole budget."""
     chunks = [table.slice(i, block_rows) for i in range(0, max(table.num_rows, 1), block_rows)]
     return ray.data.from_arrow(chunks)
 
@@ -175,7 +112,9 @@ class BadVideoLog:
         return self._rows_seen
 
 
-def _failures_of(out: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def failures_of(out: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The failed rows of a decoded batch as failure dicts (``video_id``, ``video_uri``, ``reason``,
+    ``detail``)."""
     return [
         {
             "video_id": str(out["video_id"][i]),
@@ -210,7 +149,7 @@ class _DecodeStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = decode_rows(batch, self.cfg, self.storage)
-        failures = _failures_of(out)
+        failures = failures_of(out)
         if failures:
             bad = ray.get(self.log.add.remote(len(out["ok"]), failures))
             if bad > self.budget:  # fail fast: the final fraction can only be higher
@@ -233,7 +172,8 @@ class _DecodeStage:
 
 
 def _matrix(column: np.ndarray, width: int) -> np.ndarray:
-    """A fixed-size-list column as (B, width): Ray hands it over as a 2-D array or as an object array of rows."""
+    """A fixed-size-list column as (B, width): Ray hands it over as a 2-D array or as an object array of
+    rows."""
     if column.dtype != object:
         return column
     return np.stack(list(column)) if len(column) else np.zeros((0, width), np.int64)
@@ -281,11 +221,12 @@ def build_dataset(
     (``datasets={"train": ds}``) or read it with :func:`iter_numpy_batches`; after a full pass call
     :func:`check_bad_fraction` for the final verdict and the list.
     """
-    table = _absolute_local(rows.table)
+    table = absolute_local_uris(rows.table)
     if tokenize:
         table = _with_tokens(table, cfg.max_words)
     if shuffle_seed is not None:
         table = table.take(pa.array(np.random.default_rng(shuffle_seed).permutation(table.num_rows)))
+    check_pool_fits(cfg)
     log = BadVideoLog.remote()
     stage_kwargs = {
         "cfg": cfg,
@@ -296,7 +237,7 @@ def build_dataset(
         "drop_bad": drop_bad,
         "augment_seed": augment_seed if cfg.augment else None,
     }
-    ds = _dataset(
+    ds = input_blocks(
         table, input_block_rows(table.num_rows, cfg.rows_per_block, cfg.decode_concurrency)
     ).map_batches(
         _DecodeStage,
@@ -311,12 +252,14 @@ def build_dataset(
 
 def check_bad_fraction(log: Any, total: int, cfg: DataConfig) -> dict[str, Any]:
     """What ``log`` recorded: ``{"seen", "bad": {uri: reason}, "failures": [...], "total", "bad_fraction"}``;
-    raises ``TooManyBadVideosError`` listing them when more than ``cfg.max_bad_fraction`` of ``total`` failed."""
+    raises ``TooManyBadVideosError`` listing them when more than ``cfg.max_bad_fraction`` of ``total``
+    failed."""
     return check_bad_fractions([log], total, cfg)
 
 
 def check_bad_fractions(logs: Sequence[Any], total: int, cfg: DataConfig) -> dict[str, Any]:
-    """:func:`check_bad_fraction` over several pipelines reading shards of one split (one per training worker).
+    """:func:`check_bad_fraction` over several pipelines reading shards of one split (one per training
+    worker).
 
     A video whose rows landed on two shards counts once (first failure kept), ``seen`` adds up the shards'
     rows, and the budget is ``cfg.max_bad_fraction`` of ``total``, the split's distinct videos, as in the
@@ -360,10 +303,9 @@ def iter_numpy_batches(
     pipeline fails because the budget is exceeded the typed ``TooManyBadVideosError`` is raised here (Ray
     Data wraps exceptions from the decode stage and loses their type on the way).
     """
+    batches = stream_batches(ds, batch_size=batch_size, drop_last=drop_last)
     try:
-        yield from ds.iter_batches(
-            batch_size=batch_size, batch_format="numpy", drop_last=drop_last, prefetch_batches=1
-        )
+        yield from batches
     except ray.exceptions.RayError:
         if log is not None and cfg is not None:
             check_bad_fraction(log, total, cfg)
@@ -372,192 +314,52 @@ def iter_numpy_batches(
         check_bad_fraction(log, total, cfg)
 
 
-# ------------------------------------------------------------------------------------------------ check
-class _CheckStage:
-    """Ray Data callable class: decode each row exactly as training would; keep only the verdict."""
+def stream_batches(ds: ray.data.Dataset, batch_size: int | None, *, drop_last: bool = False) -> Iterator[Any]:
+    """``ds.iter_batches`` (numpy, one batch prefetched); a failure is re-raised without the executor's
+    frames.
 
-    def __init__(self, cfg: DataConfig, storage: Storage) -> None:
-        self.cfg, self.storage = cfg, storage
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = decode_rows(batch, self.cfg, self.storage)
-        return {
-            "video_id": out["video_id"],
-            "video_uri": out["video_uri"],
-            "ok": out["ok"],
-            "reason": out["reason"],
-            "detail": out["detail"],
-            "frames": out["video_mask"].sum(axis=1),
-        }
-
-
-def run_check(
-    cfg: Config, manifest_uri: str, *, out_uri: str | None = None, progress: Progress | None = None
-) -> dict[str, Any]:
-    """Decode every video of a manifest in parallel on Ray and summarise (``vidret check``).
-
-    Returns the summary of :func:`vidret.data.check.summarise` plus ``manifest``, ``seconds`` and
-    ``summary_uri``, and writes it as JSON (atomically) to ``out_uri`` (default ``<manifest_uri>.check.json``).
-    Never raises for bad videos: ``within_budget`` says whether ``data.max_bad_fraction`` holds.
+    Why: the traceback of a failed Ray Data pass holds the streaming executor's frames, and through them the
+    handles of its map actors; an exception kept by the caller (a log, ``pytest.raises``, a retry loop) then
+    keeps every decode actor alive, holding its CPUs. A few failed passes on a small cluster leave the next
+    pipeline's actors pending forever. The re-raised error keeps its type, message and cause chain.
     """
-    ensure_ray(cfg.run)
-    storage = Storage(cfg.storage)
-    t0 = time.perf_counter()
-    manifest = read_manifest(manifest_uri, storage)
-    table = _absolute_local(manifest.select(["video_id", "video_uri", "start", "end"]))
-    failures: list[dict[str, Any]] = []
-    done = 0
-    ds = _dataset(table, cfg.data.rows_per_block).map_batches(
-        _CheckStage,
-        fn_constructor_kwargs={"cfg": cfg.data, "storage": storage},
-        batch_size=cfg.data.rows_per_block,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_concurrency),
-        num_cpus=cfg.data.decode_cpus,
-    )
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        failures += _failures_of(batch)
-        done += len(batch["ok"])
-        if progress is not None:
-            progress(done, table.num_rows)
-    if done != table.num_rows:
-        raise RuntimeError(f"check of {manifest_uri}: {done} results for {table.num_rows} rows")
-    summary_uri = out_uri or f"{manifest_uri}.check.json"
-    summary = summarise(
-        failures,
-        table.num_rows,
-        cfg.data.max_bad_fraction,
-        manifest=manifest_uri,
-        summary_uri=summary_uri,
-        seconds=round(time.perf_counter() - t0, 3),
-    )
-    storage.write_text(summary_uri, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return summary
+    failure: BaseException | None = None
+    try:
+        yield from ds.iter_batches(
+            batch_size=batch_size, batch_format="numpy", drop_last=drop_last, prefetch_batches=1
+        )
+    except ray.exceptions.RayError as exc:
+        failure = _without_tracebacks(exc)
+    if failure is not None:
+        raise failure
 
 
-# ---------------------------------------------------------------------------------------------- prepare
-def _prepare_batch(
-    batch: dict[str, np.ndarray], settings: PrepareSettings, storage: Storage
-) -> dict[str, np.ndarray]:
-    results = [
-        prepare_one(str(src), str(dst), settings, storage)
-        for src, dst in zip(batch["read_uri"], batch["out_uri"], strict=True)
-    ]
-    return {
-        "video_uri": batch["video_uri"],
-        "status": np.array([r["status"] for r in results]),
-        "reason": np.array([r.get("reason", "") for r in results]),
-        "detail": np.array([r.get("detail", "") for r in results]),
-        "frames": np.array([int(r.get("frames", 0)) for r in results], np.int64),
-    }
+def _without_tracebacks(exc: BaseException) -> BaseException:
+    """``exc`` with the tracebacks of it and every exception in its cause/context chains dropped (they pin
+    executor frames)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        link = todo.pop()
+        if id(link) in seen:
+            continue
+        seen.add(id(link))
+        link.__traceback__ = None
+        todo.extend(e for e in (link.__cause__, link.__context__) if e is not None)
+    return exc
 
 
-def prepare_splits(cfg: Config, splits: Sequence[str] | None = None) -> list[str]:
-    """The splits ``vidret prepare`` transcodes: ``splits``, else those of train/val/test/extra_eval_splits
-    whose manifest ``<data.manifest>/<split>.parquet`` exists."""
-    if not cfg.data.manifest:
-        raise ValueError("data.manifest is empty: set it to the folder or s3:// prefix holding the manifests")
-    if splits:
-        return list(dict.fromkeys(splits))
-    storage = Storage(cfg.storage)
-    names = dict.fromkeys(
-        (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split, *cfg.data.extra_eval_splits)
-    )
-    found = [s for s in names if storage.exists(join(cfg.data.manifest, f"{s}.parquet"))]
-    if not found:
-        raise ValueError(f"no manifest found under {cfg.data.manifest} for splits {', '.join(names)}")
-    return found
+def check_pool_fits(cfg: DataConfig) -> None:
+    """Raise ``ValueError`` when the decode actors alone need more CPUs than the cluster has.
 
-
-def run_prepare(
-    cfg: Config,
-    *,
-    splits: Sequence[str] | None = None,
-    out: str | None = None,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Transcode the videos of each split's manifest into ``<out>/videos`` and write the new manifests to
-    ``<out>/manifest/<split>.parquet`` (``vidret prepare``); ``out`` defaults to ``data.prepare_out``.
-
-    Each distinct source file is transcoded once, in a Ray task of one CPU (:func:`prepare_one`: resumable,
-    a finished output is skipped). The new manifests keep every column but ``video_uri``; rows whose source
-    failed are dropped and listed. Writes ``<out>/prepare.json`` (the summary, also returned), then raises
-    ``TooManyBadVideosError`` when more sources failed than ``data.max_bad_fraction`` allows (no manifest
-    is written then).
+    Ray Data starts a fixed pool of ``data.decode_concurrency`` actors at ``data.decode_cpus`` each; a pool
+    that cannot be placed leaves its actors pending and the pipeline waits forever without an error.
     """
-    out = out or cfg.data.prepare_out
-    if not out:
-        raise ValueError("data.prepare_out is empty: set it to the folder or s3:// prefix for prepared files")
-    out = _absolute(out)
-    ensure_ray(cfg.run)
-    storage = Storage(cfg.storage)
-    settings = PrepareSettings.from_config(cfg.data)
-    t0 = time.perf_counter()
-    manifests = {
-        s: read_manifest(join(cfg.data.manifest, f"{s}.parquet"), storage)
-        for s in prepare_splits(cfg, splits)
-    }
-    sources = [u for t in manifests.values() for u in t.column("video_uri").to_pylist()]
-    targets = plan_outputs(sources, out)
-    plan = pa.table(
-        {
-            "video_uri": list(targets),
-            "read_uri": [_absolute(u) for u in targets],
-            "out_uri": list(targets.values()),
-        }
-    )
-    ds = _dataset(plan, 1).map_batches(
-        _prepare_batch,
-        fn_kwargs={"settings": settings, "storage": storage},
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=1,
-    )
-    counts = {"transcoded": 0, "skipped": 0, "failed": 0}
-    failures: list[dict[str, Any]] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for i, status in enumerate(batch["status"]):
-            counts[str(status)] += 1
-            if status == "failed":
-                failures.append(
-                    {
-                        "video_id": "",
-                        "video_uri": str(batch["video_uri"][i]),
-                        "reason": str(batch["reason"][i]),
-                        "detail": str(batch["detail"][i]),
-                    }
-                )
-        if progress is not None:
-            progress(sum(counts.values()), plan.num_rows)
-    failed = {f["video_uri"] for f in failures}
-    summary = {
-        "out": out,
-        "manifest": join(out, "manifest"),
-        "settings": settings.__dict__.copy(),
-        **counts,
-        **summarise(failures, plan.num_rows, cfg.data.max_bad_fraction),
-        "splits": {},
-    }
-    summary.update(seconds=round(time.perf_counter() - t0, 3))
-    new_tables = {}
-    for split, table in manifests.items():
-        uris = table.column("video_uri").to_pylist()
-        keep = pa.array([u not in failed for u in uris])
-        kept = table.filter(keep)
-        new_uris = pa.array([targets[u] for u in kept.column("video_uri").to_pylist()], pa.string())
-        new_tables[split] = kept.set_column(kept.schema.get_field_index("video_uri"), "video_uri", new_uris)
-        dropped = pc.invert(keep)
-        summary["splits"][split] = {
-            "rows": kept.num_rows,
-            "dropped": table.filter(dropped).column("video_id").to_pylist(),
-        }
-    storage.write_text(join(out, "prepare.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    enforce_budget(
-        {f["video_uri"]: f["reason"] for f in failures},
-        plan.num_rows,
-        cfg.data.max_bad_fraction,
-        what="prepare",
-    )
-    for split, table in new_tables.items():
-        write_manifest(table, join(out, "manifest", f"{split}.parquet"), storage)
-    return summary
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    need = cfg.decode_concurrency * cfg.decode_cpus
+    if need > cpus:
+        raise ValueError(
+            f"data.decode_concurrency={cfg.decode_concurrency} x data.decode_cpus={cfg.decode_cpus:g} = "
+            f"{need:g} CPUs, but the Ray cluster has {cpus:g}: lower one of them "
+            "(the actors would wait forever)"
+        )

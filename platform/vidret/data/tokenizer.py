@@ -38,7 +38,8 @@ class ClipTokenizer:
             self._bpe = SimpleTokenizer()
             if (self._bpe.sot_token_id, self._bpe.eot_token_id) != (SOT_ID, EOT_ID):
                 raise ValueError(
-                    f"open_clip SimpleTokenizer has SOT/EOT {self._bpe.sot_token_id}/{self._bpe.eot_token_id}, "
+                    "open_clip SimpleTokenizer has SOT/EOT "
+                    f"{self._bpe.sot_token_id}/{self._bpe.eot_token_id}, "
                     f"expected {SOT_ID}/{EOT_ID}"
                 )
         return self._bpe

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from vidret.config import Config, dump_yaml, with_absolute_paths
-from vidret.data.pipeline import ensure_ray
+from vidret.runtime import ensure_ray
 from vidret.eval.metrics import metrics_table
 from vidret.eval.report import write_report
 from vidret.eval.retrieval import rerank_distributed, top_k

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from vidret.config import Config
-from vidret.data.decode import DecodeError, decode_video
-from vidret.data.manifest import read_manifest
+from vidret.data.annotations.manifest import read_manifest
+from vidret.data.video import DecodeError, decode_video
 from vidret.storage import Storage, join
 
 THUMB_FRAMES = 4

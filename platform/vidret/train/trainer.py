@@ -25,12 +25,13 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from vidret.config import Config, dump_yaml, replace, with_absolute_paths
-from vidret.data.pipeline import SplitRows, build_dataset, check_bad_fractions, ensure_ray, load_split
+from vidret.data.pipeline import SplitRows, build_dataset, check_bad_fractions, load_split
 from vidret.features.build import build_feature_cache
 from vidret.features.store import read_index
 from vidret.layout import check_placeholders, checkpoint_exists, stage_uri
 from vidret.model.build import encoder_key
 from vidret.model.checkpoint import load_checkpoint, load_state, save_state
+from vidret.runtime import ensure_ray
 from vidret.storage import Storage, is_remote, join
 from vidret.train.loop import train_loop_per_worker
 from vidret.train.plan import make_plan

@@ -41,7 +41,7 @@ import yaml
 from ray import tune
 
 from vidret.config import Config, dump_yaml
-from vidret.data.pipeline import ensure_ray
+from vidret.runtime import ensure_ray
 from vidret.eval.metrics import metrics_table
 from vidret.features import store
 from vidret.features.build import build_feature_cache

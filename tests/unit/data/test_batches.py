@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from vidret.config import DataConfig
+from vidret.data.annotations.manifest import MANIFEST_SCHEMA
 from vidret.data.batches import augment_rows, decode_rows, split_rows
 from vidret.data.check import (
     FAILURE_REASONS,
@@ -19,9 +20,9 @@ from vidret.data.check import (
     classify,
     enforce_budget,
     summarise,
+    verdict_lines,
 )
-from vidret.data.decode import DecodeError, decode_with_config
-from vidret.data.manifest import MANIFEST_SCHEMA
+from vidret.data.video import DecodeError, decode_with_config
 from vidret.storage import Storage, StorageError, StorageNotFoundError
 
 CFG = DataConfig(size=32, max_frames=4, decoder="pyav", decode_timeout_s=30.0)
@@ -52,7 +53,7 @@ def test_split_rows_pairs_and_videos() -> None:
     videos = split_rows(_manifest(), "test", pairs=False)
     assert videos.table.column("caption").to_pylist() == ["c one"]
     assert videos.num_videos == 1
-    with pytest.raises(ValueError, match="'val'.*test, train"):
+    with pytest.raises(ValueError, match=r"'val'.*test, train"):
         split_rows(_manifest(), "val", pairs=True)
 
 
@@ -153,3 +154,21 @@ def test_classify_and_summarise() -> None:
     assert s["by_reason"]["corrupt"] == 1
     assert [f["video_id"] for f in s["failures"]] == ["a", "b"]
     assert s["manifest"] == "m"
+
+
+def test_verdict_groups_by_reason_with_one_example_each() -> None:
+    failures = [
+        {"video_id": "a", "video_uri": "/v/b.webm", "reason": "corrupt", "detail": "51 of 52 packets failed"},
+        {"video_id": "b", "video_uri": "/v/a.m4a", "reason": "no_video_stream", "detail": "streams: audio"},
+        {"video_id": "c", "video_uri": "/v/c.mp4", "reason": "no_video_stream", "detail": "streams: audio"},
+    ]
+    summary = summarise(failures, 8, 0.01)
+    assert summary["examples"]["no_video_stream"] == {"video_uri": "/v/a.m4a", "detail": "streams: audio"}
+    lines = verdict_lines(summary, "/x/check.json")
+    assert lines[0] == "  no_video_stream: 2, e.g. /v/a.m4a (streams: audio)"
+    assert lines[1] == "  corrupt: 1, e.g. /v/b.webm (51 of 52 packets failed)"
+    assert lines[-1] == (
+        "3 of 8 videos failed (38% > max_bad_fraction 1%): no_video_stream 2, corrupt 1"
+        " - details in /x/check.json"
+    )
+    assert verdict_lines(summarise([], 4, 0.01), "s.json") == ["all 4 videos decoded - details in s.json"]

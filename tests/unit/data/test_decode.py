@@ -7,15 +7,20 @@ import io
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
+import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from vidret.config import DataConfig
-from vidret.data.decode import (
+from vidret.data.video import (
     AUTO_ORDER,
     DecodeError,
     decode_video,
@@ -23,9 +28,9 @@ from vidret.data.decode import (
     probe,
     sample_indices,
     time_decoders,
+    upright_frame,
 )
-from vidret.data.decode_worker import DecodeWorker
-from vidret.data.transforms import (
+from vidret.data.video.transforms import (
     IDENTITY,
     apply_display_transform,
     center_crop,
@@ -34,6 +39,7 @@ from vidret.data.transforms import (
     rotation_degrees,
     transform_from_rotation,
 )
+from vidret.data.video.worker import DecodeWorker
 
 DECODERS = ["pyav", "decord"]
 
@@ -118,11 +124,11 @@ def test_decoders_agree_pixel_for_pixel(grey_clip: Path) -> None:
 
 
 def test_seek_path_matches_sequential_path(grey_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vidret.data import decoders
+    from vidret.data.video import pyav_backend
 
     kw = {"max_frames": 12, "framerate": 3.0, "size": 24, "decoder": "pyav"}
     seeking, m1 = decode_video(str(grey_clip), **kw)
-    monkeypatch.setattr(decoders, "_seek_plan", lambda source, uri: None)  # force sequential decoding
+    monkeypatch.setattr(pyav_backend, "_seek_plan", lambda source, uri: None)  # force sequential decoding
     sequential, m2 = decode_video(str(grey_clip), **kw)
     np.testing.assert_array_equal(m1, m2)
     np.testing.assert_array_equal(seeking, sequential)
@@ -174,8 +180,10 @@ def test_display_matrix_is_applied(tmp_path: Path, decoder: str, rotation, matri
         assert np.abs(got.astype(int) - colours[name]).max() < 40, (corners, expected_corners)
 
 
-def test_auto_falls_back_to_the_next_decoder(grey_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vidret.data import decode
+def test_auto_falls_back_to_the_next_decoder(
+    grey_clip: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vidret.data.video import local
 
     calls: list[str] = []
 
@@ -183,15 +191,17 @@ def test_auto_falls_back_to_the_next_decoder(grey_clip: Path, monkeypatch: pytes
         calls.append(uri)
         raise DecodeError(uri, "unsupported_codec", "test double")
 
-    monkeypatch.setitem(decode._READERS, AUTO_ORDER[0], broken)
+    monkeypatch.setitem(local._READERS, AUTO_ORDER[0], broken)
     frames, mask = decode_video(str(grey_clip), max_frames=12, framerate=1.0, size=32, uri="g.mp4")
     assert calls == ["g.mp4"]
     assert _frame_indices(frames, mask) == [0, 8, 16, 24, 32, 40]
-    with pytest.raises(DecodeError) as info:  # both fail: one error, naming both decoders' details
+    caplog.set_level("DEBUG", logger="vidret.data.video")
+    with pytest.raises(DecodeError) as info:  # both fail: the primary's reason and detail only
         decode_video(b"junk" * 100, max_frames=2, framerate=1.0, size=32, uri="j.mp4")
-    assert info.value.reason in {"unsupported_codec", "corrupt"}
-    assert "test double" in str(info.value)
-    assert AUTO_ORDER[1] in info.value.detail
+    assert info.value.reason == "unsupported_codec"
+    assert info.value.detail == "test double"
+    assert "video_reader.cc" not in str(info.value)  # decord's raw C++ text: debug log only
+    assert any("fallback decord also failed on j.mp4" in r.getMessage() for r in caplog.records)
 
 
 def test_decord_fails_on_48x48_h264_where_auto_succeeds(tmp_path: Path) -> None:
@@ -230,31 +240,95 @@ def _audio_only(path: Path) -> Path:
     return path
 
 
+def _encode_frames(target: object, fmt: str, codec: str, pix_fmt: str, n: int = 8, side: int = 64) -> None:
+    with av.open(target, "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=8)
+        stream.width, stream.height, stream.pix_fmt = side, side, pix_fmt
+        for i in range(n):
+            img = np.zeros((side, side, 3), np.uint8)
+            img[:, : (i * 8) % side + 8] = (200, 60, 20)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+class _WriteOnly:
+    """A sink without ``seek``: the Matroska muxer cannot go back to write the duration."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> int:
+        self.data += bytes(chunk)
+        return len(chunk)
+
+
+def _torture_files(tmp_path: Path, grey_clip: Path) -> dict[str, object]:
+    """Real files for every reason: a valid GIF, a WebM without a duration, AV1 in MP4, audio-only, broken."""
+    _encode_frames(str(tmp_path / "clip.gif"), "gif", "gif", "rgb8")
+    sink = _WriteOnly()
+    _encode_frames(sink, "webm", "libvpx-vp9", "yuv420p")
+    (tmp_path / "live.webm").write_bytes(bytes(sink.data))
+    _encode_frames(str(tmp_path / "av1.mp4"), "mp4", "libsvtav1", "yuv420p")
+    data = grey_clip.read_bytes()
+    return {
+        "missing": str(tmp_path / "nope.mp4"),
+        "gif": str(tmp_path / "clip.gif"),
+        "no_duration_webm": str(tmp_path / "live.webm"),
+        "av1": str(tmp_path / "av1.mp4"),
+        "audio_only": str(_audio_only(tmp_path / "a.m4a")),
+        "empty": b"",
+        "text": b"this is not a video at all" * 50,
+        "truncated": data[: len(data) // 3],
+        "zeros": bytes(4096),
+    }
+
+
+# What each back end says about each file ("ok": it decodes). `auto` reports PyAV's reason (the primary).
+_EXPECTED = {
+    "pyav": {
+        "missing": "missing",
+        "gif": "ok",
+        "no_duration_webm": "ok",
+        "av1": "ok",
+        "audio_only": "no_video_stream",
+        "empty": "corrupt",
+        "text": "corrupt",
+        "truncated": "corrupt",
+        "zeros": "corrupt",
+    },
+    "decord": {
+        "missing": "missing",
+        "gif": "unsupported_container",
+        "no_duration_webm": "no_duration",
+        "av1": "unsupported_codec",
+        "audio_only": "no_video_stream",
+        "empty": "corrupt",
+        "text": "corrupt",
+        "truncated": "corrupt",
+        "zeros": "corrupt",
+    },
+}
+_EXPECTED["auto"] = _EXPECTED["pyav"]
+
+
 @pytest.mark.parametrize("decoder", ["auto", *DECODERS])
 def test_errors_have_the_right_reason(tmp_path: Path, grey_clip: Path, decoder: str) -> None:
-    data = grey_clip.read_bytes()
-    cases = {
-        "missing": str(tmp_path / "nope.mp4"),
-        "no_video_stream": str(_audio_only(tmp_path / "a.m4a")),
-        "corrupt": [b"", b"this is not a video at all" * 50, data[: len(data) // 3], bytes(4096)],
-    }
-    expected_reasons = {
-        "missing": {"missing"},
-        "no_video_stream": {"no_video_stream"},
-        "corrupt": {"corrupt"},
-    }
-    if decoder == "decord":  # decord cannot tell an audio-only file from a broken one
-        expected_reasons["no_video_stream"] = {"corrupt"}
-    for reason, sources in cases.items():
-        for source in sources if isinstance(sources, list) else [sources]:
-            with pytest.raises(DecodeError) as info:
-                decode_video(
-                    source, max_frames=4, framerate=1.0, size=16, decoder=decoder, uri="s3://b/k.mp4"
-                )
-            assert info.value.reason in expected_reasons[reason], (reason, info.value)
-            assert isinstance(info.value, ValueError)
-            assert "s3://b/k.mp4" in str(info.value)
-            assert info.value.reason in str(info.value)
+    for name, source in _torture_files(tmp_path, grey_clip).items():
+        expected = _EXPECTED[decoder][name]
+        kw = {"max_frames": 4, "framerate": 4.0, "size": 16, "decoder": decoder, "uri": "s3://b/k.mp4"}
+        if expected == "ok":
+            _, mask = decode_video(source, **kw)
+            assert mask[0] == 1, name
+            continue
+        with pytest.raises(DecodeError) as info:
+            decode_video(source, **kw)
+        assert info.value.reason == expected, (name, info.value)
+        assert isinstance(info.value, ValueError)
+        assert "s3://b/k.mp4" in str(info.value)
+        assert "\n" not in str(info.value)
+        assert "video_reader.cc" not in str(info.value), name  # decord's C++ text stays in debug logs
 
 
 def test_decode_error_pickles_and_validates_reason() -> None:
@@ -397,3 +471,83 @@ def test_decode_streamed_from_s3_matches_local(s3_bucket, grey_clip: Path) -> No
         decode_video(storage.read_bytes(uri)[:500], max_frames=6, framerate=1.0, size=32, uri=uri)
     assert info.value.reason == "corrupt"
     assert uri in str(info.value)
+
+
+# ---------------------------------------------------------------------------------- display geometry (SAR)
+def _sar_clip(path: Path, width: int, height: int, sar: Fraction) -> np.ndarray:
+    """An H.264 clip stored ``width x height`` with ``sar`` pixels; returns its (stored) first frame."""
+    rng = np.random.default_rng(width)
+    coarse = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    img_HW3 = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = sar
+        stream.options = {"crf": "10"}
+        for _ in range(4):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img_HW3, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(str(path)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "sar", "shown_width"),
+    [(176, 144, Fraction(16, 11), 256), (160, 120, Fraction(64, 51), 201)],  # PAL 16:9-style, 64:51
+)
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_non_square_pixels_decode_to_the_displayed_geometry(
+    tmp_path: Path, width: int, height: int, sar: Fraction, shown_width: int, decoder: str
+) -> None:
+    path = tmp_path / "sar.mp4"
+    stored_HW3 = _sar_clip(path, width, height, sar)
+    info = probe(str(path))
+    assert (info["coded_width"], info["coded_height"]) == (width, height)
+    assert info["sample_aspect_ratio"] == f"{sar.numerator}:{sar.denominator}"
+    assert (info["width"], info["height"]) == (shown_width, height)
+    # reference: stretch to the displayed size first, then the method's short-side resize and centre crop
+    shown_HW3 = np.asarray(
+        Image.fromarray(stored_HW3).resize((shown_width, height), Image.Resampling.BICUBIC)
+    )
+    ref = center_crop(resize_short_side(shown_HW3, 64), 64).astype(int)
+    squeezed = center_crop(resize_short_side(stored_HW3, 64), 64).astype(int)
+    frames, _ = decode_video(str(path), max_frames=1, framerate=1.0, size=64, decoder=decoder)
+    assert np.abs(frames[0].astype(int) - ref).mean() < 2.0
+    assert np.abs(squeezed - ref).mean() > 20.0  # ignoring the ratio would be caught
+    assert upright_frame(str(path)).shape == (height, shown_width, 3)
+
+
+# ------------------------------------------------------------------------------- no main guard needed
+def test_decode_from_a_script_without_main_guard(tmp_path: Path, grey_clip: Path) -> None:
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "from vidret.config import DataConfig\n"
+        "from vidret.data.video import decode_with_config\n"
+        "from vidret.data.video.worker import default_worker\n"
+        f"frames, mask = decode_with_config({str(grey_clip)!r}, DataConfig(size=16, max_frames=4))\n"
+        "print('decoded', int(mask.sum()), 'worker', default_worker().pid, flush=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("decoded")]
+    assert len(lines) == 1, proc.stdout  # the script ran once: the child never re-ran it
+    assert lines[0].startswith("decoded 4 worker ")
+    assert "bootstrapping" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    child = int(lines[0].split()[-1])
+    for _ in range(100):  # the child exits with its parent (bounded wait, not a timing assertion)
+        if not Path(f"/proc/{child}").exists() or "Z" in _proc_state(child):
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{child}").exists() or "Z" in _proc_state(child), "decode worker left behind"
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "gone"

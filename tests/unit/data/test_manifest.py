@@ -1,4 +1,5 @@
-"""Annotation readers -> Parquet manifest: every format, the report, malformed input, Parquet and S3 round trips."""
+"""Annotation readers -> Parquet manifest: every format, the report, malformed input, Parquet and S3 round
+trips."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from vidret.config import StorageConfig
-from vidret.data.formats import lsmdc_movie, read_msrvtt_split_ids, safe_unpickle
-from vidret.data.manifest import MANIFEST_SCHEMA, build_manifest, read_manifest, write_manifest
+from vidret.data.annotations.formats import lsmdc_movie, read_msrvtt_split_ids
+from vidret.data.annotations.manifest import MANIFEST_SCHEMA, build_manifest, read_manifest, write_manifest
+from vidret.data.annotations.records import safe_unpickle
 from vidret.storage import Storage
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "annotations"
@@ -292,17 +294,24 @@ def test_custom_csv_groups_rows_and_filters_split(tmp_path: Path, storage: Stora
     train = build_manifest("custom", str(anns / "anns.csv"), str(videos), "train", storage)
     assert train.table.select(["video_id", "captions", "start", "end"]).to_pylist() == [
         {
-            "video_id": "pasta",
+            "video_id": "cooking/pasta.mp4",  # the path relative to the videos folder, extension included
             "captions": ["a person boils pasta", "someone drains noodles in a sink"],
             "start": None,
             "end": None,
         },
-        {"video_id": "pasta@10-20.5", "captions": ["pasta is served"], "start": 10.0, "end": 20.5},
+        {
+            "video_id": "cooking/pasta.mp4@10-20.5",
+            "captions": ["pasta is served"],
+            "start": 10.0,
+            "end": 20.5,
+        },
     ]
     assert set(train.table.column("video_uri").to_pylist()) == {str(videos / "cooking" / "pasta.mp4")}
     # The train row of goal.mp4 has an empty caption: reported with its row, and the video has none left.
-    assert train.report.empty_captions == [{"video_id": "goal", "where": f"{anns / 'anns.csv'}:row 6"}]
-    assert [e["video_id"] for e in train.report.no_captions] == ["goal"]
+    assert train.report.empty_captions == [
+        {"video_id": "sports/goal.mp4", "where": f"{anns / 'anns.csv'}:row 6"}
+    ]
+    assert [e["video_id"] for e in train.report.no_captions] == ["sports/goal.mp4"]
     test = build_manifest("custom", str(anns / "anns.csv"), str(videos), "test", storage)
     assert test.table.column("captions").to_pylist() == [["a player scores a goal"]]
 
@@ -314,7 +323,7 @@ def test_custom_jsonl_ids_and_absolute_paths(tmp_path: Path, storage: Storage) -
     train = build_manifest("custom", str(anns), str(videos), "train", storage)
     rows = _rows(train.table)
     assert rows["pasta"]["captions"] == ["a person boils pasta", "someone drains noodles in a sink"]
-    assert rows["pasta@10-20.5"]["start"] == 10.0
+    assert rows["cooking/pasta.mp4@10-20.5"]["start"] == 10.0
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "x.mp4").write_bytes(b"")
@@ -325,7 +334,9 @@ def test_custom_jsonl_ids_and_absolute_paths(tmp_path: Path, storage: Storage) -
     (anns / "anns.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
     result = build_manifest("custom", str(anns), "", "any", storage)
     assert result.table.column("video_uri").to_pylist() == [str(elsewhere / "x.mp4")]
-    assert result.report.missing_videos == [{"video_id": "y", "expected": str(elsewhere / "y.mp4")}]
+    assert result.report.missing_videos == [
+        {"video_id": str(elsewhere / "y.mp4"), "expected": str(elsewhere / "y.mp4")}
+    ]
 
 
 # --- report: listing once, missing, duplicates, empty captions ---------------------------------------------
@@ -394,18 +405,67 @@ def test_duplicate_ids_and_empty_captions_reported(tmp_path: Path, storage: Stor
         (f"{csv_uri}:row 4", "merged"),
         (f"{csv_uri}:row 5", "merged"),
     ]
-    # Same id naming a different file: the first wins, the later record is dropped.
-    (anns / "dup.jsonl").write_text(
+    # Same id naming a different file: an error naming both rows, unless keep-first is asked for.
+    dup = anns / "dup.jsonl"
+    dup.write_text(
         json.dumps({"video": "a.mp4", "caption": "first", "video_id": "x"})
         + "\n"
         + json.dumps({"video": "b.mp4", "caption": "second", "video_id": "x"})
         + "\n"
     )
+    with pytest.raises(ValueError, match="video_id 'x' names two different videos") as info:
+        build_manifest("custom", str(dup), str(tmp_path / "v"), "s", storage, check_videos=False)
+    assert f"{dup}:row 1 (a.mp4)" in str(info.value)
+    assert f"{dup}:row 2 (b.mp4)" in str(info.value)
     custom = build_manifest(
-        "custom", str(anns / "dup.jsonl"), str(tmp_path / "v"), "s", storage, check_videos=False
+        "custom", str(dup), str(tmp_path / "v"), "s", storage, check_videos=False, on_duplicate="keep-first"
     )
     assert custom.table.column("video_uri").to_pylist() == [str(tmp_path / "v" / "a.mp4")]
     assert custom.report.duplicate_ids[0]["action"] == "dropped"
+    assert custom.report.counts()["dropped_rows"] == 1
+    assert "0 duplicate rows merged, 1 dropped" in custom.report.format_text()
+
+
+def _colliding_stems(tmp_path: Path) -> tuple[Path, Path]:
+    """A custom CSV whose videos share a stem across extensions and folders."""
+    names = ["sample.mp4", "sample.avi", "sample.flv", "a/clip.mp4", "b/clip.mp4"]
+    videos = _videos(tmp_path, names)
+    table = tmp_path / "anns.csv"
+    table.write_text("video,caption\n" + "".join(f"{n},caption of {n}\n" for n in names))
+    return table, videos
+
+
+def test_colliding_stems_get_distinct_path_ids(tmp_path: Path, storage: Storage) -> None:
+    table, videos = _colliding_stems(tmp_path)
+    result = build_manifest("custom", str(table), str(videos), "any", storage)
+    assert result.table.column("video_id").to_pylist() == [
+        "sample.mp4",
+        "sample.avi",
+        "sample.flv",
+        "a/clip.mp4",
+        "b/clip.mp4",
+    ]
+    assert result.report.duplicate_ids == []
+    # absolute paths under the videos folder get the same relative ids
+    (tmp_path / "abs.csv").write_text(f"video,caption\n{videos / 'a' / 'clip.mp4'},x\n")
+    absolute = build_manifest("custom", str(tmp_path / "abs.csv"), str(videos), "any", storage)
+    assert absolute.table.column("video_id").to_pylist() == ["a/clip.mp4"]
+
+
+def test_stem_ids_colliding_across_extensions_fail_by_default(tmp_path: Path, storage: Storage) -> None:
+    # DiDeMo ids are file names without extension: two files with one stem must not collapse silently
+    anns = tmp_path / "didemo"
+    anns.mkdir()
+    items = [{"video": v, "description": f"d {v}", "times": [[0, 1]]} for v in ("x.mp4", "x.avi", "y.mp4")]
+    (anns / "train_data.json").write_text(json.dumps(items))
+    videos = _videos(tmp_path, ["x.mp4", "x.avi", "y.mp4"])
+    with pytest.raises(ValueError, match="video_id 'x' names two different videos"):
+        build_manifest("didemo", str(anns), str(videos), "train", storage)
+    kept = build_manifest("didemo", str(anns), str(videos), "train", storage, on_duplicate="keep-first")
+    assert kept.table.column("video_id").to_pylist() == ["x", "y"]
+    assert [(d["video"], d["first_video"], d["action"]) for d in kept.report.duplicate_ids] == [
+        ("x.avi", "x.mp4", "dropped")
+    ]
 
 
 # --- malformed input -> ValueError naming file and row/field ------------------------------------------------

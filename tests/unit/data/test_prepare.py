@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import io
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from vidret.data.decode import DecodeError, decode_video, probe
-from vidret.data.prepare import (
+from vidret.data.video import DecodeError, decode_video, probe
+from vidret.data.video.prepare import (
     PrepareSettings,
     output_names,
     output_size,
@@ -183,7 +184,8 @@ def test_prepare_one_reports_bad_sources_without_writing(tmp_path: Path) -> None
     for reason, path in cases.items():
         out = tmp_path / "prep" / f"{reason}.mp4"
         result = prepare_one(str(path), str(out), PrepareSettings(short_side=32), Storage())
-        assert result["status"] == "failed" and result["reason"] == reason, result
+        assert result["status"] == "failed", result
+        assert result["reason"] == reason, result
         assert not out.exists()
         assert not Path(sidecar_uri(str(out))).exists()
     (tmp_path / "empty.mp4").write_bytes(b"")
@@ -199,3 +201,24 @@ def test_transcode_reads_file_objects(tmp_path: Path) -> None:
     facts = transcode(io.BytesIO(data), str(out), PrepareSettings(short_side=32, fps=2.0), uri="f")
     assert facts["frames"] == 2
     assert probe(str(out))["num_frames"] == 2
+
+
+def test_prepare_writes_square_pixels_for_non_square_sources(tmp_path: Path) -> None:
+    src = tmp_path / "pal.mp4"
+    with av.open(str(src), "w", format="mp4") as out:  # 176x144 stored, 16:11 pixels: shown 256x144
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 176, 144, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(16, 11)
+        for i in range(8):
+            img = np.full((144, 176, 3), 40 + i * 10, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    dst = tmp_path / "out.mp4"
+    facts = transcode(str(src), str(dst), PrepareSettings(short_side=64, fps=4.0))
+    assert (facts["width"], facts["height"]) == (112, 64)  # 64 * 256 / 144 = 113.8, floored to even
+    info = probe(str(dst))
+    assert info["sample_aspect_ratio"] == "1:1"
+    assert (info["coded_width"], info["coded_height"]) == (112, 64)
+    assert (info["width"], info["height"]) == (112, 64)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidret.data.decode import DecodeError, decode_video, probe, upright_frame
+from vidret.data.video import DecodeError, decode_video, probe, upright_frame
 
 _MANIFEST = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "real-videos" / "MANIFEST.csv"
 ROWS: list[dict[str, str]] = list(csv.DictReader(_MANIFEST.open())) if _MANIFEST.is_file() else []

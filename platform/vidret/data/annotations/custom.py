@@ -4,8 +4,11 @@
 * ``caption``: a string (JSONL may also give a list of strings).
 * ``start``/``end``: seconds, optional; empty (CSV) or null (JSONL) = whole video.
 * ``split``: optional; when the column exists only rows equal to the requested split are kept.
-* ``video_id``: optional; default is the file stem, plus ``@start-end`` when a segment is given, so that
-  segments of one file get distinct ids.
+* ``video_id``: optional; default is the video's path relative to ``videos`` with its extension
+  (``a/clip.mp4``; a file outside ``videos`` keeps its full path or URI), plus ``@start-end`` when a segment
+  is given, so that ``sample.mp4``/``sample.avi`` or ``a/clip.mp4``/``b/clip.mp4`` never share an id and
+  segments of one file get distinct ids. Two rows with one id and different files are resolved by the
+  manifest's ``on_duplicate`` policy (an error by default).
 
 Rows are grouped per ``(video, start, end)`` into one record holding all their captions, in file order.
 ``anno`` is the table itself (``*.csv`` / ``*.jsonl``), a directory holding exactly one such table, or a
@@ -15,17 +18,17 @@ directory plus ``split_files={split: name}``.
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-from vidret.data.formats import (
+from vidret.data.annotations.records import (
     AnnRecord,
     Caption,
     finite_number,
     parse_csv,
     read_required_text,
     split_file_for,
-    strip_video_ext,
 )
 from vidret.storage import Storage, is_remote, join
 
@@ -42,8 +45,8 @@ def find_custom_table(storage: Storage, anno: str, split: str, split_files: Mapp
     tables = [u for u in storage.list(anno) if u.lower().endswith(CUSTOM_SUFFIXES)]
     if len(tables) != 1:
         raise ValueError(
-            f"custom: {anno} must be a .csv/.jsonl file or a directory holding exactly one; found {tables[:5]}"
-            + ("" if tables else " (none)")
+            f"custom: {anno} must be a .csv/.jsonl file or a directory holding exactly one; "
+            f"found {tables[:5]}" + ("" if tables else " (none)")
         )
     return tables[0]
 
@@ -103,10 +106,33 @@ def is_absolute(path: str) -> bool:
     return is_remote(path) or path.startswith(("/", "file://"))
 
 
+def default_video_id(video: str, videos: str) -> str:
+    """The id of a ``video`` path: relative to ``videos`` with its extension (a path outside ``videos`` keeps
+    its full form); ``./`` prefixes and doubled separators are normalised away."""
+    if is_absolute(video):
+        plain = video[len("file://") :] if video.startswith("file://") else video
+        base = videos[len("file://") :] if videos.startswith("file://") else videos
+        if base and not is_remote(plain) and not is_remote(base):
+            rel = posixpath.relpath(posixpath.normpath(plain), posixpath.normpath(posixpath.abspath(base)))
+            return video if rel.startswith("..") else rel
+        if base and plain.startswith(base.rstrip("/") + "/"):
+            return plain[len(base.rstrip("/")) + 1 :]
+        return video
+    return posixpath.normpath(video)
+
+
 def read_custom(
-    storage: Storage, anno: str, split: str, *, split_files: Mapping[str, str] | None = None
+    storage: Storage,
+    anno: str,
+    split: str,
+    *,
+    split_files: Mapping[str, str] | None = None,
+    videos: str = "",
 ) -> list[AnnRecord]:
-    """Read the custom CSV/JSONL table, keep ``split`` (if the column exists), group per (video, start, end)."""
+    """Read the custom CSV/JSONL table, keep ``split`` (if the column exists), group per (video, start, end).
+
+    ``videos`` is the folder relative paths are relative to; ids default to :func:`default_video_id`.
+    """
     uri = find_custom_table(storage, anno, split, split_files)
     text = read_required_text(storage, uri, f"custom split {split!r}")
     if uri.lower().endswith(".jsonl"):
@@ -137,6 +163,6 @@ def read_custom(
         group["captions"].extend(Caption(c, where) for c in _captions(row.get("caption"), where))
     records = []
     for (video, start, end), group in groups.items():
-        video_id = group["video_id"] or strip_video_ext(video) + _segment_suffix(start, end)
+        video_id = group["video_id"] or default_video_id(video, videos) + _segment_suffix(start, end)
         records.append(AnnRecord(video_id, tuple(group["captions"]), group["where"], video, (), start, end))
     return records

@@ -43,7 +43,7 @@ from functools import partial
 import numpy as np
 
 from vidret.config import SynthConfig
-from vidret.data.synthetic_plan import (
+from vidret.data.synthetic.plan import (
     COLOURS,
     HELD_OUT,
     KINDS,
@@ -58,7 +58,7 @@ from vidret.data.synthetic_plan import (
     sample_content,
     sample_kind,
 )
-from vidret.data.synthetic_render import ENCODER_OPTIONS, render_chunk
+from vidret.data.synthetic.render import ENCODER_OPTIONS, render_chunk
 from vidret.storage import Storage, join
 
 GENERATOR_VERSION = "1"
@@ -272,7 +272,8 @@ def generate_corpus(
     Every file goes through ``storage.write_bytes``/``write_text`` (atomic); ``summary.json`` is written last,
     so its presence marks a complete corpus. Existing files with the same names are replaced; others under
     ``out`` are left alone. ``progress(done, total)`` is called after each batch of videos is written.
-    Raises ``ValueError`` for settings the generator cannot honour (fewer than 4 videos or 4 frames, seed < 0).
+    Raises ``ValueError`` for settings the generator cannot honour (fewer than 4 videos or 4 frames, seed <
+    0).
     """
     root = cfg.out if out is None else out
     frames = frame_count(cfg)

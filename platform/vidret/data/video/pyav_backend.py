@@ -1,113 +1,43 @@
-"""The PyAV back end, the shape every back end shares, and the one decode error type.
+"""The PyAV back end (bundled FFmpeg 8): ``read_pyav``, stream facts, the first frame.
 
 Shape legend: N sampled frames, S output side; frames are ``uint8`` RGB ``(N, S, S, 3)``.
 
-Back ends (``read_pyav`` here, ``read_decord`` in :mod:`vidret.data.decord_backend`) take
-``pick(num_frames, fps) -> indices`` (the sampling rule with its arguments bound, so the rule lives in one
-place) and return a :class:`Clip`. Frame ``i`` is the ``i``-th frame in presentation order: the ``i``-th
-smallest packet timestamp (PyAV fast path, decord) or the ``i``-th frame the decoder outputs (PyAV
-sequential path); they agree on regular files (checked in the tests).
-
-Errors: every failure becomes ``DecodeError(uri, reason, detail)``; the decoders' own exception types never
-escape. PyAV classifies failures best (``FileNotFoundError``, ``DecoderNotFoundError``, ``InvalidDataError``),
+Frame ``i`` is the ``i``-th frame in presentation order: the ``i``-th smallest packet timestamp (fast path)
+or the ``i``-th frame the decoder outputs (sequential path); they agree on regular files (checked in the
+tests). PyAV classifies failures best (``FileNotFoundError``, ``DecoderNotFoundError``, ``InvalidDataError``),
 so when both back ends fail, the PyAV error is the one reported.
 """
 
 from __future__ import annotations
 
 import bisect
-import io
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal
+from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
-from vidret.data.transforms import (
+from vidret.data.video.packets import PacketFrames
+from vidret.data.video.transforms import (
     IDENTITY,
     DisplayTransform,
     display_transform_from_matrix,
     frame_to_square,
     transform_from_rotation,
 )
-
-Reason = Literal["missing", "no_video_stream", "unsupported_codec", "corrupt", "timeout"]
-REASONS: tuple[str, ...] = ("missing", "no_video_stream", "unsupported_codec", "corrupt", "timeout")
-Source = bytes | bytearray | memoryview | BinaryIO | str | os.PathLike
-Pick = Callable[[int, float], np.ndarray]
-
-MAX_PLAUSIBLE_FPS = 960.0  # container rates above this are time-base artefacts (FLV/MKV report 1000)
-
-
-class DecodeError(ValueError):
-    """A video that cannot be decoded. ``reason`` is one of :data:`REASONS`; the message names the URI."""
-
-    def __init__(self, uri: str, reason: str, detail: str = "") -> None:
-        if reason not in REASONS:
-            raise ValueError(f"DecodeError reason must be one of {REASONS}, got {reason!r}")
-        self.uri, self.reason, self.detail = uri, reason, detail
-        super().__init__(f"cannot decode {uri}: {reason}" + (f" ({detail})" if detail else ""))
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable across the timeout worker's pipe
-        return (DecodeError, (self.uri, self.reason, self.detail))
-
-
-@dataclass(frozen=True)
-class Clip:
-    """Sampled frames of one video: frames (N, S, S, 3) uint8, the frame indices (N,) they came from."""
-
-    frames_NSS3: np.ndarray
-    indices_N: np.ndarray
-    num_frames: int  # frames in the stream as used by the sampling rule
-    fps: float
-
-
-@contextmanager
-def rewound(source: Source) -> Iterator[Any]:
-    """Yield something PyAV/decord can open; file objects are rewound to where they started afterwards."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        yield io.BytesIO(bytes(source))
-    elif isinstance(source, (str, os.PathLike)):
-        yield os.fspath(source)
-    else:
-        start = source.tell()
-        try:
-            yield source
-        finally:
-            source.seek(start)
-
-
-def check_exists(source: Source, uri: str) -> None:
-    """Raise ``DecodeError(missing)`` for a path that is not a readable file."""
-    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
-        raise DecodeError(uri, "missing", f"no such file: {os.fspath(source)}")
-    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
-        raise DecodeError(uri, "missing", f"is a directory: {os.fspath(source)}")
-
-
-def as_rate(value: Any) -> float:
-    try:
-        rate = float(value) if value is not None else 0.0
-    except (TypeError, ZeroDivisionError):
-        return 0.0
-    return rate if np.isfinite(rate) else 0.0
-
-
-def choose_fps(rates: list[float], num_frames: int, duration: float | None) -> float:
-    """Pick the stream's frame rate: the first plausible container rate, else ``num_frames / duration``.
-
-    ``rates`` are in order of trust (PyAV: the average rate, a rate measured from packet timestamps, the
-    guessed rate). A rate is implausible when it is not finite, <= 0 or above :data:`MAX_PLAUSIBLE_FPS`
-    (FLV and MKV report their 1 kHz time base as the average rate).
-    """
-    for r in rates:
-        if 0.0 < r <= MAX_PLAUSIBLE_FPS:
-            return r
-    if duration and duration > 0 and num_frames > 0:
-        return num_frames / duration
-    return 0.0
+from vidret.data.video.types import (
+    MAX_PLAUSIBLE_FPS,
+    Clip,
+    DecodeError,
+    Pick,
+    Reason,
+    Source,
+    StreamInfo,
+    as_rate,
+    choose_fps,
+    rewound,
+)
 
 
 # ---------------------------------------------------------------------------------------------- PyAV
@@ -116,23 +46,11 @@ def _av_reason(exc: Exception) -> Reason:
 
     if isinstance(exc, (av.error.FileNotFoundError, FileNotFoundError, IsADirectoryError)):
         return "missing"
-    if isinstance(
-        exc, (av.error.DecoderNotFoundError, av.error.PatchWelcomeError, av.error.DemuxerNotFoundError)
-    ):
+    if isinstance(exc, (av.error.DecoderNotFoundError, av.error.PatchWelcomeError)):
         return "unsupported_codec"
+    if isinstance(exc, av.error.DemuxerNotFoundError):
+        return "unsupported_container"
     return "corrupt"
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    """What the container says about the first video stream (before any frame is decoded)."""
-
-    codec: str
-    width: int  # coded size
-    height: int
-    num_frames: int  # header count, or packet count when the header has none (0 only if empty)
-    fps: float
-    duration: float | None  # seconds
 
 
 def _open_av(src: Any, uri: str) -> Any:
@@ -203,6 +121,7 @@ def pyav_stream_info(source: Source, uri: str) -> StreamInfo:
         else:
             duration = None
         codec = cc.codec.name if cc.codec is not None else cc.name
+        sar = _sample_aspect_ratio(stream)
         width, height = int(cc.width), int(cc.height)
         average = as_rate(stream.average_rate)
         if stream.time_base and average == as_rate(1 / stream.time_base):
@@ -212,7 +131,16 @@ def pyav_stream_info(source: Source, uri: str) -> StreamInfo:
     if num_frames <= 0:
         with rewound(source) as src:
             num_frames = _count_packets(src, uri)
-    return StreamInfo(codec, width, height, num_frames, choose_fps(rates, num_frames, duration), duration)
+    fps = choose_fps(rates, num_frames, duration)
+    return StreamInfo(codec, width, height, num_frames, fps, duration, sar)
+
+
+def _sample_aspect_ratio(stream: Any) -> Fraction:
+    """The stream's sample aspect ratio (container, else codec header); 1 when unset or nonsensical."""
+    for value in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if value is not None and value > 0:
+            return Fraction(value)
+    return Fraction(1)
 
 
 def _frame_transform(frame: Any) -> DisplayTransform:
@@ -228,49 +156,34 @@ def _frame_transform(frame: Any) -> DisplayTransform:
 
 
 def _decode_pass(
-    source: Source, uri: str, wanted: set[int], size: int | None, threads: int
+    source: Source, uri: str, wanted: set[int], size: int | None, threads: int, sar: Fraction = Fraction(1)
 ) -> tuple[dict[int, np.ndarray], int, DisplayTransform]:
     """Decode sequentially, converting only frames in ``wanted``; stop after the last wanted frame.
 
     Returns (frames by index, frames decoded, display transform). Bad packets are skipped; the pass fails as
-    ``corrupt`` when no frame decodes or when more than a tenth of the packets (and at least 3) are bad.
+    ``corrupt`` by the rule of :class:`~vidret.data.video.packets.PacketFrames`.
     """
-    import av
-
     kept: dict[int, np.ndarray] = {}
     transform = IDENTITY
-    n = bad = packets = 0
+    n = 0
     last_wanted = max(wanted) if wanted else -1
-    first_error = ""
     with rewound(source) as src, _open_av(src, uri) as container:
         stream = _video_stream(container, uri)
         stream.codec_context.thread_count = threads
-        demux = container.demux(stream)
-        while n <= last_wanted:
-            try:
-                packet = next(demux)
-            except StopIteration:
+        frames = PacketFrames(container, stream, uri)
+        for frame in frames:
+            if n == 0:
+                transform = _frame_transform(frame)
+            if n in wanted:
+                kept[n] = (
+                    frame_to_square(frame.to_image(), size, transform, float(sar))
+                    if size
+                    else frame.to_ndarray()
+                )
+            n += 1
+            if n > last_wanted:
                 break
-            except av.error.FFmpegError as exc:  # a demuxer error ends the stream; keep what decoded
-                first_error = first_error or f"demux: {exc}"
-                break
-            packets += 1
-            try:
-                frames = packet.decode()
-            except av.error.FFmpegError as exc:
-                bad += 1
-                first_error = first_error or f"decode: {exc}"
-                continue
-            for frame in frames:
-                if n == 0:
-                    transform = _frame_transform(frame)
-                if n in wanted:
-                    kept[n] = (
-                        frame_to_square(frame.to_image(), size, transform) if size else frame.to_ndarray()
-                    )
-                n += 1
-    if n == 0 or bad > max(2, packets // 10):
-        raise DecodeError(uri, "corrupt", f"{bad} of {packets} packets failed; first error: {first_error}")
+        frames.verdict()
     return kept, n, transform
 
 
@@ -307,7 +220,13 @@ def _seek_plan(source: Source, uri: str) -> _SeekPlan | None:
 
 
 def _seek_pass(
-    source: Source, uri: str, plan: _SeekPlan, wanted: list[int], size: int, threads: int
+    source: Source,
+    uri: str,
+    plan: _SeekPlan,
+    wanted: list[int],
+    size: int,
+    threads: int,
+    sar: Fraction = Fraction(1),
 ) -> dict[int, np.ndarray]:
     """Decode only the GOPs holding ``wanted`` frames: seek to the keyframe before a frame whenever that
     keyframe lies ahead of the decoder, else keep decoding forward. Frames are matched by pts; any mismatch
@@ -337,7 +256,7 @@ def _seek_pass(
                     if transform is None:
                         transform = _frame_transform(frame)
                     if i == target:
-                        kept[i] = frame_to_square(frame.to_image(), size, transform)
+                        kept[i] = frame_to_square(frame.to_image(), size, transform, float(sar))
                         break
                 else:
                     raise _CannotSeek
@@ -358,25 +277,25 @@ def read_pyav(source: Source, pick: Pick, size: int, uri: str, *, threads: int =
     """
     info = pyav_stream_info(source, uri)
     if info.fps <= 0:
-        raise DecodeError(uri, "corrupt", "no frame rate and no duration in the container")
+        raise DecodeError(uri, "no_duration", "no frame rate and no duration in the container")
     if info.num_frames <= 0:
         raise DecodeError(uri, "corrupt", "the video stream has no packets")
     plan = _seek_plan(source, uri)
     if plan is not None and len(plan.keyframes) > 1 and plan.keyframes[0] == 0:
         indices = pick(len(plan.pts), info.fps)
         try:
-            kept = _seek_pass(source, uri, plan, indices.tolist(), size, threads)
+            kept = _seek_pass(source, uri, plan, indices.tolist(), size, threads, info.sar)
             return Clip(np.stack([kept[int(i)] for i in indices]), indices, len(plan.pts), info.fps)
         except _CannotSeek:
             pass  # e.g. edit lists or decoders that drop frames: the sequential count is the truth
     indices = pick(info.num_frames, info.fps)
-    kept, n, _ = _decode_pass(source, uri, set(indices.tolist()), size, threads)
+    kept, n, _ = _decode_pass(source, uri, set(indices.tolist()), size, threads, info.sar)
     num_frames = info.num_frames
     if n < info.num_frames and (indices >= n).any():
         num_frames = n
         indices = pick(n, info.fps)
         if not set(indices.tolist()) <= kept.keys():
-            kept, _, _ = _decode_pass(source, uri, set(indices.tolist()), size, threads)
+            kept, _, _ = _decode_pass(source, uri, set(indices.tolist()), size, threads, info.sar)
     frames_NSS3 = np.stack([kept[int(i)] for i in indices])
     return Clip(frames_NSS3, indices, num_frames, info.fps)
 
@@ -389,17 +308,10 @@ def pyav_first_frame(
     info = pyav_stream_info(source, uri)
     with rewound(source) as src, _open_av(src, uri) as container:
         stream = _video_stream(container, uri)
-        frame = next(_decode_frames(container, stream, uri), None)
+        frames = PacketFrames(container, stream, uri)
+        frame = next(iter(frames), None)
         if frame is None:
+            frames.verdict()  # no frame at all: corrupt, naming the first error
             raise DecodeError(uri, "corrupt", "no frame could be decoded")
         pixels = frame.to_ndarray(format="rgb24") if with_pixels else None
         return info, _frame_transform(frame), int(frame.rotation or 0), pixels
-
-
-def _decode_frames(container: Any, stream: Any, uri: str) -> Iterator[Any]:
-    import av
-
-    try:
-        yield from container.decode(stream)
-    except av.error.FFmpegError as exc:
-        raise DecodeError(uri, "corrupt", f"pyav decode: {exc}") from None

@@ -1,7 +1,8 @@
-"""Transcode source videos into retrieval-ready files (method 5.3), numpy/PyAV only (no Ray here).
+"""Transcode source videos into retrieval-ready files, numpy/PyAV only (no Ray here).
 
-A prepared file is H.264 (``yuv420p``) in MP4 with ``+faststart``, no audio, upright (the source's display
-matrix is applied to the pixels and not written out), short side ``short_side`` (default 224; the long
+A prepared file is H.264 (``yuv420p``) in MP4 with ``+faststart``, no audio, upright and with square pixels
+(the source's display matrix and sample aspect ratio are applied to the pixels and not written out), short
+side ``short_side`` (default 224; the long
 side keeps the aspect ratio and is floored to an even number, like the upstream's ffmpeg
 ``scale='if(gt(a,1),trunc(oh*a/2)*2,224)':...``), constant frame rate ``fps`` (default 3; the frame shown at
 ``k / fps`` is the source frame displayed at that instant, so frames are dropped or repeated like
@@ -12,7 +13,7 @@ Why: sampling 1 frame/s from a 30 fps 320x240 clip decodes every frame up to the
 
 Resumability: next to each output ``<name>.mp4`` a sidecar ``<name>.mp4.json`` (written after the video, both
 atomically) records the source URI and the settings; :func:`prepare_one` skips a video whose sidecar
-matches. Source failures raise :class:`~vidret.data.decode.DecodeError` with the decoder's reasons.
+matches. Source failures raise :class:`~vidret.data.video.DecodeError` with the decoder's reasons.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from typing import Any
 import numpy as np
 
 from vidret.config import DataConfig
-from vidret.data.decoders import DecodeError, Source, pyav_first_frame
-from vidret.data.transforms import IDENTITY, DisplayTransform, apply_display_transform, displayed_size
+from vidret.data.video.packets import PacketFrames
+from vidret.data.video.pyav_backend import pyav_first_frame
+from vidret.data.video.transforms import IDENTITY, DisplayTransform, apply_display_transform, displayed_size
+from vidret.data.video.types import DecodeError, Source
 from vidret.storage import Storage, StorageError, join
 
 SIDECAR_VERSION = 1
@@ -103,37 +106,16 @@ def _digest(text: str) -> str:
 def _source_frames(container: Any, stream: Any, uri: str, fps: float) -> Iterator[tuple[Any, float]]:
     """Decoded frames of ``stream`` with their presentation time in seconds (first frame at 0).
 
-    A packet that fails to decode is skipped; the stream is ``corrupt`` when no frame decodes or when more
-    than a tenth of the packets (and at least 3) fail, the same rule as the decoders.
+    A packet that fails to decode is skipped; the stream is ``corrupt`` by the same rule as decoding
+    (:class:`~vidret.data.video.packets.PacketFrames`).
     """
-    import av
-
-    n = bad = packets = 0
+    frames = PacketFrames(container, stream, uri)
     t0: float | None = None
-    first_error = ""
-    demux = container.demux(stream)
-    while True:
-        try:
-            packet = next(demux)
-        except StopIteration:
-            break
-        except av.error.FFmpegError as exc:  # a demuxer error ends the stream; keep what decoded
-            first_error = first_error or f"demux: {exc}"
-            break
-        packets += 1
-        try:
-            frames = packet.decode()
-        except av.error.FFmpegError as exc:
-            bad += 1
-            first_error = first_error or f"decode: {exc}"
-            continue
-        for frame in frames:
-            t = float(frame.time) if frame.time is not None else n / fps
-            t0 = t if t0 is None else t0
-            n += 1
-            yield frame, t - t0
-    if n == 0 or bad > max(2, packets // 10):
-        raise DecodeError(uri, "corrupt", f"{bad} of {packets} packets failed; first error: {first_error}")
+    for n, frame in enumerate(frames):
+        t = float(frame.time) if frame.time is not None else n / fps
+        t0 = t if t0 is None else t0
+        yield frame, t - t0
+    frames.verdict()
 
 
 def transcode(
@@ -159,8 +141,8 @@ def _transcode(source: Source, out_path: str, settings: PrepareSettings, uri: st
 
     info, transform, rotation, _ = pyav_first_frame(source, uri)  # classifies unreadable sources
     if info.fps <= 0:
-        raise DecodeError(uri, "corrupt", "no frame rate and no duration in the container")
-    shown_w, shown_h = displayed_size(info.width, info.height, transform)
+        raise DecodeError(uri, "no_duration", "no frame rate and no duration in the container")
+    shown_w, shown_h = displayed_size(info.width, info.height, transform, float(info.sar))
     out_w, out_h = output_size(shown_w, shown_h, settings.short_side)
     coded_w, coded_h = displayed_size(out_w, out_h, transform)  # size to scale to before the transform
     rate = Fraction(settings.fps).limit_denominator(1001)
@@ -175,17 +157,7 @@ def _transcode(source: Source, out_path: str, settings: PrepareSettings, uri: st
     ):
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
-        enc = out.add_stream("libx264", rate=rate)
-        enc.width, enc.height, enc.pix_fmt = out_w, out_h, "yuv420p"
-        gop = str(settings.gop)
-        enc.options = {
-            "g": gop,
-            "keyint_min": gop,
-            "sc_threshold": "0",
-            "crf": str(settings.crf),
-            "preset": settings.preset,
-            "threads": "1",
-        }
+        enc = _add_encoder(out, settings, out_w, out_h, rate)
         current: Any = None
         converted: Any = None
 
@@ -225,8 +197,26 @@ def _transcode(source: Source, out_path: str, settings: PrepareSettings, uri: st
     }
 
 
+def _add_encoder(out: Any, settings: PrepareSettings, width: int, height: int, rate: Fraction) -> Any:
+    """The H.264 output stream: square pixels (the source's ratio is in the size), a keyframe every GOP."""
+    enc = out.add_stream("libx264", rate=rate)
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.codec_context.sample_aspect_ratio = Fraction(1)
+    gop = str(settings.gop)
+    enc.options = {
+        "g": gop,
+        "keyint_min": gop,
+        "sc_threshold": "0",
+        "crf": str(settings.crf),
+        "preset": settings.preset,
+        "threads": "1",
+    }
+    return enc
+
+
 def _convert(frame: Any, width: int, height: int, transform: DisplayTransform) -> Any:
-    """Scale to the coded ``width x height`` (bicubic); with a display transform, return upright RGB pixels."""
+    """Scale to the coded ``width x height`` (bicubic); with a display transform, return upright RGB
+    pixels."""
     if transform == IDENTITY:
         return frame.reformat(width=width, height=height, format="yuv420p", interpolation="BICUBIC")
     rgb = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BICUBIC")

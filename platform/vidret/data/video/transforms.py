@@ -3,7 +3,8 @@
 Shape legend: H height, W width, S output side (``size``); frames are ``uint8`` RGB ``(H, W, 3)``.
 
 The method's image pipeline is PIL ``Resize(size, bicubic)`` on the short side followed by
-``CenterCrop(size)`` (diffusionret-method.md section 5.1). We keep PIL's bicubic filter (antialiased on
+``CenterCrop(size)`` (CLIP's preprocessing, as the method uses it). We keep PIL's bicubic filter
+(antialiased on
 downscaling, as torchvision's PIL path is) so frames match what CLIP preprocessing produces; normalisation
 to float happens later, on the batch.
 """
@@ -45,7 +46,8 @@ def transform_from_rotation(degrees_ccw: int) -> DisplayTransform:
 
 
 def apply_display_transform(img_HW3: np.ndarray, transform: DisplayTransform) -> np.ndarray:
-    """Return the frame as it is meant to be displayed: (H, W, 3) -> (H', W', 3) with H', W' swapped on 90/270.
+    """Return the frame as it is meant to be displayed: (H, W, 3) -> (H', W', 3) with H', W' swapped on
+    90/270.
 
     ``transform`` comes from :func:`display_transform_from_matrix`. The result is a view when possible.
     """
@@ -56,8 +58,11 @@ def apply_display_transform(img_HW3: np.ndarray, transform: DisplayTransform) ->
     return img_HW3.transpose(1, 0, 2)[::b, ::c]
 
 
-def displayed_size(width: int, height: int, transform: DisplayTransform) -> tuple[int, int]:
-    """Displayed ``(width, height)`` of a coded ``width x height`` frame under ``transform``."""
+def displayed_size(width: int, height: int, transform: DisplayTransform, sar: float = 1.0) -> tuple[int, int]:
+    """Displayed ``(width, height)`` of a coded ``width x height`` frame with sample aspect ratio ``sar``
+    (a coded pixel is shown ``sar`` times as wide as tall; FFmpeg's display width is ``width * sar``) under
+    ``transform``."""
+    width = max(1, round(width * sar))
     return (height, width) if transform[0] == 0 else (width, height)
 
 
@@ -75,11 +80,13 @@ def is_reflection(transform: DisplayTransform) -> bool:
     return a * d - b * c < 0
 
 
-def resize_short_side(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
-    """Resize so the short side equals ``size`` with PIL bicubic, keeping the aspect ratio; -> (H', W', 3).
+def resize_short_side(img: Image.Image | np.ndarray, size: int, sar: float = 1.0) -> np.ndarray:
+    """Resize so the displayed short side equals ``size`` with PIL bicubic, keeping the displayed aspect
+    ratio; -> (H', W', 3).
 
-    The long side is ``round(long * size / short)`` (at least ``size``), like torchvision's ``Resize(int)``
-    up to rounding.
+    ``sar`` is the sample aspect ratio: the frame is shown ``W * sar`` wide, so non-square pixels become
+    square in the same single resize. The long side is ``round(long * size / short)`` (at least ``size``),
+    like torchvision's ``Resize(int)`` up to rounding.
     """
     if size <= 0:
         raise ValueError(f"size must be a positive integer, got {size}")
@@ -87,19 +94,21 @@ def resize_short_side(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
     if pil.mode != "RGB":
         pil = pil.convert("RGB")
     w, h = pil.size
-    if min(w, h) <= 0:
-        raise ValueError(f"cannot resize an empty frame of size {w}x{h}")
-    if w <= h:
-        new_w, new_h = size, max(size, round(h * size / w))
+    if min(w, h) <= 0 or not sar > 0:
+        raise ValueError(f"cannot resize an empty frame of size {w}x{h} (sample aspect ratio {sar})")
+    shown_w = w * sar
+    if shown_w <= h:
+        new_w, new_h = size, max(size, round(h * size / shown_w))
     else:
-        new_w, new_h = max(size, round(w * size / h)), size
+        new_w, new_h = max(size, round(shown_w * size / h)), size
     if (new_w, new_h) != (w, h):
         pil = pil.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
     return np.asarray(pil, dtype=np.uint8)
 
 
 def center_crop(img_HW3: np.ndarray, size: int) -> np.ndarray:
-    """Centre crop (H, W, 3) to (size, size, 3); both sides must be >= size. Offsets round like torchvision."""
+    """Centre crop (H, W, 3) to (size, size, 3); both sides must be >= size. Offsets round like
+    torchvision."""
     h, w = img_HW3.shape[:2]
     if h < size or w < size:
         raise ValueError(f"cannot centre-crop a {w}x{h} frame to {size}x{size}")
@@ -109,14 +118,15 @@ def center_crop(img_HW3: np.ndarray, size: int) -> np.ndarray:
 
 
 def frame_to_square(
-    img: Image.Image | np.ndarray, size: int, transform: DisplayTransform = IDENTITY
+    img: Image.Image | np.ndarray, size: int, transform: DisplayTransform = IDENTITY, sar: float = 1.0
 ) -> np.ndarray:
     """Decoded frame -> upright, short-side-resized, centre-cropped (size, size, 3) uint8 (C-contiguous).
 
+    ``sar`` (sample aspect ratio, in coded orientation) is applied by the resize, before the transform.
     Resizing happens before the display transform (resizing is orientation-symmetric and this keeps the
     numpy work on the small image); the crop happens after it, so odd crop offsets land on the displayed
     image exactly as they would on a frame that had been rotated first.
     """
-    small_HW3 = resize_short_side(img, size)
+    small_HW3 = resize_short_side(img, size, sar)
     upright_HW3 = apply_display_transform(small_HW3, transform)
     return np.ascontiguousarray(center_crop(upright_HW3, size))

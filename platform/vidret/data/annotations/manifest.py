@@ -4,15 +4,21 @@ Schema (``MANIFEST_SCHEMA``): ``video_id`` string, ``video_uri`` string, ``capti
 ``start``/``end`` float64 seconds (null = from the beginning / to the end of the file), ``split`` string,
 ``dataset`` string. ``video_id`` is unique within a manifest.
 
-``build_manifest`` reads the annotations (``vidret.data.formats``), then, in this order:
+``build_manifest`` reads the annotations (:mod:`vidret.data.annotations.formats`), then, in this order:
 
 1. Captions are stripped; empty ones are dropped and listed in ``report.empty_captions`` with where they came
    from. A record left without any caption is dropped (``report.no_captions``).
-2. Duplicate ``video_id``: the first record wins. A later record with the same file and segment has its new
-   captions (those not already present) appended: ``action="merged"``; a later record pointing at a different
-   file or segment is dropped: ``action="dropped"``. Both are listed in ``report.duplicate_ids``.
-3. With ``check_videos`` the videos directory is listed once (``Storage.list``; never one ``exists`` per video).
-   A record matches its default file (e.g. ``<videos>/<id>.mp4``) or, failing that, any listed video file whose
+2. Duplicate ``video_id``: a later record with the same file and segment has its new captions (those not
+   already present) appended to the first: ``action="merged"``. A later record pointing at a different file
+   or segment is a collision: with ``on_duplicate="error"`` (the default) ``ValueError`` names both rows and
+   both files; with ``on_duplicate="keep-first"`` it is dropped: ``action="dropped"``. Every merged or
+   dropped row is listed in ``report.duplicate_ids``. Ids that come from file names (custom: the path
+   relative to ``videos`` with its extension; DiDeMo: the file name without extension) go through the
+   same rule, so no two files ever collapse into one id silently.
+3. With ``check_videos`` the videos directory is listed once (``Storage.list``; never one ``exists`` per
+video).
+   A record matches its default file (e.g. ``<videos>/<id>.mp4``) or, failing that, any listed video file
+   whose
    stem is one of the record's stems (so ``.avi``/``.mp4`` and ``v_``-prefixed ActivityNet names are found).
    Unmatched records are listed in ``report.missing_videos`` and dropped (``on_missing="drop"``) or kept with
    their default URI (``on_missing="keep"``, the decoder then reports them as ``missing``). Custom tables may
@@ -36,16 +42,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vidret.data.formats import (
-    VIDEO_EXTENSIONS,
-    AnnRecord,
+from vidret.data.annotations.custom import is_absolute, read_custom
+from vidret.data.annotations.formats import (
     read_activitynet,
     read_didemo,
     read_lsmdc,
     read_msrvtt,
     read_msvd,
 )
-from vidret.data.formats_custom import is_absolute, read_custom
+from vidret.data.annotations.records import VIDEO_EXTENSIONS, AnnRecord
 from vidret.storage import Storage, is_remote, join
 
 MANIFEST_SCHEMA = pa.schema(
@@ -90,6 +95,8 @@ class ManifestReport:
             "empty_captions": len(self.empty_captions),
             "no_captions": len(self.no_captions),
             "duplicate_ids": len(self.duplicate_ids),
+            "merged_rows": sum(d["action"] == "merged" for d in self.duplicate_ids),
+            "dropped_rows": sum(d["action"] == "dropped" for d in self.duplicate_ids),
             "missing_videos": len(self.missing_videos),
         }
 
@@ -109,15 +116,21 @@ class ManifestReport:
         }
 
     def format_text(self, limit: int = 10) -> str:
-        """Human-readable summary for the CLI: counts, then at most ``limit`` entries of each issue list."""
-        lines = [f"manifest {self.dataset}/{self.split}: {self.rows} rows, {self.captions} captions"]
-        lines.append("  " + ", ".join(f"{k}={v}" for k, v in self.counts().items()))
-        for name in ("missing_videos", "duplicate_ids", "empty_captions", "no_captions"):
+        """Human-readable summary for the CLI: a summary line with the merged/dropped counts, the counts, then
+        every merged or dropped row and at most ``limit`` entries of each other issue list."""
+        counts = self.counts()
+        lines = [
+            f"manifest {self.dataset}/{self.split}: {self.rows} rows, {self.captions} captions; "
+            f"{counts['merged_rows']} duplicate rows merged, {counts['dropped_rows']} dropped, "
+            f"{counts['missing_videos']} videos missing"
+        ]
+        lines.append("  " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        for name in ("duplicate_ids", "missing_videos", "empty_captions", "no_captions"):
             items: list[dict[str, str]] = getattr(self, name)
-            for item in items[:limit]:
-                lines.append(f"  {name}: " + " ".join(f"{k}={v}" for k, v in item.items()))
-            if len(items) > limit:
-                lines.append(f"  {name}: ... {len(items) - limit} more")
+            shown = items if name == "duplicate_ids" else items[:limit]
+            lines.extend(f"  {name}: " + " ".join(f"{k}={v}" for k, v in item.items()) for item in shown)
+            if len(items) > len(shown):
+                lines.append(f"  {name}: ... {len(items) - len(shown)} more")
         return "\n".join(lines)
 
 
@@ -128,15 +141,21 @@ class ManifestResult:
 
 
 def _read_records(
-    dataset: str, anno: str, split: str, storage: Storage, split_files: Mapping[str, str] | None
+    dataset: str,
+    anno: str,
+    split: str,
+    storage: Storage,
+    split_files: Mapping[str, str] | None,
+    videos: str,
 ) -> list[AnnRecord]:
     readers: dict[str, Callable[..., list[AnnRecord]]] = {
         "msvd": read_msvd,
         "activitynet": read_activitynet,
         "didemo": read_didemo,
         "lsmdc": read_lsmdc,
-        "custom": read_custom,
     }
+    if dataset == "custom":
+        return read_custom(storage, anno, split, split_files=split_files, videos=videos)
     if dataset in ("msrvtt", "synthetic"):
         return read_msrvtt(storage, anno, split, dataset=dataset, split_files=split_files)
     if dataset not in readers:
@@ -163,7 +182,21 @@ def _unicode(text: str, where: str, what: str) -> str:
     return text
 
 
-def _clean(records: list[AnnRecord], report: ManifestReport) -> list[_Row]:
+OnDuplicate = Literal["error", "keep-first"]
+
+
+def _collision(rec: AnnRecord, first: AnnRecord) -> ValueError:
+    def shown(r: AnnRecord) -> str:
+        segment = "" if r.start is None and r.end is None else f" [{r.start}, {r.end}]"
+        return f"{r.where} ({r.video_rel}{segment})"
+
+    return ValueError(
+        f"video_id {rec.video_id!r} names two different videos: {shown(first)} and {shown(rec)}; give them "
+        "distinct ids (custom: a video_id column) or pass --on-duplicate keep-first to keep the first"
+    )
+
+
+def _clean(records: list[AnnRecord], report: ManifestReport, on_duplicate: OnDuplicate) -> list[_Row]:
     """Strip captions, drop empty ones, drop captionless records, resolve duplicate ids (module docstring)."""
     rows: dict[str, _Row] = {}
     for rec in records:
@@ -191,11 +224,15 @@ def _clean(records: list[AnnRecord], report: ManifestReport) -> list[_Row]:
         if same:
             seen = set(first.captions)
             first.captions.extend(c for c in captions if c not in seen)
+        elif on_duplicate == "error":
+            raise _collision(rec, first.record)
         report.duplicate_ids.append(
             {
                 "video_id": rec.video_id,
                 "where": rec.where,
                 "first": first.record.where,
+                "video": rec.video_rel,
+                "first_video": first.record.video_rel,
                 "action": "merged" if same else "dropped",
             }
         )
@@ -291,14 +328,18 @@ def build_manifest(
     check_videos: bool = True,
     split_files: Mapping[str, str] | None = None,
     on_missing: Literal["drop", "keep"] = "drop",
+    on_duplicate: OnDuplicate = "error",
 ) -> ManifestResult:
     """Read ``dataset``'s annotations under ``anno`` for ``split`` and match them to files under ``videos``.
 
-    ``split_files`` ({split: file name in ``anno``}) overrides the dataset's default split files. Returns the
-    table (``MANIFEST_SCHEMA``, rows in annotation order) and the report (module docstring).
+    ``split_files`` ({split: file name in ``anno``}) overrides the dataset's default split files.
+    ``on_duplicate`` resolves one id naming two videos (module docstring). Returns the table
+    (``MANIFEST_SCHEMA``, rows in annotation order) and the report (module docstring).
     """
     if on_missing not in ("drop", "keep"):
         raise ValueError(f"on_missing: expected 'drop' or 'keep', got {on_missing!r}")
+    if on_duplicate not in ("error", "keep-first"):
+        raise ValueError(f"on_duplicate: expected 'error' or 'keep-first', got {on_duplicate!r}")
     if not anno:
         raise ValueError("anno: expected the annotation directory (or file for custom), got ''")
     if not videos and dataset != "custom":
@@ -306,9 +347,9 @@ def build_manifest(
     if videos and not is_remote(videos) and not videos.startswith("file://"):
         videos = os.path.abspath(videos)  # manifests are read from other working directories (Ray workers)
     report = ManifestReport(dataset, split, anno, videos, check_videos)
-    records = _read_records(dataset, anno, split, storage, split_files)
+    records = _read_records(dataset, anno, split, storage, split_files, videos)
     report.records_read = len(records)
-    rows = _clean(records, report)
+    rows = _clean(records, report, on_duplicate)
     resolved = _resolve_videos(rows, videos, storage, check_videos, on_missing, report)
     table = pa.table(
         {
@@ -328,7 +369,8 @@ def build_manifest(
 
 
 def validate_manifest(table: pa.Table, where: str) -> pa.Table:
-    """Check ``table`` against ``MANIFEST_SCHEMA`` (extra columns are dropped); ``ValueError`` naming ``where``."""
+    """Check ``table`` against ``MANIFEST_SCHEMA`` (extra columns are dropped); ``ValueError`` naming
+    ``where``."""
     for f in MANIFEST_SCHEMA:
         if f.name not in table.column_names:
             raise ValueError(
@@ -359,7 +401,8 @@ def write_manifest(result_or_table: ManifestResult | pa.Table, out_uri: str, sto
 
 
 def read_manifest(uri: str, storage: Storage) -> pa.Table:
-    """Read and validate a manifest written by ``write_manifest``; returns a table with ``MANIFEST_SCHEMA``."""
+    """Read and validate a manifest written by ``write_manifest``; returns a table with
+    ``MANIFEST_SCHEMA``."""
     data = storage.read_bytes(uri)
     try:  # corrupt bytes surface as Arrow errors, OSError or (undecodable names) UnicodeDecodeError
         table = pq.read_table(pa.BufferReader(data))

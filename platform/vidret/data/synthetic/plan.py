@@ -130,7 +130,8 @@ class Content:
 
 @dataclass(frozen=True)
 class Segment:
-    """Linear move from ``start`` to ``end`` (each ``(x, y, s)``) while ``t0 <= t < t1`` (``t1 == 1`` closed)."""
+    """Linear move from ``start`` to ``end`` (each ``(x, y, s)``) while ``t0 <= t < t1`` (``t1 == 1``
+    closed)."""
 
     t0: float
     t1: float

@@ -12,7 +12,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from vidret.data.synthetic_plan import Background, ObjectPlan, VideoPlan
+from vidret.data.synthetic.plan import Background, ObjectPlan, VideoPlan
 
 RGB: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35),
