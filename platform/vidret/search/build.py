@@ -166,6 +166,19 @@ def _build_ann(storage: Storage, out: str, index: dict[str, Any], cfg: Config) -
     return {**spec.to_dict(), **blob}
 
 
+def _new_state(spec: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """The ``index.json`` of an empty index."""
+    return {
+        "format": layout.FORMAT,
+        "encoder": spec,
+        "frames": cfg.data.max_frames,
+        "dim": None,
+        "parts": [],
+        "bad_videos": {},
+        "ann": None,
+    }
+
+
 def run_index(
     cfg: Config,
     checkpoint_uri: str,
@@ -189,17 +202,7 @@ def run_index(
     say(
         f"[index] {len(videos)} videos listed, {len(videos) - len(new)} already indexed, {len(new)} to encode"
     )
-    state = index or {
-        "format": layout.FORMAT,
-        "encoder": spec,
-        "stage": identity["stage"],
-        "checkpoint": checkpoint_uri,
-        "frames": cfg.data.max_frames,
-        "dim": None,
-        "parts": [],
-        "bad_videos": {},
-        "ann": None,
-    }
+    state = index or _new_state(spec, cfg)
     state.update(stage=identity["stage"], checkpoint=checkpoint_uri)
     storage.write_text(join(out, layout.CONFIG_FILE), dump_yaml(cfg))
 

@@ -3,8 +3,9 @@
 Shape legend: Q queries (1 per request), M prefiltered candidates, B videos in a batch, L tokens, F frames,
 D width, K re-ranked candidates.
 
-Every import of the training, evaluation, model and diffusion code that ``vidret.search`` needs lives here,
-so a change of those interfaces is absorbed in this one module.
+Every import of the model, diffusion and checkpoint code that ``vidret.search`` needs lives here, so a change
+of those interfaces is absorbed in this one module. Reading exported weights still goes through
+``vidret.train.artifacts`` (the one import of a sibling area, until loading weights moves below it).
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from torch import Tensor
 
 from vidret.config import Config, DiffusionConfig, replace
 from vidret.diffusion.rerank import rerank_t2v
-from vidret.eval.retrieval import encode_batches
 from vidret.model.retrieval import RetrievalModel
 from vidret.storage import Storage
 from vidret.train.artifacts import load_state
-from vidret.train.loop import build_model
 
+VIDEO_KEYS = ("video", "video_mask", "video_weight")
 __all__ = [
     "LoadedModel",
     "checkpoint_identity",
@@ -50,7 +50,7 @@ class LoadedModel:
 def load_model(cfg: Config, checkpoint_uri: str, storage: Storage) -> LoadedModel:
     """The model of ``cfg`` with the exported weights at ``checkpoint_uri`` (verified), in eval mode."""
     exported = load_state(checkpoint_uri, storage)
-    model = build_model(replace(cfg, train=replace(cfg.train, stage="discrimination")), storage, None)
+    model = RetrievalModel.build(cfg.model, cfg.diffusion, storage)
     try:
         model.load_state_dict(exported["selected"])
     except RuntimeError as err:
@@ -69,11 +69,16 @@ def load_model(cfg: Config, checkpoint_uri: str, storage: Storage) -> LoadedMode
 
 @torch.no_grad()
 def encode_videos(
-    model: RetrievalModel, video_BFHW3: np.ndarray, mask_BF: np.ndarray
+    model: RetrievalModel, video_BFSS3: np.ndarray, mask_BF: np.ndarray
 ) -> dict[str, np.ndarray]:
     """``video`` (B, F, D), ``video_mask`` (B, F) and ``video_weight`` (B, F) of decoded uint8 frames."""
-    feats = encode_batches(model, [{"video": video_BFHW3, "video_mask": mask_BF}], texts=False)
-    return {k: feats[k].numpy() for k in ("video", "video_mask", "video_weight")}
+    feats = model.encode_video(_tensor(video_BFSS3), _tensor(mask_BF))
+    return {k: feats[k].float().numpy() if k != "video_mask" else feats[k].numpy() for k in VIDEO_KEYS}
+
+
+def _tensor(x: np.ndarray) -> Tensor:
+    arr = np.asarray(x)  # Ray Data hands over read-only views of its object store: copy those
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 @torch.no_grad()

@@ -9,8 +9,6 @@ expect: every refusal is a 4xx JSON body ``{"error": ..., "status": ...}``; an u
 answered with a JSON 500 (tests assert there is none).
 """
 
-from __future__ import annotations
-
 import logging
 import re
 import threading
