@@ -1,7 +1,8 @@
 """Typed, frozen configuration loaded strictly from YAML with dotted overrides.
 
 One frozen dataclass per area (``storage``, ``data``, ``synth``, ``model``, ``diffusion``, ``train``,
-``eval``, ``tune``, ``search``, ``run``). Functions receive only the section they need (``cfg.model``, not ``cfg``).
+``eval``, ``tune``, ``search``, ``run``). Functions receive only the section they need (``cfg.model``,
+not ``cfg``).
 
 Loading is strict: an unknown key or a value of the wrong type raises ``ValueError`` naming the file, the
 dotted key and the expected type. Overrides use the same dotted keys (``train.lr=1e-4``); their values are

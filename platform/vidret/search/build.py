@@ -56,19 +56,25 @@ class IndexEncoder:
         self.thumb_size = cfg.search.thumb_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feats = encode_videos(self.model, batch["video"], batch["video_mask"])
-        thumbs = [
-            thumbnail_jpeg(batch["video"][i], batch["video_mask"][i], self.thumb_size)
-            for i in range(len(batch["video"]))
-        ]
-        return {
-            "video_index": np.asarray(batch["video_index"], np.int64),
-            "video": feats["video"].astype(np.float16),
-            "video_mask": feats["video_mask"].astype(np.uint8),
-            "video_weight": feats["video_weight"].astype(np.float32),
-            "pooled": ann.pooled(feats["video"], feats["video_weight"], feats["video_mask"]),
-            "thumb": np.array(thumbs, dtype=object),
-        }
+        return index_columns(self.model, batch, self.thumb_size)
+
+
+def index_columns(model: Any, batch: dict[str, np.ndarray], thumb_size: int) -> dict[str, np.ndarray]:
+    """The index's columns of a decoded batch (``video`` (B, F, S, S, 3) uint8, ``video_mask``,
+    ``video_index``): features in float16, WTI weights, the pooled unit vector and a JPEG thumbnail."""
+    feats = encode_videos(model, batch["video"], batch["video_mask"])
+    thumbs = [
+        thumbnail_jpeg(batch["video"][i], batch["video_mask"][i], thumb_size)
+        for i in range(len(batch["video"]))
+    ]
+    return {
+        "video_index": np.asarray(batch["video_index"], np.int64),
+        "video": feats["video"].astype(np.float16),
+        "video_mask": feats["video_mask"].astype(np.uint8),
+        "video_weight": feats["video_weight"].astype(np.float32),
+        "pooled": ann.pooled(feats["video"], feats["video_weight"], feats["video_mask"]),
+        "thumb": np.array(thumbs, dtype=object),
+    }
 
 
 def encoder_spec(cfg: Config, identity: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +105,7 @@ def _indexed_ids(storage: Storage, out: str, index: dict[str, Any] | None) -> se
     return ids
 
 
-class _PartBuffer:
+class PartBuffer:
     """Encoded rows waiting on the driver; ``take(n)`` cuts a part of the first ``n`` rows."""
 
     def __init__(self, videos: list[dict[str, Any]]) -> None:
@@ -133,7 +139,8 @@ class _PartBuffer:
 def _encode_new(
     cfg: Config, checkpoint_uri: str, new: list[dict[str, Any]], commit: Callable[[layout.PartData], None]
 ) -> dict[str, str]:
-    """Encode ``new`` on Ray Data, committing a part every ``search.part_size`` rows; returns the bad videos."""
+    """Encode ``new`` on Ray Data, committing a part every ``search.part_size`` rows; returns the bad
+    videos."""
     storage = Storage(cfg.storage)
     rows = split_rows_of(new)
     ds, log = build_dataset(rows, cfg.data, storage, tokenize=False, drop_bad=True)
@@ -145,7 +152,7 @@ def _encode_new(
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=0.5,  # fractional: the decode actors and read tasks keep their CPUs (see the pipeline)
     )
-    buffer = _PartBuffer(new)
+    buffer = PartBuffer(new)
     for batch in iter_numpy_batches(
         encoded, cfg.eval.batch_size, log=log, total=rows.num_videos, cfg=cfg.data
     ):
@@ -157,7 +164,7 @@ def _encode_new(
     return check_bad_fraction(log, rows.num_videos, cfg.data)["bad"]
 
 
-def _build_ann(storage: Storage, out: str, index: dict[str, Any], cfg: Config) -> dict[str, Any]:
+def build_ann_entry(storage: Storage, out: str, index: dict[str, Any], cfg: Config) -> dict[str, Any]:
     """Build the ANN over every part's pooled vectors and write it; returns its ``index.json`` entry."""
     pooled = [layout.read_part(storage, out, e, pooled_only=True).pooled for e in index["parts"]]
     vectors = np.concatenate(pooled) if pooled else np.zeros((0, index["dim"]), np.float32)
@@ -166,7 +173,7 @@ def _build_ann(storage: Storage, out: str, index: dict[str, Any], cfg: Config) -
     return {**spec.to_dict(), **blob}
 
 
-def _new_state(spec: dict[str, Any], cfg: Config) -> dict[str, Any]:
+def new_state(spec: dict[str, Any], cfg: Config) -> dict[str, Any]:
     """The ``index.json`` of an empty index."""
     return {
         "format": layout.FORMAT,
@@ -202,7 +209,7 @@ def run_index(
     say(
         f"[index] {len(videos)} videos listed, {len(videos) - len(new)} already indexed, {len(new)} to encode"
     )
-    state = index or _new_state(spec, cfg)
+    state = index or new_state(spec, cfg)
     state.update(stage=identity["stage"], checkpoint=checkpoint_uri)
     storage.write_text(join(out, layout.CONFIG_FILE), dump_yaml(cfg))
 
@@ -221,7 +228,7 @@ def run_index(
     if not state["parts"]:
         raise ValueError(f"{manifest_uri}: no video could be indexed ({len(bad)} failed to decode)")
     if new or not state.get("ann"):
-        state["ann"] = _build_ann(storage, out, state, cfg)
+        state["ann"] = build_ann_entry(storage, out, state, cfg)
         say(f"[index] ANN {state['ann']['kind']} over {state['ann']['rows']} videos")
     state["videos"] = sum(p["rows"] for p in state["parts"])
     layout.write_index(storage, out, state)

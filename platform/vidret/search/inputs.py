@@ -102,7 +102,8 @@ def read_parquet(uri: str, storage: Storage, split: str | None) -> list[dict[str
 
 
 def read_videos(uri: str, storage: Storage, split: str | None = None) -> list[dict[str, Any]]:
-    """The videos listed at ``uri``: a Parquet manifest (``.parquet``) or a custom ``.csv``/``.jsonl`` table."""
+    """The videos listed at ``uri``: a Parquet manifest (``.parquet``) or a custom ``.csv``/``.jsonl``
+    table."""
     path = parse_uri(uri).path.lower()
     if path.endswith(".parquet"):
         return read_parquet(uri, storage, split)

@@ -168,7 +168,8 @@ def require_index(storage: Storage, root: str) -> dict[str, Any]:
         )
     if not index.get("ann"):
         raise SearchIndexError(
-            f"{join(root, INDEX_FILE)}: the index is incomplete (its ANN was never built); re-run `vidret index`"
+            f"{join(root, INDEX_FILE)}: the index is incomplete (its ANN was never built); "
+            "re-run `vidret index`"
         )
     return index
 
@@ -187,3 +188,11 @@ def write_blob(storage: Storage, root: str, name: str, data: bytes) -> dict[str,
 def read_blob(storage: Storage, root: str, entry: Mapping[str, Any]) -> bytes:
     """Read and verify a top-level file recorded by ``write_blob``."""
     return _read_verified(storage, root, entry["file"], entry)
+
+
+def verify_index(storage: Storage, root: str, index: Mapping[str, Any]) -> None:
+    """Read every file ``index.json`` names and check its size and sha256 (``SearchIndexError`` naming it)."""
+    for entry in index["parts"]:
+        for suffix, digest in entry["files"].items():
+            _read_verified(storage, root, f"parts/{entry['name']}{suffix}", digest)
+    read_blob(storage, root, index["ann"])

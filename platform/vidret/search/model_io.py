@@ -1,4 +1,4 @@
-"""The search package's one doorway to the model: building it from exported weights, encoding, WTI, re-ranking.
+"""The search package's one doorway to the model: exported weights, encoding, WTI and re-ranking.
 
 Shape legend: Q queries (1 per request), M prefiltered candidates, B videos in a batch, L tokens, F frames,
 D width, K re-ranked candidates.

@@ -1,7 +1,7 @@
 """The search service's web page: one self-contained HTML document (inline CSS and JavaScript, no CDN).
 
-It calls ``/search`` with the box's text, the re-rank toggle and k, then draws a grid of results (thumbnail from
-``/thumb/<row>``, video id, stage-1 and fused scores) and the per-stage timings. Text from the index or the
+It calls ``/search`` with the box's text, the re-rank toggle and k, then draws a grid of results
+(thumbnail from ``/thumb/<row>``, video id, stage-1 and fused scores) and the per-stage timings. Text from the index or the
 query is inserted with ``textContent`` only, never as HTML.
 """
 
@@ -20,7 +20,7 @@ header h1{margin:0;font-size:20px}
 header p{margin:4px 0 0;font-size:13px;opacity:.85}
 form{display:flex;gap:10px;align-items:center;padding:16px 22px;flex-wrap:wrap}
 #q{flex:1;min-width:260px;font-size:16px;padding:8px 10px;border:1px solid #9aa3b2;border-radius:6px}
-button{font-size:15px;padding:8px 16px;border:0;border-radius:6px;background:#e63946;color:#fff;cursor:pointer}
+button{font-size:15px;padding:8px 16px;border:0;border-radius:6px;background:#e63946;color:#fff}
 label{font-size:14px}
 #status{padding:0 22px;font-size:13px;color:#4a5568;min-height:18px}
 #timings{padding:0 22px;font-size:13px;color:#1d3557;font-family:monospace}
@@ -49,7 +49,7 @@ label{font-size:14px}
   function fmt(x) { return x === null || x === undefined ? "-" : Number(x).toFixed(4); }
   function card(r) {
     var div = document.createElement("div"); div.className = "card"; div.dataset.videoId = r.video_id;
-    var img = document.createElement("img"); img.src = r.thumbnail_url; img.alt = r.video_id; img.loading = "eager";
+    var img = document.createElement("img"); img.src = r.thumbnail_url; img.alt = r.video_id;
     var id = document.createElement("div"); id.className = "id"; id.textContent = r.rank + ". " + r.video_id;
     var s = document.createElement("div"); s.className = "s";
     s.textContent = "stage 1 " + fmt(r.stage1_score) + " | fused " + fmt(r.fused_score);

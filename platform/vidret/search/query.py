@@ -19,7 +19,14 @@ import torch
 from vidret.config import Config, config_from_dict, replace, yaml_load
 from vidret.data.tokenizer import ClipTokenizer
 from vidret.search import ann, layout
-from vidret.search.model_io import LoadedModel, encode_query, load_model, rerank_scores, wti_scores
+from vidret.search.model_io import (
+    LoadedModel,
+    checkpoint_identity,
+    encode_query,
+    load_model,
+    rerank_scores,
+    wti_scores,
+)
 from vidret.storage import Storage, join
 
 
@@ -146,6 +153,22 @@ class SearchEngine:
             raise layout.SearchIndexError(f"{where}: {ann_index.ntotal} vectors for {gallery.size} videos")
         return cls(cfg, loaded, gallery, ann_index, meta, uri)
 
+    @staticmethod
+    def preflight(uri: str, serving: Config, checkpoint: str | None = None) -> dict[str, Any]:
+        """Check, without building the model, what ``open`` will need: a complete index whose files are
+        intact, its config, and weights with its encoder key. Returns ``index.json``."""
+        storage = Storage(serving.storage)
+        meta = layout.require_index(storage, uri)
+        layout.verify_index(storage, uri, meta)
+        index_config(storage, uri, serving)
+        identity = checkpoint_identity(checkpoint or meta["checkpoint"], storage)
+        if identity["encoder_key"] != meta["encoder"]["encoder_key"]:
+            raise layout.SearchIndexError(
+                f"{uri}: built with encoder key {meta['encoder']['encoder_key']}, but the weights at "
+                f"{identity['checkpoint']} have key {identity['encoder_key']}"
+            )
+        return meta
+
     @property
     def can_rerank(self) -> bool:
         return self.loaded.stage == "generation"
@@ -229,7 +252,7 @@ class SearchEngine:
         }
 
     def exhaustive_wti(self, query: str, block: int = 4096) -> np.ndarray:
-        """(N,) exact WTI scores of ``query`` against the whole gallery (the baseline the prefilter avoids)."""
+        """(N,) exact WTI scores of ``query`` against the whole gallery (what the prefilter avoids)."""
         text = self.encode(clean_query(query, self.cfg.search.max_query_chars))
         out = np.empty(self.gallery.size, np.float32)
         for s in range(0, self.gallery.size, block):

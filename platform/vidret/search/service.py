@@ -4,9 +4,9 @@ Routes: ``GET /search?q=&k=&rerank=`` (JSON results with per-stage timings and t
 ``GET /thumb/<row>`` (JPEG), ``GET /healthz`` and ``GET /`` (the web page of ``vidret.search.page``).
 
 Each replica loads the model and the index once, in its constructor. Replicas, autoscaling and the CPUs of a
-replica come from the ``search`` config section. Bad input never reaches the engine as an exception it did not
-expect: every refusal is a 4xx JSON body ``{"error": ..., "status": ...}``; an unexpected failure is logged and
-answered with a JSON 500 (tests assert there is none).
+replica come from the ``search`` config section. Bad input never reaches the engine as an exception it did
+not expect: every refusal is a 4xx JSON body ``{"error": ..., "status": ...}``; an unexpected failure is
+logged and answered with a JSON 500 (tests assert there is none).
 """
 
 import logging
@@ -137,7 +137,8 @@ class SearchService:
 
 
 def deployment_options(cfg: Config) -> dict[str, Any]:
-    """Ray Serve options from ``search``: fixed replicas, or autoscaling when ``max_replicas`` > ``replicas``."""
+    """Ray Serve options from ``search``: fixed replicas, or autoscaling when ``max_replicas`` >
+    ``replicas``."""
     s = cfg.search
     opts: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": s.replica_cpus},
@@ -161,7 +162,8 @@ def build_app(index_uri: str, cfg: Config, checkpoint: str | None = None) -> ser
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
     """Entry point for ``serve deploy`` / ``serve run``: ``import_path: vidret.search.service:app_builder``
-    with ``args: {index: URI, config: FILE (optional), checkpoint: URI (optional), overrides: [KEY=VALUE]}``."""
+    with ``args: {index: URI, config: FILE, checkpoint: URI, overrides: [KEY=VALUE]}`` (all but index
+    optional)."""
     from vidret.config import load_config, with_absolute_paths
 
     unknown = set(args) - {"index", "config", "checkpoint", "overrides"}
@@ -179,10 +181,9 @@ APP_NAME = "vidret-search"
 def start_service(cfg: Config, index_uri: str, checkpoint: str | None = None) -> str:
     """Deploy the application on the current Ray (``search.host``/``search.port``); returns its base URL once
     every replica has loaded. A missing or broken index fails here with an error naming ``index_uri``."""
-    from vidret.search.layout import SearchIndexError, require_index
-    from vidret.storage import Storage
+    from vidret.search.layout import SearchIndexError
 
-    require_index(Storage(cfg.storage), index_uri)  # fail fast, before any replica starts
+    SearchEngine.preflight(index_uri, cfg, checkpoint)  # fail fast and clearly, before any replica starts
     serve.start(http_options={"host": cfg.search.host, "port": cfg.search.port})
     try:
         serve.run(build_app(index_uri, cfg, checkpoint), name=APP_NAME, route_prefix="/")
