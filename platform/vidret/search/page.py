@@ -1,8 +1,8 @@
 """The search service's web page: one self-contained HTML document (inline CSS and JavaScript, no CDN).
 
 It calls ``/search`` with the box's text, the re-rank toggle and k, then draws a grid of results
-(thumbnail from ``/thumb/<row>``, video id, stage-1 and fused scores) and the per-stage timings. Text from the index or the
-query is inserted with ``textContent`` only, never as HTML.
+(thumbnail from ``/thumb/<row>``, video id, stage-1 and fused scores) and the per-stage timings. Text from
+the index or the query is inserted with ``textContent`` only, never as HTML.
 """
 
 from __future__ import annotations
