@@ -201,7 +201,7 @@ def test_s3_index_holds_every_video(s3_index: dict[str, Any]) -> None:
     summary, storage, uri = s3_index["summary"], s3_index["storage"], s3_index["uri"]
     assert (summary["videos"], summary["added"], summary["bad_videos"]) == (VIDEOS, VIDEOS, {})
     names = {u.rsplit("/", 1)[-1] for u in storage.list(uri)}
-    assert {"index.json", "config.yaml", f"ann-{VIDEOS}.faiss", "parts"} <= names
+    assert {"index.json", "config.yaml", f"ann-{VIDEOS}.faiss", "part-00000.npz", "part-00000.json"} <= names
 
 
 # -- the service -------------------------------------------------------------------------------------------
