@@ -159,7 +159,7 @@ def _real_index(cfg: Config, args: argparse.Namespace) -> tuple[str, list[str], 
     from vidret.search.build import run_index
 
     storage, work = Storage(), Path(args.work)
-    corpus, manifest, index = work / "corpus", work / "all.parquet", str(work / "index")
+    corpus, manifest, index = work / "corpus", work / f"all-{args.videos}.parquet", str(work / "index")
     t0 = time.perf_counter()
     if not (corpus / "summary.json").exists():
         synth = SynthConfig(
@@ -172,7 +172,7 @@ def _real_index(cfg: Config, args: argparse.Namespace) -> tuple[str, list[str], 
             build_manifest("synthetic", str(corpus / "anns"), str(corpus / "videos"), s, storage).table
             for s in ("train", "val", "test", "ood")
         ]
-        write_manifest(pa.concat_tables(tables), str(manifest), storage)
+        write_manifest(pa.concat_tables(tables).slice(0, args.videos), str(manifest), storage)
     summary = run_index(
         cfg, args.checkpoint, str(manifest), index, say=lambda line: print(line, file=sys.stderr)
     )
