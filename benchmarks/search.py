@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -112,7 +113,12 @@ def random_gallery(cfg: Config, loaded: Any, n: int, args: argparse.Namespace) -
     m, rk = cfg.search.prefilter_m, cfg.search.rerank_k or cfg.diffusion.t2v_k
     for i in range(args.latency_queries):
         text = texts[i % len(texts)]
-        qvec = ann.pooled(text["text"].numpy(), text["text_weight"].numpy(), text["text_mask"].numpy())
+        qvec = ann.query_vector(
+            text["text"].numpy(),
+            text["text_weight"].numpy(),
+            text["text_mask"].numpy(),
+            text["text_eot"].numpy(),
+        )
         t0 = time.perf_counter()
         _, cand = ann.ann_search(index, qvec, m)
         video = g.rows(cand[0])
@@ -259,6 +265,18 @@ def http_load(cfg: Config, index_uri: str, captions: list[str], seconds: float) 
 
 
 def main() -> None:
+    """Run everything with fd 1 pointed at stderr (Ray and its workers log there), then print the JSON."""
+    stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        result = run()
+    finally:
+        sys.stdout.flush()
+        os.dup2(stdout, 1)
+    print(json.dumps(result, indent=2), flush=True)
+
+
+def run() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default="runs/quickstart/checkpoints/generation")
     parser.add_argument("--config", default="configs/synthetic.yaml")
@@ -309,7 +327,7 @@ def main() -> None:
         "real": real,
         "http": http,
     }
-    print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

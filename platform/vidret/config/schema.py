@@ -266,7 +266,7 @@ class SearchConfig:
     optional diffusion re-rank of the best ``rerank_k`` (0 = ``diffusion.t2v_k``) -> top ``k``.
     """
 
-    prefilter_m: int = 100  # candidates kept by the ANN prefilter for the exact WTI
+    prefilter_m: int = 200  # candidates kept by the ANN prefilter for the exact WTI
     k: int = 10  # results per query (default of a request)
     max_k: int = 100  # largest k a request may ask for
     rerank: bool = True  # default of a request; needs a stage-2 (generation) checkpoint

@@ -192,7 +192,12 @@ class SearchEngine:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         text = self.encode(q)
-        qvec = ann.pooled(text["text"].numpy(), text["text_weight"].numpy(), text["text_mask"].numpy())
+        qvec = ann.query_vector(
+            text["text"].numpy(),
+            text["text_weight"].numpy(),
+            text["text_mask"].numpy(),
+            text["text_eot"].numpy(),
+        )
         timings["encode_ms"] = _ms(t0)
         t0 = time.perf_counter()
         pre_M, cand_M = ann.ann_search(self.ann_index, qvec, max(self.cfg.search.prefilter_m, k))

@@ -82,3 +82,10 @@ def test_build_is_deterministic() -> None:
     a, _ = ann.build_ann(x, SearchConfig(ann="ivf"), seed=5)
     b, _ = ann.build_ann(x, SearchConfig(ann="ivf"), seed=5)
     assert ann.to_bytes(a) == ann.to_bytes(b)
+
+
+def test_query_vector_adds_the_sentence_feature() -> None:
+    tokens = np.array([[[1.0, 0.0], [0.0, 0.0]]], np.float32)
+    weight, mask = np.array([[1.0, 0.0]], np.float32), np.array([[1, 0]])
+    out = ann.query_vector(tokens, weight, mask, np.array([[0.0, 5.0]], np.float32))
+    np.testing.assert_allclose(out, [[2**-0.5, 2**-0.5]], rtol=1e-6)
