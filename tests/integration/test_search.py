@@ -1,8 +1,8 @@
 """`vidret index` / `search` / `serve` end to end on a generated corpus, a real local Ray and moto S3.
 
-A debug model is trained for a few dozen stage-1 steps on the corpus (as the training tests do) and exported
-with the generation label, so the query path runs the re-ranker too (its denoisers are untrained: the
-re-ranked order is not judged here, only that it runs and is reported). Then:
+A debug model is trained for 200 stage-1 steps on the corpus (as the training tests do) and exported with the
+generation label, so the query path runs the re-ranker too (its denoisers are untrained: the re-ranked order
+is not judged here, only that it runs and is reported). Then:
 
 * the library is indexed from a custom CSV with only a ``video`` column, first in part, then grown: the
   second run encodes only the new videos and leaves the first run's files untouched;
@@ -51,20 +51,41 @@ VIDEOS = 64
 # -- model and corpus ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A 64-video corpus, a debug model trained 80 steps on its train split, exported as ``weights``."""
-    from train_helpers import make_corpus, small_config
+    """A 64-video corpus and a debug model trained 200 stage-1 steps on every one of its videos, exported as
+    ``weights``: the final weights (the tiny validation split would select an early step), labelled as a
+    generation checkpoint so that the re-ranker runs too (its denoisers are untrained). A model this small
+    memorises the corpus rather than generalising; how well a trained model generalises is the evaluation's
+    business, here the test captions only have to lead the service to their videos."""
+    import pyarrow as pa
+    from train_helpers import final_checkpoint, make_corpus, small_config
 
-    from vidret.train.artifacts import load_state, save_state
-    from vidret.train.trainer import run_training, stage_uri
+    from vidret.data.manifest import write_manifest
+    from vidret.train.artifacts import save_state
+    from vidret.train.trainer import encoder_key, run_training
 
     out = tmp_path_factory.mktemp("search")
     corpus = make_corpus(out, videos=VIDEOS, size=32, seconds=1.0, fps=4)
-    cfg = small_config(out, corpus.manifest, "train.lr=2e-3", "train.checkpoint_every=40", steps=80, batch=16)
+    tables = [read_manifest(f"{corpus.manifest}/{s}.parquet", Storage()) for s in SPLITS]
+    rows = [r for t in tables for r in t.to_pylist()]
+    everything = pa.concat_tables(tables)
+    everything = everything.set_column(
+        everything.schema.get_field_index("split"), "split", pa.array(["train"] * everything.num_rows)
+    )
+    write_manifest(everything, f"{corpus.manifest}/train.parquet", Storage())
+    steps = 200
+    cfg = small_config(
+        out,
+        corpus.manifest,
+        "train.lr=2e-3",
+        "train.epochs=100",
+        f"train.checkpoint_every={steps}",
+        steps=steps,
+    )
     run_training(cfg)
-    state = load_state(stage_uri(cfg, "discrimination"), Storage())
+    state = final_checkpoint(cfg, "discrimination")["model"]
     weights = str(out / "weights")
-    save_state(weights, {**state, "stage": "generation"}, Storage())  # runs the re-ranker (untrained)
-    rows = [r for s in SPLITS for r in read_manifest(f"{corpus.manifest}/{s}.parquet", Storage()).to_pylist()]
+    payload = {"selected": state, "key": encoder_key(state), "stage": "generation", "step": steps, "best": {}}
+    save_state(weights, payload, Storage())
     return {"out": out, "cfg": cfg, "manifest": corpus.manifest, "weights": weights, "rows": rows}
 
 
@@ -175,15 +196,13 @@ def bucket(moto_server: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def s3_index(trained: dict[str, Any], bucket: str, moto_server: str) -> dict[str, Any]:
     """Every video indexed into S3 from one Parquet manifest that is itself on S3."""
-    import pyarrow as pa
-
     from vidret.config import StorageConfig
     from vidret.data.manifest import write_manifest
 
     storage = Storage(StorageConfig(endpoint_url=moto_server, region="us-east-1"))
-    tables = [read_manifest(f"{trained['manifest']}/{s}.parquet", Storage()) for s in SPLITS]
+    everything = read_manifest(f"{trained['manifest']}/train.parquet", Storage())  # every video (see trained)
     manifest = f"{bucket}/library/all.parquet"
-    write_manifest(pa.concat_tables(tables), manifest, storage)
+    write_manifest(everything, manifest, storage)
     overrides = [
         *_search_overrides(trained["cfg"]),
         f"storage.endpoint_url={moto_server}",
@@ -270,7 +289,7 @@ def test_test_captions_find_their_videos_over_http(trained: dict[str, Any], serv
         first = body["results"][0]
         assert set(first) >= {"video_id", "video_uri", "stage1_score", "fused_score", "thumbnail_url"}
         hits.append(row["video_id"] in [x["video_id"] for x in body["results"]])
-    assert sum(hits) >= max(1, len(hits) // 2 + 1), f"test captions found their video in top 10: {hits}"
+    assert len(hits) >= 3 and sum(hits) >= len(hits) - 1, f"test captions found their video in top 10: {hits}"
 
 
 def test_thumb_healthz_and_page(service: dict[str, Any]) -> None:
