@@ -1,6 +1,6 @@
 """`vidret index` / `search` / `serve` end to end on a generated corpus, a real local Ray and moto S3.
 
-A debug model is trained for 200 stage-1 steps on the corpus (as the training tests do) and exported with the
+A debug model is trained for 400 stage-1 steps on the corpus (as the training tests do) and exported with the
 generation label, so the query path runs the re-ranker too (its denoisers are untrained: the re-ranked order
 is not judged here, only that it runs and is reported). Then:
 
@@ -51,7 +51,7 @@ VIDEOS = 64
 # -- model and corpus ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A 64-video corpus and a debug model trained 200 stage-1 steps on every one of its videos, exported as
+    """A 64-video corpus and a debug model trained 400 stage-1 steps on every one of its videos, exported as
     ``weights``: the final weights (the tiny validation split would select an early step), labelled as a
     generation checkpoint so that the re-ranker runs too (its denoisers are untrained). A model this small
     memorises the corpus rather than generalising; how well a trained model generalises is the evaluation's
@@ -72,14 +72,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         everything.schema.get_field_index("split"), "split", pa.array(["train"] * everything.num_rows)
     )
     write_manifest(everything, f"{corpus.manifest}/train.parquet", Storage())
-    steps = 200
+    steps = 400
     cfg = small_config(
         out,
         corpus.manifest,
         "train.lr=2e-3",
-        "train.epochs=100",
+        "train.epochs=1000",
         f"train.checkpoint_every={steps}",
         steps=steps,
+        batch=16,
     )
     run_training(cfg)
     state = final_checkpoint(cfg, "discrimination")["model"]
