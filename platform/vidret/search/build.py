@@ -109,7 +109,8 @@ class PartBuffer:
     """Encoded rows waiting on the driver; ``take(n)`` cuts a part of the first ``n`` rows."""
 
     def __init__(self, videos: list[dict[str, Any]]) -> None:
-        self.videos, self.chunks, self.rows = videos, [], 0
+        self.videos, self.rows = videos, 0
+        self.chunks: list[dict[str, np.ndarray]] = []
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
         self.chunks.append(batch)
@@ -161,7 +162,8 @@ def _encode_new(
             commit(buffer.take(cfg.search.part_size))
     if buffer.rows:
         commit(buffer.take(buffer.rows))
-    return check_bad_fraction(log, rows.num_videos, cfg.data)["bad"]
+    bad: dict[str, str] = check_bad_fraction(log, rows.num_videos, cfg.data)["bad"]
+    return bad
 
 
 def build_ann_entry(storage: Storage, out: str, index: dict[str, Any], cfg: Config) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def _digest(data: bytes) -> dict[str, Any]:
 
 def _npz(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
 
 

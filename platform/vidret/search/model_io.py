@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from vidret.config import Config, DiffusionConfig, replace
+from vidret.diffusion.denoiser import T2VDenoiser
 from vidret.diffusion.rerank import rerank_t2v
 from vidret.model.retrieval import RetrievalModel
 from vidret.storage import Storage
@@ -114,7 +115,7 @@ def rerank_scores(
         text_eot_QD,
         video_MFD,
         video_mask_MF,
-        model.t2v_denoiser,
+        cast(T2VDenoiser, model.t2v_denoiser),
         model.diffusion,
         replace(dcfg, t2v_k=k),
         query_ids_Q=torch.zeros(sim_QM.shape[0], dtype=torch.int64),

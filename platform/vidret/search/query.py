@@ -103,7 +103,8 @@ def index_config(storage: Storage, uri: str, serving: Config) -> Config:
         built = config_from_dict(yaml_load(storage.read_text(where)) or {}, source=where)
     except (OSError, ValueError) as err:
         raise layout.SearchIndexError(f"{where}: cannot read the index's config ({err})") from None
-    return replace(built, storage=serving.storage, search=serving.search, run=serving.run)
+    out: Config = replace(built, storage=serving.storage, search=serving.search, run=serving.run)
+    return out
 
 
 def _ms(t0: float) -> float:
@@ -244,7 +245,7 @@ class SearchEngine:
 
     def _result(
         self, rank: int, row: int, pre: float, s1: torch.Tensor, fused: torch.Tensor | None, j: int
-    ) -> dict:
+    ) -> dict[str, Any]:
         return {
             "rank": rank,
             "row": row,

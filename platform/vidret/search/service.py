@@ -157,7 +157,9 @@ def deployment_options(cfg: Config) -> dict[str, Any]:
 
 def build_app(index_uri: str, cfg: Config, checkpoint: str | None = None) -> serve.Application:
     """The Serve application for the index at ``index_uri``."""
-    return SearchService.options(**deployment_options(cfg)).bind(index_uri, cfg, checkpoint)
+    deployment = SearchService.options(**deployment_options(cfg))  # type: ignore[attr-defined]
+    app: serve.Application = deployment.bind(index_uri, cfg, checkpoint)
+    return app
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
@@ -196,4 +198,4 @@ def start_service(cfg: Config, index_uri: str, checkpoint: str | None = None) ->
 
 def stop_service() -> None:
     """Remove the application and stop Serve on this Ray instance."""
-    serve.shutdown()
+    serve.shutdown()  # type: ignore[no-untyped-call]
