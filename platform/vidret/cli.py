@@ -336,6 +336,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     _add_common(p)
     handlers["quickstart"] = _cmd_quickstart
 
+    _add_search_commands(sub, handlers)
     return parser, handlers
 
 
@@ -371,3 +372,77 @@ def main(argv: Sequence[str] | None = None) -> int:
 def main_entry() -> None:
     """Console-script entry point."""
     raise SystemExit(main())
+
+
+# ---------------------------------------------------------------------------------- index / search / serve
+def _cmd_index(args: argparse.Namespace) -> int:
+    from vidret.search.build import run_index
+
+    cfg = _load(args)
+    summary = run_index(cfg, args.checkpoint, args.manifest, args.out, split=args.split)
+    _print_json(summary)
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from vidret.search.query import SearchEngine
+
+    cfg = _load(args, _flags(args, {"prefilter_m": "search.prefilter_m"}))
+    engine = SearchEngine.open(args.index, cfg, args.checkpoint)
+    _print_json(engine.search(args.query, args.k, args.rerank))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from vidret.data.pipeline import ensure_ray
+    from vidret.search.service import start_service, stop_service
+
+    cfg = _load(args, _flags(args, {"host": "search.host", "port": "search.port"}))
+    ensure_ray(cfg.run)
+    url = start_service(cfg, args.index, args.checkpoint)
+    print(f"vidret serve: {args.index} at {url}", file=sys.stderr, flush=True)
+    if args.detach:
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_service()
+    return 0
+
+
+def _add_search_commands(sub: Any, handlers: dict[str, Handler]) -> None:
+    """``index``, ``search`` and ``serve`` (text-to-video search over a video library)."""
+    p = sub.add_parser("index", help="encode a library of videos into a search index (Ray Data)")
+    p.add_argument("--checkpoint", required=True, metavar="URI", help="exported weights (stage 1 or 2)")
+    p.add_argument("--manifest", required=True, metavar="URI", help="Parquet manifest or .csv/.jsonl table")
+    p.add_argument("--out", required=True, metavar="URI", help="index folder or s3:// prefix")
+    p.add_argument("--split", help="only this split of a Parquet manifest (default: every row)")
+    _add_common(p)
+    handlers["index"] = _cmd_index
+
+    p = sub.add_parser("search", help="search an index for a text query; prints JSON")
+    p.add_argument("query", help="the text to search for")
+    p.add_argument("--index", required=True, metavar="URI")
+    p.add_argument("--k", type=int, help="results (default search.k)")
+    p.add_argument("--prefilter-m", type=int, dest="prefilter_m", help="ANN candidates (search.prefilter_m)")
+    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None, help="diffusion re-rank")
+    p.add_argument("--checkpoint", metavar="URI", help="weights (default: those the index was built with)")
+    p.add_argument("--config", metavar="FILE", help="YAML config (storage, search)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    handlers["search"] = _cmd_search
+
+    p = sub.add_parser("serve", help="serve an index over HTTP with Ray Serve (web page, /search, /thumb)")
+    p.add_argument("--index", required=True, metavar="URI")
+    p.add_argument("--host", help="address to bind (search.host, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (search.port)")
+    p.add_argument("--checkpoint", metavar="URI", help="weights (default: those the index was built with)")
+    p.add_argument("--detach", action="store_true", help="deploy and return (the app keeps running on Ray)")
+    _add_common(p)
+    handlers["serve"] = _cmd_serve

@@ -1,7 +1,8 @@
 """Typed, frozen configuration loaded strictly from YAML with dotted overrides.
 
 One frozen dataclass per area (``storage``, ``data``, ``synth``, ``model``, ``diffusion``, ``train``,
-``eval``, ``tune``, ``run``). Functions receive only the section they need (``cfg.model``, not ``cfg``).
+``eval``, ``tune``, ``search``, ``run``). Functions receive only the section they need (``cfg.model``,
+not ``cfg``).
 
 Loading is strict: an unknown key or a value of the wrong type raises ``ValueError`` naming the file, the
 dotted key and the expected type. Overrides use the same dotted keys (``train.lr=1e-4``); their values are
@@ -30,6 +31,7 @@ from vidret.config.schema import (
     EvalConfig,
     ModelConfig,
     RunConfig,
+    SearchConfig,
     StorageConfig,
     SynthConfig,
     TrainConfig,
@@ -45,6 +47,7 @@ __all__ = [
     "EvalConfig",
     "ModelConfig",
     "RunConfig",
+    "SearchConfig",
     "StorageConfig",
     "SynthConfig",
     "TrainConfig",

@@ -263,6 +263,64 @@ class TuneConfig:
     lrs: tuple[float, ...] = (1e-4, 1e-3)  # kind "training": train.lr grid of the stage-2 sweep
 
 
+AnnKind = Literal["auto", "flat", "ivf", "hnsw"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Text-to-video search over an index of a video library (``vidret index`` / ``search`` / ``serve``).
+
+    Query path: ANN prefilter (top ``prefilter_m`` on pooled embeddings) -> exact WTI on those ->
+    optional diffusion re-rank of the best ``rerank_k`` (0 = ``diffusion.t2v_k``) -> top ``k``.
+    """
+
+    prefilter_m: int = 200  # candidates kept by the ANN prefilter for the exact WTI
+    k: int = 10  # results per query (default of a request)
+    max_k: int = 100  # largest k a request may ask for
+    rerank: bool = True  # default of a request; needs a stage-2 (generation) checkpoint
+    rerank_k: int = 0  # candidates re-ranked by the diffusion model; 0 = diffusion.t2v_k
+    ann: AnnKind = "auto"  # auto: exact flat up to flat_max vectors, IVF above
+    flat_max: int = 50_000
+    ivf_lists: int = 0  # IVF cells; 0 = 4 * sqrt(N) (at most N / 39, faiss's training minimum)
+    nprobe: int = 64  # IVF cells visited per query
+    hnsw_m: int = 32  # HNSW links per node
+    ef: int = 256  # HNSW efSearch (must be well above prefilter_m)
+    part_size: int = 1024  # videos per committed index part (the unit of resuming)
+    thumb_size: int = 96  # longest side of the JPEG thumbnail, pixels
+    max_query_chars: int = 1000  # longer queries are refused (400)
+    host: str = "127.0.0.1"  # `vidret serve` HTTP address
+    port: int = 8000
+    replicas: int = 1  # fixed replicas, or the minimum when autoscaling
+    max_replicas: int = 0  # > replicas turns on autoscaling between replicas and max_replicas
+    target_ongoing_requests: float = 2.0  # autoscaling target per replica
+    max_ongoing_requests: int = 16  # queued + running requests a replica accepts
+    replica_cpus: float = 1.0  # CPUs reserved per replica (its torch threads)
+
+    def __post_init__(self) -> None:
+        check(self.prefilter_m >= 1, "search.prefilter_m", "an integer >= 1", self.prefilter_m)
+        check(1 <= self.k <= self.max_k, "search.k", f"an integer in [1, search.max_k={self.max_k}]", self.k)
+        check(self.rerank_k >= 0, "search.rerank_k", "an integer >= 0", self.rerank_k)
+        check(self.flat_max >= 0, "search.flat_max", "an integer >= 0", self.flat_max)
+        check(self.ivf_lists >= 0, "search.ivf_lists", "an integer >= 0", self.ivf_lists)
+        check(self.nprobe >= 1, "search.nprobe", "an integer >= 1", self.nprobe)
+        check(self.hnsw_m >= 2, "search.hnsw_m", "an integer >= 2", self.hnsw_m)
+        check(self.ef >= 1, "search.ef", "an integer >= 1", self.ef)
+        check(self.part_size >= 1, "search.part_size", "an integer >= 1", self.part_size)
+        check(16 <= self.thumb_size <= 512, "search.thumb_size", "an integer in [16, 512]", self.thumb_size)
+        check(self.max_query_chars >= 1, "search.max_query_chars", "an integer >= 1", self.max_query_chars)
+        check(0 <= self.port <= 65535, "search.port", "an integer in [0, 65535]", self.port)
+        check(self.replicas >= 1, "search.replicas", "an integer >= 1", self.replicas)
+        check(
+            self.max_replicas == 0 or self.max_replicas >= self.replicas,
+            "search.max_replicas",
+            f"0 (no autoscaling) or an integer >= search.replicas={self.replicas}",
+            self.max_replicas,
+        )
+        check(self.target_ongoing_requests > 0, "search.target_ongoing_requests", "a number > 0")
+        check(self.max_ongoing_requests >= 1, "search.max_ongoing_requests", "an integer >= 1")
+        check(self.replica_cpus > 0, "search.replica_cpus", "a number > 0", self.replica_cpus)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Where a run writes and how it reaches Ray."""
@@ -296,4 +354,5 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     run: RunConfig = field(default_factory=RunConfig)
