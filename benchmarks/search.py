@@ -160,7 +160,7 @@ def _real_index(cfg: Config, args: argparse.Namespace) -> tuple[str, list[str], 
     import pyarrow as pa
 
     from vidret.config import SynthConfig
-    from vidret.data.manifest import build_manifest, read_manifest, write_manifest
+    from vidret.data.annotations.manifest import build_manifest, read_manifest, write_manifest
     from vidret.data.synthetic import generate_corpus
     from vidret.search.build import run_index
 

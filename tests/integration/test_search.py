@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 
 from vidret.cli import main
 from vidret.config import Config, load_config, replace
-from vidret.data.manifest import read_manifest
+from vidret.data.annotations.manifest import read_manifest
 from vidret.storage import Storage
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
@@ -59,9 +59,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import pyarrow as pa
     from train_helpers import final_checkpoint, make_corpus, small_config
 
-    from vidret.data.manifest import write_manifest
-    from vidret.train.artifacts import save_state
-    from vidret.train.trainer import encoder_key, run_training
+    from vidret.data.annotations.manifest import write_manifest
+    from vidret.model.build import encoder_key
+    from vidret.model.checkpoint import save_state
+    from vidret.train.trainer import run_training
 
     out = tmp_path_factory.mktemp("search")
     corpus = make_corpus(out, videos=VIDEOS, size=32, seconds=1.0, fps=4)
@@ -198,7 +199,7 @@ def bucket(moto_server: str) -> Iterator[str]:
 def s3_index(trained: dict[str, Any], bucket: str, moto_server: str) -> dict[str, Any]:
     """Every video indexed into S3 from one Parquet manifest that is itself on S3."""
     from vidret.config import StorageConfig
-    from vidret.data.manifest import write_manifest
+    from vidret.data.annotations.manifest import write_manifest
 
     storage = Storage(StorageConfig(endpoint_url=moto_server, region="us-east-1"))
     everything = read_manifest(f"{trained['manifest']}/train.parquet", Storage())  # every video (see trained)

@@ -25,7 +25,8 @@ import ray
 from PIL import Image
 
 from vidret.config import Config, dump_yaml, to_dict
-from vidret.data.pipeline import build_dataset, check_bad_fraction, ensure_ray, iter_numpy_batches
+from vidret.data.pipeline import build_dataset, check_bad_fraction, iter_numpy_batches
+from vidret.runtime import ensure_ray
 from vidret.search import ann, layout
 from vidret.search.inputs import read_videos, split_rows_of
 from vidret.search.model_io import checkpoint_identity, encode_videos, load_model

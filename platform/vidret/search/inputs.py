@@ -13,9 +13,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from vidret.data.annotations.manifest import read_manifest
+from vidret.data.annotations.records import parse_csv, strip_video_ext
 from vidret.data.batches import ROW_SCHEMA, SplitRows
-from vidret.data.formats import parse_csv, strip_video_ext
-from vidret.data.manifest import read_manifest
 from vidret.storage import Storage, is_remote, join, parse_uri
 
 TABLE_SUFFIXES = (".csv", ".jsonl")

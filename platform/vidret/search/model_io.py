@@ -4,8 +4,8 @@ Shape legend: Q queries (1 per request), M prefiltered candidates, B videos in a
 D width, K re-ranked candidates.
 
 Every import of the model, diffusion and checkpoint code that ``vidret.search`` needs lives here, so a change
-of those interfaces is absorbed in this one module. Reading exported weights still goes through
-``vidret.train.artifacts`` (the one import of a sibling area, until loading weights moves below it).
+of those interfaces is absorbed in this one module. Exported weights are read with
+``vidret.model.checkpoint.load_state``, as training and evaluation do.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from torch import Tensor
 
 from vidret.config import Config, DiffusionConfig, replace
 from vidret.diffusion.denoiser import T2VDenoiser
-from vidret.diffusion.rerank import rerank_t2v
+from vidret.diffusion.rerank import Conditioning, rerank
+from vidret.model.checkpoint import load_state
 from vidret.model.retrieval import RetrievalModel
 from vidret.storage import Storage
-from vidret.train.artifacts import load_state
 
 VIDEO_KEYS = ("video", "video_mask", "video_weight")
 __all__ = [
@@ -110,11 +110,10 @@ def rerank_scores(
     """Fused scores (Q, M): the best ``k`` of each row re-ranked by the text-to-video denoiser (DDIM from
     noise seeded by ``diffusion.noise_seed`` and query id 0, so a query always gets the same answer)."""
     k = max(1, min(k, sim_QM.shape[1]))
-    return rerank_t2v(
+    return rerank(
+        "t2v",
         sim_QM,
-        text_eot_QD,
-        video_MFD,
-        video_mask_MF,
+        Conditioning(text_D=text_eot_QD, video_FD=video_MFD, video_mask_F=video_mask_MF),
         cast(T2VDenoiser, model.t2v_denoiser),
         model.diffusion,
         replace(dcfg, t2v_k=k),

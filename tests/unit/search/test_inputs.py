@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from vidret.data.manifest import write_manifest
+from vidret.data.annotations.manifest import write_manifest
 from vidret.search.inputs import read_videos, split_rows_of
 from vidret.storage import Storage
 

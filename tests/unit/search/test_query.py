@@ -36,9 +36,9 @@ def _cfg(*overrides: str) -> Config:
 
 
 def _export(cfg: Config, uri: str, stage: str, seed: int = 0) -> None:
+    from vidret.model.build import encoder_key
+    from vidret.model.checkpoint import save_state
     from vidret.model.retrieval import RetrievalModel
-    from vidret.train.artifacts import save_state
-    from vidret.train.trainer import encoder_key
 
     torch.manual_seed(seed)
     state = RetrievalModel.build(cfg.model, cfg.diffusion).state_dict()
