@@ -7,7 +7,6 @@ same arithmetic on one worker or many: metrics are bit-identical across runs and
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -20,8 +19,12 @@ import torch
 
 from vidret.config import Config, DiffusionConfig, dump_yaml, with_absolute_paths
 from vidret.diffusion.rerank import rerank_t2v, rerank_v2t
-from vidret.eval.metrics import metrics_table
-from vidret.eval.retrieval import EvalResult, FeatureSet, evaluate_features, top_k
+from vidret.eval.fusion_select import cache_splits, choose_on_validation  # [issue-13 hooks: imports]
+from vidret.eval.results import sentences, split_table, write_results
+from vidret.eval.retrieval import FeatureSet, evaluate_features
+from vidret.eval.run_report import write_run_report
+from vidret.eval.threads import pinned_threads
+from vidret.eval.uncertainty import split_intervals
 from vidret.model.retrieval import RetrievalModel
 from vidret.storage import Storage, join
 
@@ -118,6 +121,11 @@ LABELS = {
 
 def run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
     """Evaluate the exported weights at ``checkpoint_uri`` on ``eval.splits``; write metrics.json + report."""
+    with pinned_threads(cfg.eval.threads):  # [issue-13 hook] fixed driver threads (eval/threads.py)
+        return _run_evaluation(cfg, checkpoint_uri)
+
+
+def _run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
     from vidret.train.artifacts import load_state
     from vidret.train.loop import build_model
     from vidret.train.trainer import build_feature_cache, check_placeholders, ensure_ray
@@ -128,7 +136,8 @@ def run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
     ensure_ray(cfg)
     t0 = time.perf_counter()
     exported = load_state(checkpoint_uri, storage)
-    cache = build_feature_cache(cfg, storage, checkpoint_uri, exported["key"], splits=list(cfg.eval.splits))
+    # [issue-13 hook] cache_splits: eval.splits plus validation when the fusion is chosen there
+    cache = build_feature_cache(cfg, storage, checkpoint_uri, exported["key"], splits=cache_splits(cfg))
     model = build_model(cfg, storage, None)
     model.load_state_dict(exported["selected"])
     rerank = cfg.eval.rerank and exported.get("stage") == "generation"
@@ -143,6 +152,9 @@ def run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
     report_inputs = {}
     from vidret.train.cache import load_split
 
+    # [issue-13 hook] fusion weight/temperature chosen on validation, never on test (eval/fusion_select.py)
+    cfg, fusion = choose_on_validation(cfg, model, lambda s: load_split(storage, cache[s]), enabled=rerank)
+    intervals: dict[str, Any] = {}
     bad_videos = {split: _bad_videos(storage, cache[split]) for split in cfg.eval.splits}
     for split in cfg.eval.splits:
         fs = load_split(storage, cache[split])
@@ -156,21 +168,27 @@ def run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
             ),
         )
         results[split] = res.metrics
-        tables.append(f"{split}:\n" + metrics_table({LABELS[k]: v for k, v in res.metrics.items()}))
+        intervals[split] = split_intervals(res, fs, cfg.eval)  # [issue-13 hook] bootstrap intervals
+        tables.append(split_table(split, res.metrics, intervals[split], LABELS))
         report_inputs[split] = (fs, res)
     summary = {
         "checkpoint": checkpoint_uri,
         "stage": exported.get("stage"),
         "splits": results,
         "bad_videos": bad_videos,
+        "intervals": intervals,  # [issue-13 hook]
+        "fusion": fusion,
         "wall_s": round(time.perf_counter() - t0, 1),
         "out": out_dir,
     }
-    if cfg.eval.report:  # the report writes its own metrics.json first; the full summary replaces it below
-        summary["report"] = _write_report(cfg, storage, out_dir, report_inputs)
-    storage.write_text(join(out_dir, "metrics.json"), json.dumps(summary, indent=1, sort_keys=True))
+    # [issue-13 hook] report of every split (eval/run_report.py); metrics.json + timings.json (eval/results.py)
+    if cfg.eval.report:
+        summary["report"] = write_run_report(
+            cfg, storage, out_dir, report_inputs, intervals, LABELS, fusion=fusion, notes=sentences(intervals)
+        )
+    write_results(storage, out_dir, summary, cfg.run.out)
     storage.write_text(join(out_dir, "config.yaml"), dump_yaml(cfg))
-    summary["table"] = "\n".join(tables)
+    summary["table"] = "\n".join(tables) + "\n" + "\n".join(sentences(intervals))
     return summary
 
 
@@ -194,42 +212,3 @@ def _bad_videos(storage: Storage, split_uri: str) -> dict[str, Any]:
         "by_reason": dict(Counter(bad.values())),
         "videos": bad,
     }
-
-
-def _write_report(
-    cfg: Config, storage: Storage, out_dir: str, inputs: dict[str, tuple[FeatureSet, EvalResult]]
-) -> str:
-    """HTML report of the first split: table, plots and sample queries with thumbnails."""
-    from vidret.eval.report import write_report
-    from vidret.eval.thumbnails import thumbnails_for
-
-    split, (fs, res) = next(iter(inputs.items()))
-    after = "rerank" if "rerank" in res.sims else "stage1"
-    rng = np.random.default_rng(cfg.run.seed)
-    t = fs.text_to_video_T.shape[0]
-    queries = sorted(rng.choice(t, size=min(cfg.eval.report_queries, t), replace=False).tolist())
-    before_top = top_k(res.sims["stage1"][0][queries], 5)
-    after_top = top_k(res.sims[after][0][queries], 5)
-    samples = []
-    for qi, q in enumerate(queries):
-        samples.append(
-            {
-                "caption": fs.captions[q] if fs.captions else f"caption {q}",
-                "gt_video_id": fs.video_ids[int(fs.text_to_video_T[q])],
-                "before": [fs.video_ids[j] for j in before_top[qi]],
-                "after": [fs.video_ids[j] for j in after_top[qi]],
-            }
-        )
-    needed = sorted({v for s in samples for v in (s["gt_video_id"], *s["before"], *s["after"])})
-    thumbs = thumbnails_for(cfg, storage, split, needed)
-    ranks = {f"{LABELS[v]} {d}": r for v, dirs in res.ranks.items() for d, r in dirs.items()}
-    return write_report(
-        out_dir,
-        storage,
-        metrics={LABELS[k]: v for k, v in res.metrics.items()},
-        ranks=ranks,
-        samples=samples,
-        thumbnails=thumbs,
-        title=f"vidret evaluation: {split}",
-        config_yaml=dump_yaml(cfg),
-    )
