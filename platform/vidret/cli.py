@@ -176,6 +176,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     print("\n" + table)
     print(f"\nreport: {summary['evaluation'].get('report')}")
     print(f"total: {summary['wall_s']} s")
+    print("\n".join(["", *summary.get("sentences", [])]))  # [issue-13 hook] the summary ends with them
     return 0
 
 

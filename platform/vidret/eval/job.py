@@ -188,7 +188,8 @@ def _run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
         )
     write_results(storage, out_dir, summary, cfg.run.out)
     storage.write_text(join(out_dir, "config.yaml"), dump_yaml(cfg))
-    summary["table"] = "\n".join(tables) + "\n" + "\n".join(sentences(intervals))
+    summary["table"] = "\n".join(tables)
+    summary["sentences"] = sentences(intervals)  # [issue-13 hook] one line per split, printed last
     return summary
 
 

@@ -18,7 +18,13 @@ from vidret.eval.metrics import metrics_table
 from vidret.eval.uncertainty import rerank_sentence
 from vidret.storage import Storage, join
 
-VOLATILE = ("wall_s", "out", "report", "table")  # not in metrics.json: timings.json / the returned summary
+VOLATILE = (
+    "wall_s",
+    "out",
+    "report",
+    "table",
+    "sentences",
+)  # not in metrics.json: timings.json / the returned summary
 
 
 def _portable(x: Any, root: str) -> Any:
