@@ -186,7 +186,7 @@ def _run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
         summary["report"] = write_run_report(
             cfg, storage, out_dir, report_inputs, intervals, LABELS, fusion=fusion, notes=sentences(intervals)
         )
-    write_results(storage, out_dir, summary, cfg.run.out)
+    write_results(storage, out_dir, summary, cfg.run.out, report_inputs, cfg.eval.multi_caption_grouping)
     storage.write_text(join(out_dir, "config.yaml"), dump_yaml(cfg))
     summary["table"] = "\n".join(tables)
     summary["sentences"] = sentences(intervals)  # [issue-13 hook] one line per split, printed last

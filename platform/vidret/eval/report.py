@@ -54,6 +54,8 @@ td.iv { white-space: nowrap; } tr.chosen td { font-weight: bold; background: #ee
 .outside { align-self: center; font-weight: bold; color: #a33; }
 """
 
+CSS = _CSS  # shared with the compare page
+
 
 def _jsonable(x: Any) -> Any:
     if isinstance(x, Mapping):

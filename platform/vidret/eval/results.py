@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from vidret.eval.metrics import metrics_table
-from vidret.eval.uncertainty import rerank_sentence
+from vidret.eval.retrieval import EvalResult, FeatureSet
+from vidret.eval.uncertainty import query_layout, rerank_sentence
 from vidret.storage import Storage, join
 
 VOLATILE = (
@@ -46,10 +47,45 @@ def metrics_document(summary: Mapping[str, Any], run_out: str) -> dict[str, Any]
     return _portable(doc, run_out)
 
 
-def write_results(storage: Storage, out_dir: str, summary: Mapping[str, Any], run_out: str) -> None:
-    """``metrics.json`` (see :func:`metrics_document`) and ``timings.json`` (wall times) under ``out_dir``."""
+def ranks_document(inputs: Mapping[str, tuple[FeatureSet, EvalResult]], grouping: str) -> dict[str, Any]:
+    """Per split: each direction's query keys, resampling units and 0-based ranks per variant (what
+    ``vidret compare`` pairs runs by). A t2v query is keyed ``video_id|caption``, a v2t query by its video id."""
+    out: dict[str, Any] = {}
+    for split, (fs, res) in inputs.items():
+        layout = query_layout(fs, grouping)
+        vids = fs.video_ids or [str(v) for v in range(int(fs.video["video"].shape[0]))]
+        t2v = fs.text_to_video_T.tolist()
+        keys = {
+            "t2v": [f"{vids[t2v[q]]}|{fs.captions[q] if fs.captions else q}" for q in layout["t2v"]["rows"]],
+            "v2t": [vids[int(v)] for v in layout["v2t"]["rows"]],
+        }
+        out[split] = {
+            d: {
+                "unit": layout[d]["unit"],
+                "queries": keys[d],
+                "units": [int(u) for u in layout[d]["units"]],
+                "ranks": {v: [int(r) for r in by_dir[d]] for v, by_dir in res.ranks.items()},
+            }
+            for d in ("t2v", "v2t")
+        }
+    return out
+
+
+def write_results(
+    storage: Storage,
+    out_dir: str,
+    summary: Mapping[str, Any],
+    run_out: str,
+    inputs: Mapping[str, tuple[FeatureSet, EvalResult]] | None = None,
+    grouping: str = "correct",
+) -> None:
+    """``metrics.json`` (see :func:`metrics_document`), ``timings.json`` (wall times) and, with ``inputs``,
+    ``ranks.json`` (see :func:`ranks_document`) under ``out_dir``."""
     text = json.dumps(metrics_document(summary, run_out), indent=1, sort_keys=True) + "\n"
     storage.write_text(join(out_dir, "metrics.json"), text)
+    if inputs is not None:
+        ranks = json.dumps(ranks_document(inputs, grouping), sort_keys=True, separators=(",", ":")) + "\n"
+        storage.write_text(join(out_dir, "ranks.json"), ranks)
     timings = {k: summary[k] for k in ("wall_s",) if k in summary}
     storage.write_text(join(out_dir, "timings.json"), json.dumps(timings, indent=1, sort_keys=True) + "\n")
 
