@@ -113,7 +113,9 @@ def test_mismatched_query_sets_are_refused(runs: dict[str, Path], capsys: pytest
     assert not (runs["root"] / "cmp-bad" / "compare.html").exists()
 
 
-def test_a_folder_without_an_evaluation_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_folder_without_an_evaluation_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = cli.main(["compare", str(tmp_path / "x"), str(tmp_path / "y"), "--out", str(tmp_path / "o")])
     assert code == cli.EXIT_ERROR
     assert "no evaluation found" in capsys.readouterr().err

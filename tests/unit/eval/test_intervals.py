@@ -24,7 +24,9 @@ def _draws(num_units: int, spec: BootstrapSpec) -> np.ndarray:
     return np.random.default_rng(spec.seed).integers(0, num_units, size=(spec.resamples, num_units))
 
 
-def _brute(ranks: np.ndarray, units: np.ndarray | None, spec: BootstrapSpec, median: str = "midpoint") -> dict:
+def _brute(
+    ranks: np.ndarray, units: np.ndarray | None, spec: BootstrapSpec, median: str = "midpoint"
+) -> dict:
     """Expand every resample into its list of ranks and recompute the metrics the slow way."""
     if units is None:
         units = np.arange(ranks.shape[0])
@@ -103,7 +105,9 @@ def test_paired_matches_brute_force_and_is_narrower_than_unpaired_on_correlated_
         for m in METRICS:
             diffs[m].append(mb[m] - ma[m])
     for m in METRICS:
-        assert (paired[m]["lo"], paired[m]["hi"]) == pytest.approx(tuple(np.quantile(diffs[m], [0.025, 0.975])))
+        assert (paired[m]["lo"], paired[m]["hi"]) == pytest.approx(
+            tuple(np.quantile(diffs[m], [0.025, 0.975]))
+        )
         assert paired[m]["p"] == pytest.approx(p_value(np.asarray(diffs[m])))
     unpaired = unpaired_difference(a, b, spec)
     for m in ("R1", "R5", "MnR"):

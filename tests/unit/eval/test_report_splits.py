@@ -40,7 +40,10 @@ def make_split(num_videos: int, captions_per_video: int, seed: int) -> tuple[Fea
     s1 = torch.from_numpy(rng.normal(size=(t, num_videos))) + 1.2 * onehot
     s2 = s1 + torch.from_numpy(rng.normal(scale=0.6, size=(t, num_videos)))
     ecfg = EvalConfig(bootstrap_resamples=1000)
-    sims = {"stage1": (s1.float(), s1.T.contiguous().float()), "rerank": (s2.float(), s2.T.contiguous().float())}
+    sims = {
+        "stage1": (s1.float(), s1.T.contiguous().float()),
+        "rerank": (s2.float(), s2.T.contiguous().float()),
+    }
     metrics, ranks = {}, {}
     for name, (a, b) in sims.items():
         metrics[name], ranks[name] = direction_metrics(a, b, fs, ecfg)
@@ -146,7 +149,12 @@ def test_console_table_sentence_and_metrics_document(two_splits: dict[str, Any])
     assert sentence.startswith(f"test: re-ranking changed t2v R@1 by {d['diff']:+.1f} (95% CI [")
     assert "p = " in sentence
     doc = metrics_document(
-        {"checkpoint": "/r/run/checkpoints/generation", "wall_s": 3.2, "out": "/r/run/eval", "x": float("nan")},
+        {
+            "checkpoint": "/r/run/checkpoints/generation",
+            "wall_s": 3.2,
+            "out": "/r/run/eval",
+            "x": float("nan"),
+        },
         "/r/run",
     )
     assert doc == {"checkpoint": "checkpoints/generation", "x": None, "paths_relative_to": "run.out"}
