@@ -55,4 +55,4 @@ def test_metrics_and_ranks_are_byte_identical(two_runs: tuple[Path, Path]) -> No
     assert metrics["fusion"]["chosen_on"] == "val"
     assert metrics["checkpoint"] == "checkpoints/generation"  # relative to run.out
     assert "wall_s" in json.loads((a / "timings.json").read_text())
-    assert (a / "timings.json").read_bytes() != b"" and (a / "report.html").is_file()
+    assert (a / "report.html").is_file()

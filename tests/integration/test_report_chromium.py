@@ -214,7 +214,8 @@ def test_full_report_renders_every_split_intervals_and_outcome_samples(
     before_after = re.findall(
         r'class="rank-before">(\d+)</b> (?:&rarr;|\u2192) re-ranked <b class="rank-after">(\d+)<', dom
     )
-    assert before_after and all(int(a) >= 1 and int(b) >= 1 for a, b in before_after)
+    assert before_after
+    assert all(int(a) >= 1 and int(b) >= 1 for a, b in before_after)
     assert 'id="curve-discrimination-val"' in dom
     found = re.search(r'<pre id="img-check">([^<]*)</pre>', dom)
     assert found, "the load probe did not run"

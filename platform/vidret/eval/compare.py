@@ -137,7 +137,8 @@ def run_compare(storage: Storage, run_uris: Sequence[str], out: str, spec: Boots
             for d in ("t2v", "v2t"):
                 r1 = by_dir[d]["R1"]
                 tables.append(
-                    f"  {split} {d} R@1, {key}: {r1['diff']:+.1f} (95% CI [{r1['lo']:+.1f}, {r1['hi']:+.1f}], "
+                    f"  {split} {d} R@1, {key}: {r1['diff']:+.1f} "
+                    f"(95% CI [{r1['lo']:+.1f}, {r1['hi']:+.1f}], "
                     f"p = {r1['p']:.3f})"
                 )
         sections.append(_section_html(split, rows, ivs, paired[split]))
@@ -157,7 +158,8 @@ def _section_html(
     for key, by_dir in paired.items():
         for d in ("t2v", "v2t"):
             cells = "".join(
-                f"<td>{m['diff']:+.1f} [{m['lo']:+.1f}, {m['hi']:+.1f}]<br><span class='meta'>p = {m['p']:.3f}"
+                f"<td>{m['diff']:+.1f} [{m['lo']:+.1f}, {m['hi']:+.1f}]<br>"
+                f"<span class='meta'>p = {m['p']:.3f}"
                 "</span></td>"
                 for m in (by_dir[d][k] for k in ("R1", "R5", "R10", "MdR", "MnR"))
             )
@@ -168,8 +170,9 @@ def _section_html(
     return (
         f'<section class="split" id="split-{html.escape(split)}"><h2>Split: {html.escape(split)}</h2>'
         + metrics_html(rows, ivs, f"metrics-{split}")
-        + f'<h3>Paired differences</h3><table class="metrics paired" id="paired-{html.escape(split)}"><thead><tr>'
-        f'<th class="label">difference</th><th class="label">dir</th>{head}</tr></thead><tbody>{"".join(body)}'
+        + '<h3>Paired differences</h3><table class="metrics paired" '
+        f'id="paired-{html.escape(split)}"><thead><tr><th class="label">difference</th>'
+        f'<th class="label">dir</th>{head}</tr></thead><tbody>{"".join(body)}'
         "</tbody></table></section>"
     )
 
@@ -193,12 +196,14 @@ def _page(
                 f"<title>vidret compare</title><style>{CSS}</style></head><body>",
                 "<h1>vidret compare</h1>",
                 f"<ul>{runs}</ul>",
-                f'<p class="meta">Cells: value &plusmn; half the 95% interval of each run. Paired differences: '
-                f"{spec.describe()['method']} bootstrap, {spec.resamples} resamples (seed {spec.seed}), the same "
+                '<p class="meta">Cells: value &plusmn; half the 95% interval of each run. Paired '
+                f"differences: {spec.describe()['method']} bootstrap, {spec.resamples} resamples "
+                f"(seed {spec.seed}), the same "
                 "resampled units for both runs, headline variant of each (re-ranked when evaluated).</p>",
                 *sections,
                 '<h2 id="config-diff">Config differences</h2>',
-                f'<table class="metrics" id="config-diff-table"><thead><tr><th class="label">key</th>{heads}</tr>'
+                f'<table class="metrics" id="config-diff-table"><thead><tr><th class="label">key</th>'
+                f"{heads}</tr>"
                 f"</thead><tbody>{diff_rows}</tbody></table>"
                 if diff
                 else "<p>The configs are identical.</p>",

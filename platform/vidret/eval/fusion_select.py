@@ -112,7 +112,8 @@ def apply_fusion(dcfg: DiffusionConfig, choice: dict[str, Any]) -> DiffusionConf
 
 
 def cache_splits(cfg: Config) -> list[str]:
-    """The splits the evaluation needs features of: ``eval.splits``, plus validation when it selects fusion."""
+    """The splits the evaluation needs features of: ``eval.splits``, plus validation when it selects
+    the fusion there."""
     splits = list(cfg.eval.splits)
     if cfg.eval.select_fusion and cfg.data.val_split not in splits:
         splits.append(cfg.data.val_split)
@@ -122,7 +123,8 @@ def cache_splits(cfg: Config) -> list[str]:
 def choose_on_validation(
     cfg: Config, model: RetrievalModel, load: Callable[[str], FeatureSet], *, enabled: bool = True
 ) -> tuple[Config, dict[str, Any] | None]:
-    """(cfg with the fusion chosen on ``data.val_split``, the record) when ``eval.select_fusion``; else (cfg, None).
+    """(cfg with the fusion chosen on ``data.val_split``, the record) when ``eval.select_fusion``, else
+    (cfg, None).
 
     ``load(split)`` returns a split's cached features. ``enabled`` False (no re-ranking, e.g. stage-1 weights)
     skips it. Refuses when validation is the test split.
@@ -139,7 +141,8 @@ def choose_on_validation(
     record["chosen_on"] = val
     print(
         f"[eval] fusion chosen on {val}: t2v alpha {record['t2v']['alpha']} temp {record['t2v']['temp']} "
-        f"(val R@1 {record['t2v']['R1']:.1f}); v2t alpha {record['v2t']['alpha']} temp {record['v2t']['temp']} "
+        f"(val R@1 {record['t2v']['R1']:.1f}); v2t alpha {record['v2t']['alpha']} "
+        f"temp {record['v2t']['temp']} "
         f"(val R@1 {record['v2t']['R1']:.1f})",
         file=sys.stderr,
         flush=True,

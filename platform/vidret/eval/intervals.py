@@ -176,7 +176,9 @@ def paired_difference(
     *,
     median: Median = "midpoint",
 ) -> dict[str, dict[str, float]]:
-    """Paired bootstrap of ``metric(b) - metric(a)`` over the same queries: {metric: {"diff", "lo", "hi", "p"}}.
+    """Paired bootstrap of ``metric(b) - metric(a)`` over the same queries.
+
+    Returns {metric: {"diff", "lo", "hi", "p"}}.
 
     ``ranks_a[q]`` and ``ranks_b[q]`` must be the same query q (same order, same length).
     """
@@ -184,7 +186,8 @@ def paired_difference(
     a, b = _check_ranks(ranks_a, "ranks_a"), _check_ranks(ranks_b, "ranks_b")
     if a.shape != b.shape:
         raise ValueError(
-            f"paired bootstrap: the two runs must rank the same queries, got {a.shape[0]} and {b.shape[0]} ranks"
+            "paired bootstrap: the two runs must rank the same queries, got "
+            f"{a.shape[0]} and {b.shape[0]} ranks"
         )
     est_a, est_b = point_metrics(a, median), point_metrics(b, median)
     boot_a, boot_b = _resampled([a, b], units, spec, median)

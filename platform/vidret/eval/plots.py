@@ -71,7 +71,8 @@ def _legend(names: list[str], x: float, y: float, *, lines: bool = False) -> lis
         if lines:
             dash = DASHES[i % len(DASHES)]
             out.append(
-                f'<line x1="{x - 8:.1f}" y1="{yy - 4:.1f}" x2="{x + 10:.1f}" y2="{yy - 4:.1f}" stroke="{color}" '
+                f'<line x1="{x - 8:.1f}" y1="{yy - 4:.1f}" x2="{x + 10:.1f}" y2="{yy - 4:.1f}" '
+                f'stroke="{color}" '
                 f'stroke-width="2"' + (f' stroke-dasharray="{dash}"' if dash else "") + "/>"
             )
         else:
@@ -196,11 +197,13 @@ def interval_bars_svg(
             cx = x + bar / 2
             out.append(
                 f'<rect x="{x:.1f}" y="{ypos[0]:.1f}" width="{bar:.1f}" height="{y0 - ypos[0]:.1f}" '
-                f'fill="{PALETTE[s % len(PALETTE)]}" fill-opacity="0.75"><title>{html.escape(name)} {metric}: '
+                f'fill="{PALETTE[s % len(PALETTE)]}" fill-opacity="0.75">'
+                f"<title>{html.escape(name)} {metric}: "
                 f"{est:.1f} [{lo:.1f}, {hi:.1f}]</title></rect>"
             )
             out.append(
-                f'<path class="whisker" d="M{cx:.1f},{ypos[1]:.1f} V{ypos[2]:.1f} M{cx - 4:.1f},{ypos[1]:.1f} '
+                f'<path class="whisker" d="M{cx:.1f},{ypos[1]:.1f} V{ypos[2]:.1f} '
+                f"M{cx - 4:.1f},{ypos[1]:.1f} "
                 f'H{cx + 4:.1f} M{cx - 4:.1f},{ypos[2]:.1f} H{cx + 4:.1f}" stroke="#111" stroke-width="1.5"/>'
             )
         label = {"R1": "R@1", "R5": "R@5", "R10": "R@10"}.get(metric, metric)
@@ -262,7 +265,8 @@ def line_plot_svg(
         f'<text x="{(x0 + x1) / 2:.1f}" y="{y0 + 30}" text-anchor="middle">{html.escape(xlabel)}</text>'
     )
     out.append(
-        f'<text x="14" y="{(y0 + y1) / 2:.1f}" text-anchor="middle" transform="rotate(-90 14 {(y0 + y1) / 2:.1f})">'
+        f'<text x="14" y="{(y0 + y1) / 2:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {(y0 + y1) / 2:.1f})">'
         f"{html.escape(ylabel)}</text>"
     )
     out += _legend(list(series), x0 + 20, y0 + 46, lines=True)[:4]

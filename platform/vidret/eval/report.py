@@ -181,7 +181,8 @@ def _split_section(sp: Mapping[str, Any], thumbs: Mapping[str, str], start: int)
                 series, title=f"{name}: {d} recall with {round(100 * block['level'])}% intervals"
             )
             imgs.append(
-                f'<img id="interval-bars-{html.escape(name)}-{d}" alt="{d} intervals" src="{svg_data_uri(svg)}">'
+                f'<img id="interval-bars-{html.escape(name)}-{d}" alt="{d} intervals" '
+                f'src="{svg_data_uri(svg)}">'
             )
     if sp.get("ranks"):
         hist, curve = rank_histogram_svg(sp["ranks"]), recall_curve_svg(sp["ranks"])
@@ -246,7 +247,8 @@ def render_page(
 
 
 def write_page(out_dir_uri: str, storage: Storage, **page: Any) -> str:
-    """Render (see :func:`render_page`) and write ``<out_dir_uri>/report.html`` atomically; returns its URI."""
+    """Render (see :func:`render_page`) and write ``<out_dir_uri>/report.html`` atomically; returns its
+    URI."""
     text = render_page(**page)
     report_uri = join(out_dir_uri, "report.html")
     storage.write_text(report_uri, text)

@@ -77,7 +77,8 @@ def paired_html(block: Mapping[str, Any], labels: Mapping[str, str], split: str)
         f'<table class="metrics paired" id="paired-{html.escape(split)}"><thead><tr><th class="label">'
         f'difference</th><th class="label">dir</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
         f'<p class="meta">Paired {block["method"]} bootstrap, {block["resamples"]} resamples (seed '
-        f"{block['seed']}): the same resampled units for both variants; {level}% interval and two-sided p.</p>"
+        f"{block['seed']}): the same resampled units for both variants; {level}% interval and "
+        "two-sided p.</p>"
     )
 
 
@@ -178,12 +179,17 @@ def curves_html(curves: Mapping[str, Mapping[str, list[tuple[int, float]]]]) -> 
     return f'<div class="plots">{"".join(imgs)}</div>'
 
 
+def _is_chosen(g: Mapping[str, Any], fusion: Mapping[str, Any]) -> bool:
+    best = fusion[g["direction"]]
+    return bool(g["alpha"] == best["alpha"] and g["temp"] == best["temp"])
+
+
 def fusion_html(fusion: Mapping[str, Any] | None) -> str:
     """The fusion weight and temperature chosen on validation, with the grid."""
     if not fusion:
         return '<p class="meta">Fusion weight and temperature: from the config (not selected).</p>'
     rows = "".join(
-        f"<tr{' class=chosen' if g['alpha'] == fusion[g['direction']]['alpha'] and g['temp'] == fusion[g['direction']]['temp'] else ''}>"
+        f"<tr{' class=chosen' if _is_chosen(g, fusion) else ''}>"
         f"<td>{g['direction']}</td><td>{g['alpha']:g}</td><td>{g['temp']:g}</td><td>{g['R1']:.1f}</td>"
         f"<td>{g['R5']:.1f}</td><td>{g['MnR']:.2f}</td></tr>"
         for g in fusion["grid"]
@@ -191,7 +197,8 @@ def fusion_html(fusion: Mapping[str, Any] | None) -> str:
     return (
         f"<p>Chosen on <b>{html.escape(str(fusion.get('chosen_on', 'val')))}</b> (never on test): t2v alpha "
         f"{fusion['t2v']['alpha']:g}, temp {fusion['t2v']['temp']:g}; v2t alpha {fusion['v2t']['alpha']:g}, "
-        f'temp {fusion["v2t"]["temp"]:g}.</p><details><summary>validation grid</summary><table class="metrics" '
+        f"temp {fusion['v2t']['temp']:g}.</p><details><summary>validation grid</summary>"
+        '<table class="metrics" '
         'id="fusion-grid"><thead><tr><th>dir</th><th>alpha</th><th>temp</th><th>val R@1</th><th>val R@5</th>'
         f"<th>val MnR</th></tr></thead><tbody>{rows}</tbody></table></details>"
     )

@@ -49,7 +49,8 @@ def metrics_document(summary: Mapping[str, Any], run_out: str) -> dict[str, Any]
 
 def ranks_document(inputs: Mapping[str, tuple[FeatureSet, EvalResult]], grouping: str) -> dict[str, Any]:
     """Per split: each direction's query keys, resampling units and 0-based ranks per variant (what
-    ``vidret compare`` pairs runs by). A t2v query is keyed ``video_id|caption``, a v2t query by its video id."""
+    ``vidret compare`` pairs runs by). A t2v query is keyed ``video_id|caption``, a v2t query by its
+    video id."""
     out: dict[str, Any] = {}
     for split, (fs, res) in inputs.items():
         layout = query_layout(fs, grouping)

@@ -11,7 +11,7 @@ import torch
 
 @contextmanager
 def pinned_threads(threads: int) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(threads)`` (unless 0), restoring the previous count after."""
+    """Run the block with ``torch.set_num_threads(threads)`` (unless 0); the previous count is restored."""
     before = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)

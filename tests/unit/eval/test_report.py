@@ -111,7 +111,11 @@ def test_correct_video_is_marked_before_and_after(report: tuple[str, dict[str, A
     assert len(blocks) == len(inputs["samples"])
     for block, sample in zip(blocks, inputs["samples"], strict=True):
         figs = re.findall(r'<figure class="(hit|miss)" data-video-id="([^"]+)"', block)
-        assert [vid for _, vid in figs] == [sample["gt_video_id"], *sample["before"][:5], *sample["after"][:5]]
+        assert [vid for _, vid in figs] == [
+            sample["gt_video_id"],
+            *sample["before"][:5],
+            *sample["after"][:5],
+        ]
         assert all((cls == "hit") == (vid == sample["gt_video_id"]) for cls, vid in figs)
 
 

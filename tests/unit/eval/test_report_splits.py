@@ -105,7 +105,7 @@ def test_outcome_samples_both_directions_with_true_ranks(two_splits: dict[str, A
 
 
 def _query_row(s: dict[str, Any], fs: FeatureSet) -> int:
-    kind, row = s["query"]["id"].split(":")
+    _, row = s["query"]["id"].split(":")
     return int(row)
 
 
