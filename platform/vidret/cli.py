@@ -200,6 +200,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     print("\n" + table)
     print(f"\nreport: {summary['evaluation'].get('report')}")
     print(f"total: {summary['wall_s']} s")
+    print("\n".join(["", *summary.get("sentences", [])]))
     return 0
 
 
@@ -234,6 +235,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(summary.pop("table"))
     _print_json(summary)
     return 0
+
+
+# -------------------------------------------------------------------------------- compare
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Side-by-side metrics of evaluated runs with paired intervals (see vidret.eval.compare)."""
+    from vidret.eval.compare import run_compare
+    from vidret.eval.intervals import BootstrapSpec
+    from vidret.storage import Storage
+
+    cfg = _load(args)
+    spec = BootstrapSpec(cfg.eval.bootstrap_resamples, cfg.eval.bootstrap_seed, cfg.eval.bootstrap_level)
+    summary = run_compare(Storage(cfg.storage), args.runs, args.out, spec)
+    print(summary.pop("table"))
+    _print_json({k: summary[k] for k in ("runs", "config_diff", "html")})
+    return 0
+
+
+def _add_compare(sub: Any, handlers: dict[str, Handler]) -> None:
+    p = sub.add_parser("compare", help="compare evaluated runs: metrics, paired intervals, config diff, HTML")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (run.out, local or s3://), first = A")
+    p.add_argument("--out", default="runs/compare", metavar="URI", help="where compare.{json,html} go")
+    p.add_argument("--config", metavar="FILE", help="YAML config (storage settings, eval.bootstrap_*)")
+    p.set_defaults(overrides=[])
+    handlers["compare"] = _cmd_compare
 
 
 # ------------------------------------------------------------------------------------------------ tune
@@ -324,6 +349,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p.add_argument("--checkpoint", metavar="URI", help="exported weights (default: the run's latest stage)")
     _add_common(p)
     handlers["evaluate"] = _cmd_evaluate
+    _add_compare(sub, handlers)
 
     p = sub.add_parser("tune", help="Ray Tune sweep of inference or training parameters on the val split")
     p.add_argument("--kind", choices=["inference", "training"])

@@ -89,6 +89,7 @@ def run_quickstart(cfg: Config, progress: Callable[[int, int], None] | None = No
         "stage2": {k: stage2.get(k) for k in ("weights", "steps", "wall_s")},
         "evaluation": {k: evaluation.get(k) for k in ("splits", "report", "out", "wall_s")},
         "table": evaluation["table"],
+        "sentences": evaluation["sentences"],
         "wall_s": round(time.perf_counter() - t_all, 1),
         "run": cfg.run.out,
     }

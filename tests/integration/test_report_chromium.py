@@ -107,13 +107,13 @@ def test_dom_has_table_and_every_image_loads(chromium: str, report_html: Path, t
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", BROKEN_CONTROL + PROBE + "</body>"))
     dom = _run_chromium(chromium, tmp_path, "--dump-dom", probe.as_uri()).stdout
-    assert '<table class="metrics" id="metrics-table">' in dom
+    assert '<table class="metrics" id="metrics-results">' in dom
     assert dom.count('<div class="sample"') == 4
     assert "&lt;i&gt;query&lt;/i&gt; 0 &amp; a dog" in dom
     found = re.search(r'<pre id="img-check">([^<]*)</pre>', dom)
     assert found, "the load probe did not run"
     result = json.loads(found.group(1).replace("&quot;", '"'))
-    assert result["n"] == n_img + 1 == 2 + 4 * 2 * 5 + 1
+    assert result["n"] == n_img + 1 == 2 + 4 * (1 + 2 * 5) + 1  # plots, (correct + top 5 twice) per sample
     assert result["bad"] == ["broken-control"]  # the probe catches a broken image, and only that one
 
 
@@ -131,3 +131,95 @@ def test_screenshot_is_not_blank(chromium: str, report_html: Path, tmp_path: Pat
     assert coverage(PLOT_RGB) > 1e-4  # the plots are drawn
     rows_with_content = (rgb.std(axis=(1, 2)) > 5).mean()
     assert rows_with_content > 0.3  # content spreads down the page, not just a header
+
+
+# -- the full evaluation report: every split, intervals, outcome-chosen samples -----------------------------
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from vidret.config import EvalConfig
+    from vidret.eval.report import write_page
+    from vidret.eval.report_data import outcome_samples, thumbnail_ids
+    from vidret.features.scoring import EvalResult, direction_metrics
+    from vidret.features.types import FeatureSet, TextFeatures, VideoFeatures
+    from vidret.eval.uncertainty import query_layout, split_intervals
+
+    ecfg = EvalConfig(bootstrap_resamples=1000)
+    labels = {"stage1": "stage 1", "rerank": "stage 1 + diffusion re-rank"}
+    splits, thumbs = [], {}
+    for name, (videos, per, seed) in {"test": (40, 1, 0), "ood": (24, 2, 1)}.items():
+        rng = np.random.default_rng(seed)
+        t2v = torch.arange(videos).repeat_interleave(per)
+        fs = FeatureSet(
+            text=TextFeatures(*[torch.zeros(t2v.shape[0], 1, 2)] * 3, eot=torch.zeros(t2v.shape[0], 2)),
+            video=VideoFeatures(*[torch.zeros(videos, 1, 2)] * 3),
+            text_to_video_T=t2v,
+            video_ids=[f"{name}_{v:03d}" for v in range(videos)],
+            captions=[f"{name} caption {i}" for i in range(t2v.shape[0])],
+        )
+        s1 = torch.from_numpy(rng.normal(size=(t2v.shape[0], videos))) + torch.nn.functional.one_hot(
+            t2v, videos
+        )
+        s2 = s1 + torch.from_numpy(rng.normal(scale=0.7, size=s1.shape))
+        sims = {
+            "stage1": (s1.float(), s1.T.contiguous().float()),
+            "rerank": (s2.float(), s2.T.contiguous().float()),
+        }
+        metrics, ranks = {}, {}
+        for v, (a, b) in sims.items():
+            metrics[v], ranks[v] = direction_metrics(a, b, fs, ecfg)
+        res = EvalResult(metrics=metrics, ranks=ranks, sims=sims)
+        samples = outcome_samples(fs, res, query_layout(fs, "correct"), 2, "correct")
+        for i, vid in enumerate(thumbnail_ids(samples)):
+            frames = np.zeros((4, 48, 48, 3), np.uint8)
+            frames[..., 0], frames[..., 2] = (37 * i) % 256, 200
+            thumbs[vid] = frames
+        splits.append(
+            {"name": name, "metrics": {labels[k]: m for k, m in metrics.items()},
+             "intervals": split_intervals(res, fs, ecfg), "labels": labels,
+             "ranks": {f"{labels[k]} / {d}": r[d] for k, r in ranks.items() for d in ("t2v", "v2t")},
+             "samples": samples}
+        )  # fmt: skip
+    curves = {"discrimination": {"loss": [(s, 3.0 / s) for s in range(1, 20)],
+                                 "val_model_t2v_R1": [(10, 20.0), (19, 30.0)],
+                                 "val_ema_t2v_R1": [(10, 22.0), (19, 33.0)]}}  # fmt: skip
+    out = tmp_path_factory.mktemp("full-report")
+    uri = write_page(
+        str(out), Storage(StorageConfig()), splits=splits, thumbnails=thumbs, title="full report",
+        config_yaml="eval: {}\n", curves=curves, notes=["test: re-ranking changed t2v R@1 by +1.0"],
+    )  # fmt: skip
+    return Path(uri)
+
+
+def test_full_report_renders_every_split_intervals_and_outcome_samples(
+    chromium: str, full_report: Path, tmp_path: Path
+) -> None:
+    page = full_report.read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE + "</body>"))
+    dom = _run_chromium(chromium, tmp_path, "--dump-dom", probe.as_uri()).stdout
+    for split in ("test", "ood"):
+        assert f'<section class="split" id="split-{split}">' in dom
+        assert f'<table class="metrics" id="metrics-{split}">' in dom
+        assert f'id="paired-{split}"' in dom
+        assert re.search(rf'id="interval-bars-{split}-t2v"', dom)
+        section = dom[dom.index(f'id="split-{split}"') :]
+        assert re.search(r"<td class=\"iv\"[^>]*>\d+\.\d ±\d+\.\d</td>", section), "no interval cells"
+        assert "chance R@1" in section
+    for outcome in ("helped", "hurt", "both fail"):
+        assert f'data-outcome="{outcome}"' in dom
+    assert 'data-direction="v2t"' in dom
+    outside = [int(r) for r in re.findall(r"correct item at rank (\d+)", dom)]
+    assert any(r > 5 for r in outside), "a rank outside the top 5 is shown as a number"
+    before_after = re.findall(
+        r'class="rank-before">(\d+)</b> (?:&rarr;|\u2192) re-ranked <b class="rank-after">(\d+)<', dom
+    )
+    assert before_after
+    assert all(int(a) >= 1 and int(b) >= 1 for a, b in before_after)
+    assert 'id="curve-discrimination-val"' in dom
+    found = re.search(r'<pre id="img-check">([^<]*)</pre>', dom)
+    assert found, "the load probe did not run"
+    result = json.loads(found.group(1).replace("&quot;", '"'))
+    assert result["n"] > 10
+    assert result["bad"] == []  # every plot, curve and thumbnail decodes

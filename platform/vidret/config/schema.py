@@ -241,8 +241,36 @@ class EvalConfig:
     num_workers: int = 1
     report: bool = True
     report_queries: int = 8
+    # -- intervals, fusion selection and reproducibility (eval/intervals.py, eval/fusion_select.py) --
+    bootstrap_resamples: int = 1000  # percentile bootstrap; >= 1000 for reported intervals
+    bootstrap_seed: int = 0
+    bootstrap_level: float = 0.95
+    report_per_outcome: int = 2  # report samples per split, direction and outcome (helped, hurt, both fail)
+    threads: int = 1  # torch CPU threads of the evaluation driver (0 = torch's default, machine-dependent)
+    select_fusion: bool = False  # choose diffusion.{t2v,v2t}_{alpha,temp} on data.val_split before testing
+    fusion_alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+    fusion_temps: tuple[float, ...] = (1.0, 10.0, 100.0)
 
     def __post_init__(self) -> None:
+        check(
+            self.bootstrap_resamples >= 1,
+            "eval.bootstrap_resamples",
+            "an integer >= 1",
+            self.bootstrap_resamples,
+        )
+        check(0 < self.bootstrap_level < 1, "eval.bootstrap_level", "a number in (0, 1)", self.bootstrap_level)
+        check(
+            self.report_per_outcome >= 0,
+            "eval.report_per_outcome",
+            "an integer >= 0",
+            self.report_per_outcome,
+        )
+        check(self.threads >= 0, "eval.threads", "an integer >= 0", self.threads)
+        check(
+            len(self.fusion_alphas) > 0 and len(self.fusion_temps) > 0,
+            "eval.fusion_alphas/fusion_temps",
+            "non-empty lists",
+        )
         check(self.batch_size >= 1, "eval.batch_size", "an integer >= 1", self.batch_size)
         check(self.block_size >= 1, "eval.block_size", "an integer >= 1", self.block_size)
         check(self.num_workers >= 1, "eval.num_workers", "an integer >= 1", self.num_workers)

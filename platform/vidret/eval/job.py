@@ -1,25 +1,27 @@
-"""The evaluation job: feature cache -> blocked WTI -> distributed diffusion re-ranking -> metrics + report.
+"""The evaluation job: feature cache -> blocked WTI -> distributed diffusion re-ranking -> metrics, intervals,
+report.
 
 The re-ranking is spread over Ray tasks by ``vidret.eval.retrieval.rerank_distributed`` (bit-identical
-across worker counts); everything else is ``vidret.features.scoring.evaluate_features``.
+across worker counts); everything else is ``vidret.features.scoring.evaluate_features``. The fusion weight
+and temperature are chosen on the validation split when ``eval.select_fusion`` (never on test), every split
+gets bootstrap intervals and a paired re-ranking test (``eval/uncertainty.py``), and the report covers
+every split (``eval/run_report.py``).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import Counter
 from typing import Any
 
-import numpy as np
-
 from vidret.config import Config, dump_yaml, with_absolute_paths
-from vidret.runtime import ensure_ray
-from vidret.eval.metrics import metrics_table
-from vidret.eval.report import write_report
-from vidret.eval.retrieval import rerank_distributed, top_k
-from vidret.eval.thumbnails import thumbnails_for
+from vidret.eval.fusion_select import cache_splits, choose_on_validation
+from vidret.eval.results import sentences, split_table, write_results
+from vidret.eval.retrieval import rerank_distributed
+from vidret.eval.run_report import write_run_report
+from vidret.eval.threads import pinned_threads
+from vidret.eval.uncertainty import split_intervals
 from vidret.features.build import build_feature_cache
 from vidret.features.scoring import EvalResult, evaluate_features
 from vidret.features.store import load_split, read_index
@@ -27,6 +29,8 @@ from vidret.features.types import FeatureSet
 from vidret.layout import check_placeholders
 from vidret.model.build import model_from_state
 from vidret.model.checkpoint import load_state
+from vidret.model.retrieval import RetrievalModel
+from vidret.runtime import ensure_ray
 from vidret.storage import Storage, join
 
 LABELS = {
@@ -37,14 +41,20 @@ LABELS = {
 
 
 def run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
-    """Evaluate the exported weights at ``checkpoint_uri`` on ``eval.splits``; write metrics.json + report."""
+    """Evaluate the exported weights at ``checkpoint_uri`` on ``eval.splits``; write metrics.json, ranks.json,
+    timings.json, config.yaml and the report under ``<run.out>/eval/<stage>``; return the summary."""
+    with pinned_threads(cfg.eval.threads):  # fixed driver threads: identical sums on every machine
+        return _run_evaluation(cfg, checkpoint_uri)
+
+
+def _run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
     cfg = with_absolute_paths(cfg)
     check_placeholders(cfg)
     storage = Storage(cfg.storage)
     ensure_ray(cfg.run)
     t0 = time.perf_counter()
     exported = load_state(checkpoint_uri, storage)
-    cache = build_feature_cache(cfg, storage, checkpoint_uri, exported["key"], splits=list(cfg.eval.splits))
+    cache = build_feature_cache(cfg, storage, checkpoint_uri, exported["key"], splits=cache_splits(cfg))
     model = model_from_state(cfg, storage, exported["selected"])
     rerank = cfg.eval.rerank and exported.get("stage") == "generation"
     if cfg.eval.rerank and not rerank:
@@ -53,11 +63,45 @@ def run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
             "(its denoisers are untrained)",
             file=sys.stderr,
         )
+    # the fusion weight/temperature are chosen on validation, never on test (eval/fusion_select.py)
+    cfg, fusion = choose_on_validation(cfg, model, lambda s: load_split(storage, cache[s]), enabled=rerank)
+    inputs = _evaluate_splits(cfg, storage, model, exported["selected"], cache, rerank)
     out_dir = join(cfg.run.out, "eval", exported.get("stage", "model"))
-    results: dict[str, Any] = {}
-    tables = []
-    report_inputs = {}
-    bad_videos = {split: _bad_videos(storage, cache[split]) for split in cfg.eval.splits}
+    intervals = {split: split_intervals(res, fs, cfg.eval) for split, (fs, res) in inputs.items()}
+    summary: dict[str, Any] = {
+        "checkpoint": checkpoint_uri,
+        "stage": exported.get("stage"),
+        "splits": {split: res.metrics for split, (_, res) in inputs.items()},
+        "bad_videos": {split: _bad_videos(storage, cache[split]) for split in cfg.eval.splits},
+        "intervals": intervals,
+        "fusion": fusion,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "out": out_dir,
+    }
+    notes = sentences(intervals)
+    if cfg.eval.report:
+        summary["report"] = write_run_report(
+            cfg, storage, out_dir, inputs, intervals, LABELS, fusion=fusion, notes=notes
+        )
+    write_results(storage, out_dir, summary, cfg.run.out, inputs, cfg.eval.multi_caption_grouping)
+    storage.write_text(join(out_dir, "config.yaml"), dump_yaml(cfg))
+    summary["table"] = "\n".join(
+        split_table(split, res.metrics, intervals[split], LABELS) for split, (_, res) in inputs.items()
+    )
+    summary["sentences"] = notes  # one line per split, printed last
+    return summary
+
+
+def _evaluate_splits(
+    cfg: Config,
+    storage: Storage,
+    model: RetrievalModel,
+    state: dict[str, Any],
+    cache: dict[str, str],
+    rerank: bool,
+) -> dict[str, tuple[FeatureSet, EvalResult]]:
+    """``{split: (features, result)}`` of every split in ``eval.splits``."""
+    out = {}
     for split in cfg.eval.splits:
         fs = load_split(storage, cache[split])
         res = evaluate_features(
@@ -65,27 +109,10 @@ def run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
             fs,
             cfg.eval,
             rerank=rerank,
-            rerank_fn=lambda sim, fs=fs: rerank_distributed(
-                model, exported["selected"], cfg, sim, fs, cfg.eval.num_workers
-            ),
+            rerank_fn=lambda sim, fs=fs: rerank_distributed(model, state, cfg, sim, fs, cfg.eval.num_workers),
         )
-        results[split] = res.metrics
-        tables.append(f"{split}:\n" + metrics_table({LABELS[k]: v for k, v in res.metrics.items()}))
-        report_inputs[split] = (fs, res)
-    summary = {
-        "checkpoint": checkpoint_uri,
-        "stage": exported.get("stage"),
-        "splits": results,
-        "bad_videos": bad_videos,
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "out": out_dir,
-    }
-    if cfg.eval.report:  # the report writes its own metrics.json first; the full summary replaces it below
-        summary["report"] = _write_report(cfg, storage, out_dir, report_inputs)
-    storage.write_text(join(out_dir, "metrics.json"), json.dumps(summary, indent=1, sort_keys=True))
-    storage.write_text(join(out_dir, "config.yaml"), dump_yaml(cfg))
-    summary["table"] = "\n".join(tables)
-    return summary
+        out[split] = (fs, res)
+    return out
 
 
 def _bad_videos(storage: Storage, split_uri: str) -> dict[str, Any]:
@@ -106,39 +133,3 @@ def _bad_videos(storage: Storage, split_uri: str) -> dict[str, Any]:
         "by_reason": dict(Counter(bad.values())),
         "videos": bad,
     }
-
-
-def _write_report(
-    cfg: Config, storage: Storage, out_dir: str, inputs: dict[str, tuple[FeatureSet, EvalResult]]
-) -> str:
-    """HTML report of the first split: table, plots and sample queries with thumbnails."""
-    split, (fs, res) = next(iter(inputs.items()))
-    after = "rerank" if "rerank" in res.sims else "stage1"
-    rng = np.random.default_rng(cfg.run.seed)
-    t = fs.text_to_video_T.shape[0]
-    queries = sorted(rng.choice(t, size=min(cfg.eval.report_queries, t), replace=False).tolist())
-    before_top = top_k(res.sims["stage1"][0][queries], 5)
-    after_top = top_k(res.sims[after][0][queries], 5)
-    samples = []
-    for qi, q in enumerate(queries):
-        samples.append(
-            {
-                "caption": fs.captions[q] if fs.captions else f"caption {q}",
-                "gt_video_id": fs.video_ids[int(fs.text_to_video_T[q])],
-                "before": [fs.video_ids[j] for j in before_top[qi]],
-                "after": [fs.video_ids[j] for j in after_top[qi]],
-            }
-        )
-    needed = sorted({v for s in samples for v in (s["gt_video_id"], *s["before"], *s["after"])})
-    thumbs = thumbnails_for(cfg, storage, split, needed)
-    ranks = {f"{LABELS[v]} {d}": r for v, dirs in res.ranks.items() for d, r in dirs.items()}
-    return write_report(
-        out_dir,
-        storage,
-        metrics={LABELS[k]: v for k, v in res.metrics.items()},
-        ranks=ranks,
-        samples=samples,
-        thumbnails=thumbs,
-        title=f"vidret evaluation: {split}",
-        config_yaml=dump_yaml(cfg),
-    )

@@ -303,18 +303,34 @@ _TABLE_COLS: tuple[tuple[str, str, str], ...] = (
 DIRECTIONS: tuple[str, ...] = ("t2v", "v2t")
 
 
-def _cell(metrics: Mapping[str, Any] | None, key: str, fmt: str, where: str) -> str:
+def _cell(
+    metrics: Mapping[str, Any] | None,
+    key: str,
+    fmt: str,
+    where: str,
+    interval: Mapping[str, Any] | None = None,
+) -> str:
     if metrics is None or key not in metrics or metrics[key] is None:
         return "-"
     value = metrics[key]
     try:
-        return fmt.format(float(value))
+        text = fmt.format(float(value))
     except (TypeError, ValueError) as err:
         raise TypeError(f"results[{where}][{key!r}]: expected a number, got {value!r}") from err
+    if interval is not None and key in interval:
+        text += " ±" + fmt.format((float(interval[key]["hi"]) - float(interval[key]["lo"])) / 2.0)
+    return text
 
 
-def table_rows(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[list[str]]:
-    """The formatted cells of :func:`metrics_table`: one list per result row, label first."""
+def table_rows(
+    results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    intervals: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> list[list[str]]:
+    """The formatted cells of :func:`metrics_table`: one list per result row, label first.
+
+    intervals: optional {row label: {direction: {metric: {"lo", "hi"}}}}; a cell with one reads ``40.0 ±4.8``
+    (half the interval's width).
+    """
     if not isinstance(results, Mapping):
         raise TypeError(
             f"results: expected a mapping of row label -> {{direction: metrics}}, got {type(results)}"
@@ -335,18 +351,23 @@ def table_rows(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[l
             m = by_dir.get(d)
             if m is not None and not isinstance(m, Mapping):
                 raise TypeError(f"results[{label!r}][{d!r}]: expected a metrics mapping, got {m!r}")
-            cells += [_cell(m, key, fmt, f"{label!r}][{d!r}") for key, _, fmt in _TABLE_COLS]
+            iv = (intervals or {}).get(label, {}).get(d)
+            cells += [_cell(m, key, fmt, f"{label!r}][{d!r}", iv) for key, _, fmt in _TABLE_COLS]
         rows.append(cells)
     return rows
 
 
-def metrics_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+def metrics_table(
+    results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    intervals: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> str:
     """Plain-text table: one row per entry of ``results`` (e.g. "stage 1", "stage 1 + diffusion re-rank",
     "dual softmax (test-time trick)"), columns ``t2v R@1 R@5 R@10 MdR MnR | v2t R@1 R@5 R@10 MdR MnR``.
 
     results: {row label: {"t2v": metrics dict, "v2t": metrics dict}}; a missing direction or key prints "-".
+    intervals: as :func:`table_rows`; cells with an interval print ``value ±half-width``.
     """
-    rows = table_rows(results)
+    rows = table_rows(results, intervals)
     names = [name for _, name, _ in _TABLE_COLS]
     ncol = len(names)
     label_w = max([len("run")] + [len(r[0]) for r in rows])

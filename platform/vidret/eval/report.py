@@ -1,8 +1,12 @@
-"""The evaluation report: ``metrics.json`` and a self-contained ``report.html`` (no external resources).
+"""The evaluation report: one self-contained ``report.html`` (no external resources, opens from ``file://``
+and from object storage).
 
-The HTML holds the metrics table (one row per result, both directions), a rank histogram and a recall-at-K
-curve (inline SVG), the top-5 videos for a sample of queries before and after re-ranking as frame strips
-(base64 JPEG), the correct video marked, and the resolved config.
+One section per evaluated split, each with n, the gallery size and chance level, the metrics with bootstrap
+intervals (``40.0 ±4.8``), the paired re-ranked minus stage-1 differences (interval and p-value), recall
+bars with interval whiskers, a rank histogram and a recall-at-K curve (inline SVG, series told apart by
+colour and dash), and sample queries chosen by outcome (re-ranking helped / hurt / both fail) in both
+directions, each with the correct item's rank before and after and its thumbnail (base64 JPEG strips).
+Then the training curves from the run's logged scalars, the fusion selection and the resolved config.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vidret.eval.metrics import DIRECTIONS, table_rows
-from vidret.eval.plots import rank_histogram_svg, recall_curve_svg, svg_data_uri
+from vidret.eval import report_parts as parts
+from vidret.eval.plots import interval_bars_svg, rank_histogram_svg, recall_curve_svg, svg_data_uri
 from vidret.storage import Storage, join
 
 STRIP_FRAMES = 3  # frames per video strip
@@ -44,7 +48,13 @@ figure.hit figcaption { color: #0d6b25; font-weight: bold; }
 .nothumb { display: inline-block; width: 120px; height: 56px; background: #eee; color: #888;
   text-align: center; line-height: 56px; }
 pre { background: #fff; border: 1px solid #ddd; padding: 8px; overflow-x: auto; }
+nav a { margin-right: 14px; } section.split { border-top: 3px solid #1f77b4; margin-top: 30px; }
+td.iv { white-space: nowrap; } tr.chosen td { font-weight: bold; background: #eef6ee; }
+.ranks { font-size: 13px; margin: 4px 0; } .cap { display: inline-block; max-width: 220px; font-size: 12px; }
+.outside { align-self: center; font-weight: bold; color: #a33; }
 """
+
+CSS = _CSS  # shared with the compare page
 
 
 def _jsonable(x: Any) -> Any:
@@ -93,20 +103,6 @@ def frame_strip(
     return buf.getvalue()
 
 
-def _metrics_html(metrics: Mapping[str, Any]) -> str:
-    rows = table_rows(metrics)
-    head1 = '<tr><th class="label" rowspan="2">run</th>' + "".join(
-        f'<th colspan="{len(_COLS)}">{"text &rarr; video" if d == "t2v" else "video &rarr; text"} ({d})</th>'
-        for d in DIRECTIONS
-    )
-    head2 = "<tr>" + "".join(f"<th>{c}</th>" for c in _COLS * len(DIRECTIONS)) + "</tr>"
-    body = "".join(
-        f'<tr><td class="label">{html.escape(r[0])}</td>' + "".join(f"<td>{c}</td>" for c in r[1:]) + "</tr>"
-        for r in rows
-    )
-    return f'<table class="metrics" id="metrics-table"><thead>{head1}</tr>{head2}</thead><tbody>{body}</tbody></table>'
-
-
 def _check_sample(i: int, s: Any) -> None:
     if not isinstance(s, Mapping):
         raise TypeError(f"samples[{i}]: expected a dict with caption, gt_video_id, before, after; got {s!r}")
@@ -121,83 +117,142 @@ def _check_sample(i: int, s: Any) -> None:
             raise TypeError(f"samples[{i}][{key!r}]: expected a list of video id strings, got {ids!r}")
 
 
-def _sample_html(i: int, s: Mapping[str, Any], thumbs: Mapping[str, str]) -> str:
-    gt = s["gt_video_id"]
-    rows = []
-    for key, stage in (("before", "stage 1 (before re-ranking)"), ("after", "after diffusion re-ranking")):
-        figs = []
-        for pos, vid in enumerate(s[key][:5]):
-            hit = vid == gt
-            uri = thumbs.get(vid)
-            pic = (
-                f'<img src="{uri}" alt="{html.escape(vid)}">'
-                if uri
-                else '<span class="nothumb">no thumbnail</span>'
-            )
-            mark = " &#10003; correct" if hit else ""
-            figs.append(
-                f'<figure class="{"hit" if hit else "miss"}" data-video-id="{html.escape(vid)}">{pic}'
-                f"<figcaption>#{pos + 1} {html.escape(vid)}{mark}</figcaption></figure>"
-            )
-        rank = s.get(f"rank_{key}")
-        if gt not in s[key][:5]:
-            note = (
-                f"correct video at rank {int(rank)}" if rank is not None else "correct video not in the top 5"
-            )
-            figs.append(f'<span class="meta">{note}</span>')
-        rows.append(f'<div class="row {key}"><div class="stage">{stage}</div>{"".join(figs)}</div>')
-    return (
-        f'<div class="sample" id="sample-{i}"><div class="caption">{html.escape(s["caption"])}</div>'
-        f'<div class="meta">correct video: {html.escape(gt)}</div>{"".join(rows)}</div>'
+def _video(vid: str) -> dict[str, Any]:
+    return {"id": vid, "label": vid, "video_id": vid}
+
+
+def t2v_sample(s: Mapping[str, Any]) -> dict[str, Any]:
+    """A text-to-video sample in the report's item form from {"caption", "gt_video_id", "before", "after",
+    optional "rank_before"/"rank_after" (1-based)}."""
+    return {
+        "direction": "t2v",
+        "outcome": s.get("outcome", "sample"),
+        "query": {"id": "query", "label": s["caption"], "video_id": None},
+        "gt": _video(s["gt_video_id"]),
+        "before": [_video(v) for v in s["before"]],
+        "after": [_video(v) for v in s["after"]],
+        "rank_before": s.get("rank_before"),
+        "rank_after": s.get("rank_after"),
+    }
+
+
+def _thumb_uris(splits: Sequence[Mapping[str, Any]], thumbnails: Mapping[str, Any]) -> dict[str, str]:
+    for vid, frames in thumbnails.items():
+        _check_frames(frames, vid)
+    needed = set()
+    for sp in splits:
+        for s in sp.get("samples", []):
+            for it in (s["query"], s["gt"], *s["before"][:5], *s["after"][:5]):
+                if it.get("video_id"):
+                    needed.add(it["video_id"])
+    return {
+        vid: "data:image/jpeg;base64," + base64.b64encode(frame_strip(thumbnails[vid], vid)).decode("ascii")
+        for vid in sorted(needed)
+        if vid in thumbnails
+    }
+
+
+def _split_section(sp: Mapping[str, Any], thumbs: Mapping[str, str], start: int) -> str:
+    name = str(sp["name"])
+    block = sp.get("intervals")
+    labels = sp.get("labels", {})
+    ivs = {labels.get(v, v): by_dir for v, by_dir in block["variants"].items()} if block else None
+    out = [f'<section class="split" id="split-{html.escape(name)}"><h2>Split: {html.escape(name)}</h2>']
+    if block:
+        out.append(parts.split_facts_html(block))
+    out.append(parts.metrics_html(sp["metrics"], ivs, f"metrics-{name}"))
+    out.append(
+        '<p class="meta">R@K in percent; MdR / MnR are the median / mean rank (1 = first). '
+        + (
+            f"&plusmn; is half the {round(100 * block['level'])}% {block['method']} bootstrap interval "
+            f"({block['resamples']} resamples); hover a cell for the interval. "
+            if block
+            else ""
+        )
+        + "Rows labelled as test-time tricks use the whole test query set.</p>"
     )
+    if block:
+        out.append(f"<h3>Re-ranked minus stage 1</h3>{parts.paired_html(block, labels, name)}")
+    imgs = []
+    if block:
+        for d in ("t2v", "v2t"):
+            series = {f"{labels.get(v, v)} / {d}": by_dir[d] for v, by_dir in block["variants"].items()}
+            svg = interval_bars_svg(
+                series, title=f"{name}: {d} recall with {round(100 * block['level'])}% intervals"
+            )
+            imgs.append(
+                f'<img id="interval-bars-{html.escape(name)}-{d}" alt="{d} intervals" '
+                f'src="{svg_data_uri(svg)}">'
+            )
+    if sp.get("ranks"):
+        hist, curve = rank_histogram_svg(sp["ranks"]), recall_curve_svg(sp["ranks"])
+        imgs.append(
+            f'<img id="rank-histogram-{html.escape(name)}" alt="rank histogram" src="{svg_data_uri(hist)}">'
+        )
+        imgs.append(
+            f'<img id="recall-curve-{html.escape(name)}" alt="recall at K" src="{svg_data_uri(curve)}">'
+        )
+    if imgs:
+        out.append(f'<h3>Ranks</h3><div class="plots">{"".join(imgs)}</div>')
+    if sp.get("samples"):
+        out.append(parts.samples_html(name, sp["samples"], thumbs, start))
+    out.append("</section>")
+    return "\n".join(out)
 
 
-def render_html(
+def render_page(
     *,
-    metrics: Mapping[str, Any],
-    ranks: Mapping[str, np.ndarray],
-    samples: Sequence[Mapping[str, Any]],
+    splits: Sequence[Mapping[str, Any]],
     thumbnails: Mapping[str, Any],
     title: str,
     config_yaml: str,
+    curves: Mapping[str, Any] | None = None,
+    fusion: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
 ) -> str:
-    """The report page as one string (see :func:`write_report` for the arguments)."""
-    for i, s in enumerate(samples):
-        _check_sample(i, s)
-    for vid, frames in thumbnails.items():
-        _check_frames(frames, vid)
-    needed = sorted({v for s in samples for key in ("before", "after") for v in s[key][:5]})
-    thumbs = {
-        vid: "data:image/jpeg;base64," + base64.b64encode(frame_strip(thumbnails[vid], vid)).decode("ascii")
-        for vid in needed
-        if vid in thumbnails
-    }
-    parts = [
+    """The report page as one string.
+
+    splits: [{"name", "metrics": {row label: {direction: metrics}}, "intervals": the split's intervals block
+    or None, "labels": {variant: row label}, "ranks": {series: (H,) 0-based ranks}, "samples": [sample]}];
+    a sample is {"direction", "outcome", "query", "gt", "before", "after", "rank_before", "rank_after"} with
+    items {"id", "label", "video_id" (None: no thumbnail)} (see ``vidret.eval.report_data``).
+    thumbnails: {video_id: uint8 (H, W, 3) or (F, H, W, 3)}. notes: sentences shown under the title.
+    """
+    thumbs = _thumb_uris(splits, thumbnails)
+    nav = " ".join(
+        f'<a href="#split-{html.escape(str(sp["name"]))}">{html.escape(str(sp["name"]))}</a>' for sp in splits
+    )
+    out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        "<h2>Metrics</h2>",
-        _metrics_html(metrics),
-        '<p class="meta">R@K in percent; MdR / MnR are the median / mean rank (1 = first). Rows labelled '
-        "as test-time tricks use the whole test query set and are not comparable to plain retrieval.</p>",
+        f"<nav>splits: {nav} <a href='#training'>training</a> <a href='#config'>config</a></nav>",
+        *(f'<p class="note">{html.escape(n)}</p>' for n in notes),
     ]
-    if ranks:
-        parts += [
-            '<h2>Ranks</h2><div class="plots">',
-            f'<img id="rank-histogram" alt="rank histogram" src="{svg_data_uri(rank_histogram_svg(ranks))}">',
-            f'<img id="recall-curve" alt="recall at K" src="{svg_data_uri(recall_curve_svg(ranks))}">',
-            "</div>",
-        ]
-    if samples:
-        parts.append(f"<h2>Sample queries ({len(samples)})</h2>")
-        parts += [_sample_html(i, s, thumbs) for i, s in enumerate(samples)]
-    parts += [
-        "<h2>Config</h2>",
+    start = 0
+    for sp in splits:
+        out.append(_split_section(sp, thumbs, start))
+        start += len(sp.get("samples", []))
+    out += [
+        '<h2 id="training">Training curves</h2>',
+        parts.curves_html(curves or {}),
+        "<h2>Fusion weight and temperature</h2>",
+        parts.fusion_html(fusion),
+        '<h2 id="config">Config</h2>',
         f"<details><summary>resolved config</summary><pre>{html.escape(config_yaml)}</pre></details>",
         "</body></html>",
     ]
-    return "\n".join(parts) + "\n"
+    return "\n".join(out) + "\n"
+
+
+def write_page(out_dir_uri: str, storage: Storage, **page: Any) -> str:
+    """Render (see :func:`render_page`) and write ``<out_dir_uri>/report.html`` atomically; returns its
+    URI."""
+    text = render_page(**page)
+    report_uri = join(out_dir_uri, "report.html")
+    storage.write_text(report_uri, text)
+    return report_uri
 
 
 def write_report(
@@ -211,24 +266,19 @@ def write_report(
     title: str,
     config_yaml: str,
 ) -> str:
-    """Write ``<out_dir_uri>/metrics.json`` and ``<out_dir_uri>/report.html``; returns the report's URI.
+    """A one-split report without intervals: ``<out_dir_uri>/metrics.json`` then ``report.html``.
 
-    metrics: {row label: {"t2v": {"R1", "R5", "R10", "MdR", "MnR", ...}, "v2t": {...}}}, e.g. rows "stage 1",
-      "stage 1 + diffusion re-rank", "dual softmax (test-time trick)"; written to metrics.json as given.
-    ranks: {series name: (H,) 0-based ranks}, e.g. "stage 1 / t2v"; empty skips the plots.
+    metrics: {row label: {"t2v": {...}, "v2t": {...}}}, written to metrics.json as given.
+    ranks: {series name: (H,) 0-based ranks}; empty skips the plots.
     samples: [{"caption", "gt_video_id", "before": [5 video ids], "after": [5 video ids]}], optionally
       "rank_before" / "rank_after" (1-based rank of the correct video, shown when it is outside the top 5).
-    thumbnails: {video_id: uint8 (H, W, 3) or (F, H, W, 3)}; a video without one shows a "no thumbnail" box.
-    Both files are written atomically through ``storage``; metrics.json first.
+    thumbnails: {video_id: uint8 (H, W, 3) or (F, H, W, 3)}. Both files are written atomically, metrics first.
     """
-    page = render_html(
-        metrics=metrics,
-        ranks=ranks,
-        samples=samples,
-        thumbnails=thumbnails,
-        title=title,
-        config_yaml=config_yaml,
-    )
+    for i, s in enumerate(samples):
+        _check_sample(i, s)
+    split = {"name": "results", "metrics": metrics, "intervals": None, "ranks": ranks,
+             "samples": [t2v_sample(s) for s in samples]}  # fmt: skip
+    page = render_page(splits=[split], thumbnails=thumbnails, title=title, config_yaml=config_yaml)
     storage.write_text(join(out_dir_uri, "metrics.json"), json.dumps(_jsonable(metrics), indent=2) + "\n")
     report_uri = join(out_dir_uri, "report.html")
     storage.write_text(report_uri, page)

@@ -78,7 +78,7 @@ def test_layout_csv_and_json(corpus: tuple[Path, dict]) -> None:
         assert all(r["sentence"] == caps[r["video_id"]][0] for r in rows)  # commas survive csv quoting
         seen |= {r["video_id"] for r in rows}
     assert seen == set(ids)
-    assert summary["splits"] == split_sizes(SMALL["videos"]) == {"train": 20, "val": 1, "test": 2, "ood": 1}
+    assert summary["splits"] == split_sizes(SMALL["videos"]) == {"train": 14, "val": 1, "test": 6, "ood": 3}
     assert summary["captions"]["total"] == len(data["sentences"])
 
 

@@ -86,9 +86,9 @@ def test_html_is_self_contained_with_expected_images(report: tuple[str, dict[str
     _, inputs, _ = report
     page = Path(report[0]).read_text()
     srcs = re.findall(r'<img [^>]*src="([^"]+)"', page)
-    shown = [v for s in inputs["samples"] for k in ("before", "after") for v in s[k][:5]]
+    shown = [v for s in inputs["samples"] for v in (s["gt_video_id"], *s["before"][:5], *s["after"][:5])]
     with_thumb = [v for v in shown if v in inputs["thumbnails"]]
-    assert len(srcs) == 2 + len(with_thumb)  # two plots + one strip per shown video with a thumbnail
+    assert len(srcs) == 2 + len(with_thumb)  # two plots + one strip per shown video (correct one too)
     assert all(s.startswith("data:image/") for s in srcs)
     assert page.count("no thumbnail") == len(shown) - len(with_thumb)
     assert not re.search(r'(src|href)="(https?:|//|file:)', page)
@@ -104,13 +104,18 @@ def test_correct_video_is_marked_before_and_after(report: tuple[str, dict[str, A
     page = Path(report[0]).read_text()
     hits = sum(s["gt_video_id"] in s[k][:5] for s in inputs["samples"] for k in ("before", "after"))
     assert hits > 0
+    hits += len(inputs["samples"])  # each sample also shows the correct video on its own
     assert page.count('<figure class="hit"') == hits
     assert page.count("&#10003; correct") == hits
     blocks = page.split('<div class="sample"')[1:]
     assert len(blocks) == len(inputs["samples"])
     for block, sample in zip(blocks, inputs["samples"], strict=True):
         figs = re.findall(r'<figure class="(hit|miss)" data-video-id="([^"]+)"', block)
-        assert [vid for _, vid in figs] == sample["before"][:5] + sample["after"][:5]
+        assert [vid for _, vid in figs] == [
+            sample["gt_video_id"],
+            *sample["before"][:5],
+            *sample["after"][:5],
+        ]
         assert all((cls == "hit") == (vid == sample["gt_video_id"]) for cls, vid in figs)
 
 
@@ -120,7 +125,7 @@ def test_metrics_table_in_html(report: tuple[str, dict[str, Any], Path]) -> None
     table = page[page.index('<table class="metrics"') : page.index("</table>")]
     assert table.count("<tr>") + table.count("<tr ") == 2 + len(inputs["metrics"])
     r1 = inputs["metrics"]["stage 1 + diffusion re-rank"]["t2v"]["R1"]
-    assert f"<td>{r1:.1f}</td>" in table
+    assert f'<td class="v">{r1:.1f}</td>' in table
     assert "stage 1 + diffusion re-rank" in table
 
 

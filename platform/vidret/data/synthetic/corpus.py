@@ -10,7 +10,7 @@ Layout written under ``out`` (read back through the MSR-VTT reader, ``dataset="s
                                (csv-quoted: two-event captions contain a comma)
     summary.json               counts and settings (also returned by ``generate_corpus``)
 
-Splits: ``ood`` and ``val`` are 5% of ``videos`` each, ``test`` 10% (each at least one video), ``train`` the
+Splits: ``val`` is 5% of ``videos``, ``test`` 25%, ``ood`` 12.5% (each at least one video), ``train`` the
 rest; which index goes where is a seeded permutation of ``range(videos)``. Three colour-shape pairs
 (``HELD_OUT``) appear in no train/val/test clip and in every ood clip.
 
@@ -64,7 +64,7 @@ from vidret.storage import Storage, join
 GENERATOR_VERSION = "1"
 SPLITS: tuple[str, ...] = ("train", "val", "test", "ood")
 EVAL_SPLITS: tuple[str, ...] = ("val", "test", "ood")
-SPLIT_FRACTIONS: dict[str, float] = {"val": 0.05, "test": 0.10, "ood": 0.05}  # train gets the rest
+SPLIT_FRACTIONS: dict[str, float] = {"val": 0.05, "test": 0.25, "ood": 0.125}  # train gets the rest
 MIN_FRAMES = 4
 _REDRAWS = 50  # attempts at a caption not yet used in the split
 _CHUNK = 16  # most clips per worker task
