@@ -8,18 +8,23 @@ PKG = Path(__file__).resolve().parents[2] / "platform" / "vidret"
 # Layer of each top-level area; a module may import only from its own layer or lower ones.
 LAYER = {
     "config": 0,
+    "console": 0,
+    "progress": 0,
     "storage": 1,
+    "preflight": 2,
+    "summary": 2,
     "data": 2,
     "model": 2,
     "diffusion": 2,
     "data.pipeline": 3,
     "train": 3,
     "eval": 3,
+    "tracking": 3,
     "cli": 4,
     "quickstart": 4,
     "__main__": 5,
 }
-RAY_ALLOWED = ("cli", "data.pipeline", "train", "eval")
+RAY_ALLOWED = ("cli", "data.pipeline", "train", "eval", "tracking")
 
 
 def _area(dotted: str) -> str:
