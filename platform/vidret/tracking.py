@@ -102,7 +102,7 @@ class Tracker:
             self.mlflow.log_artifact(str(path))
 
     def sync(self) -> list[str]:
-        """Flush, and for an ``s3://`` run upload the event files (whole: they are small); returns their URIs."""
+        """Flush; for an ``s3://`` run upload the event files (whole: they are small). Returns their URIs."""
         self.writer.flush()
         self._last_sync = time.monotonic()
         if not self.remote:
@@ -160,8 +160,8 @@ def _start_mlflow(uri: str, experiment: str, run_name: str, params: Mapping[str,
 
 
 def mlflow_tune_callbacks(mlflow_uri: str | None, experiment: str = "vidret") -> list[Any]:
-    """``ray.tune.RunConfig(callbacks=...)`` entries: Ray's ``MLflowLoggerCallback`` (one MLflow run per trial,
-    its config as params and every reported metric) when ``mlflow_uri`` is set, else none."""
+    """``ray.tune.RunConfig(callbacks=...)`` entries: Ray's ``MLflowLoggerCallback`` (one MLflow run per
+    trial, its config as params and every reported metric) when ``mlflow_uri`` is set, else none."""
     if not mlflow_uri:
         return []
     from ray.air.integrations.mlflow import MLflowLoggerCallback
