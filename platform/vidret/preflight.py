@@ -110,7 +110,7 @@ def credential_problems(
     cfg: Config, uris: Mapping[str, str | None], env: Mapping[str, str] | None = None
 ) -> list[str]:
     """One line when s3:// URIs are used and no credential source exists (env, config, files, role)."""
-    remote = [f"{key}={uri}" for key, uri in uris.items() if uri and is_remote(uri)]
+    remote = [f"{key}={uri}" for key, uri in uris.items() if uri and uri.startswith("s3://")]
     if not remote or has_s3_credentials(cfg, env):
         return []
     endpoint = f" at {cfg.storage.endpoint_url}" if cfg.storage.endpoint_url else ""
@@ -244,11 +244,13 @@ def preflight(
     if command not in COMMANDS:
         raise ValueError(f"preflight: unknown command {command!r} (one of {', '.join(COMMANDS)})")
     extra = {f"--{k}": v for k, v in inputs.items() if k in ("manifest", "anno", "videos", "checkpoint")}
-    problems = placeholder_problems(cfg) + credential_problems(cfg, _uris(cfg, command, extra), env)
+    problems = placeholder_problems(cfg) or credential_problems(cfg, _uris(cfg, command, extra), env)
     if not problems:
         storage = storage or Storage(cfg.storage)
         try:
             problems = _input_problems(command, cfg, storage, inputs)
+        except ValueError as err:  # a malformed URI (parse_uri names it)
+            problems = [" ".join(str(err).split())]
         except StorageError as err:  # unreachable endpoint, denied bucket: one line, before Ray
             problems = [f"{command}: cannot read the inputs: {' '.join(str(err).split())}"]
     if problems:
