@@ -10,21 +10,28 @@ With ``mlflow_uri`` (``tracking.mlflow_uri``: a local ``file:`` store or a serve
 parameters and artifacts (the report) go to MLflow through Ray's MLflow integration (``setup_mlflow``:
 rank 0 only inside Ray Train; :func:`mlflow_tune_callbacks` for Tune). MLflow is optional: ``pip install
 vidret[tracking]``.
+
+The end of a run (:func:`finish_run`): the full summary goes to ``<out>/summary.json``; the console gets the
+metrics table, the plain-sentence verdicts and the paths (report, metrics, summary, TensorBoard) instead of
+a 100-line JSON object that scrolls the table away.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from vidret.storage import Storage, is_remote, join
 
 TENSORBOARD_DIR = "tensorboard"
+SUMMARY_FILE = "summary.json"
 
 
 def tensorboard_uri(run_out: str, name: str | None = None) -> str:
@@ -167,3 +174,53 @@ def mlflow_tune_callbacks(mlflow_uri: str | None, experiment: str = "vidret") ->
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     return [MLflowLoggerCallback(tracking_uri=mlflow_uri, experiment_name=experiment, save_artifact=False)]
+
+
+# ------------------------------------------------------------------------------------- end of a run
+def write_summary(summary: Mapping[str, Any], out_uri: str, storage: Storage) -> str:
+    """Write ``summary`` as indented JSON to ``<out_uri>/summary.json``; returns its URI."""
+    uri = join(out_uri, SUMMARY_FILE)
+    storage.write_text(uri, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    return uri
+
+
+def format_ending(
+    table: str | None, verdicts: Sequence[str], paths: Mapping[str, str | None], wall_s: float | None = None
+) -> str:
+    """The table, one verdict per line, then ``name: path`` lines (unset paths left out), then the time."""
+    blocks = []
+    if table:
+        blocks.append(table.rstrip())
+    if verdicts:
+        blocks.append("\n".join(v.strip() for v in verdicts if v.strip()))
+    shown = {k: v for k, v in paths.items() if v}
+    if shown:
+        width = max(len(k) for k in shown)
+        blocks.append("\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in shown.items()))
+    if wall_s is not None:
+        blocks.append(f"done in {wall_s:.1f} s")
+    return "\n\n".join(blocks)
+
+
+def finish_run(
+    summary: Mapping[str, Any],
+    out_uri: str,
+    storage: Storage,
+    *,
+    table: str | None = None,
+    verdicts: Sequence[str] = (),
+    paths: Mapping[str, str | None] | None = None,
+    tensorboard: str | None = None,
+    stream: TextIO | None = None,
+) -> str:
+    """Write ``summary.json`` and print the short ending; returns the summary's URI.
+
+    ``paths`` are shown in order (e.g. ``{"report": ..., "metrics": ...}``); ``summary`` and, when given,
+    ``tensorboard`` (the command from :func:`vidret.tracking.tensorboard_hint`) are added after them.
+    """
+    uri = write_summary(summary, out_uri, storage)
+    shown = {**(paths or {}), "summary": uri, "tensorboard": tensorboard}
+    wall = summary.get("wall_s")
+    text = format_ending(table, verdicts, shown, float(wall) if isinstance(wall, (int, float)) else None)
+    print(text, file=sys.stdout if stream is None else stream, flush=True)
+    return uri

@@ -9,10 +9,8 @@ PKG = Path(__file__).resolve().parents[2] / "platform" / "vidret"
 LAYER = {
     "config": 0,
     "console": 0,
-    "progress": 0,
     "storage": 1,
     "preflight": 2,
-    "summary": 2,
     "data": 2,
     "model": 2,
     "diffusion": 2,

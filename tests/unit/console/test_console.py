@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from vidret import console
+from vidret.console import logs as console
 
 
 class _Tty(io.StringIO):
@@ -82,7 +82,7 @@ def test_quiet_environment_never_overrides_the_user() -> None:
 def test_worker_runtime_env_carries_the_quiet_settings_to_cluster_workers(monkeypatch) -> None:
     monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
     env = console.worker_runtime_env(base={"env_vars": {"RAY_DATA_LOG_LEVEL": "INFO"}, "pip": ["x"]})
-    assert env["worker_process_setup_hook"] == "vidret.console.quiet_worker"
+    assert env["worker_process_setup_hook"] == "vidret.console.logs.quiet_worker"
     assert env["env_vars"]["RAY_DATA_LOG_LEVEL"] == "INFO"  # the caller's value wins
     assert env["env_vars"]["RAY_DEDUP_LOGS_SKIP_REGEX"]
     assert env["pip"] == ["x"]

@@ -33,7 +33,8 @@ try:
     error = None
 except PreflightError as exc:
     error = str(exc)
-print(json.dumps({"error": error, "ray_imported": "ray" in sys.modules, "torch_imported": "torch" in sys.modules}))
+loaded = {name: name in sys.modules for name in ("ray", "torch")}
+print(json.dumps({"error": error, "ray_imported": loaded["ray"], "torch_imported": loaded["torch"]}))
 """
 
 
@@ -108,7 +109,7 @@ def test_missing_checkpoint(manifests: Path, tmp_path: Path) -> None:
 
 def test_s3_uri_without_credentials(tmp_path: Path) -> None:
     env = {"HOME": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true"}
-    env.update({k: "" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE")})
+    env.update(dict.fromkeys(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"), ""))
     r = _run("train", ["data.manifest=s3://my-data/manifest", "run.out=s3://my-data/runs/r1"], env=env)
     assert r["error"].startswith(
         "data.manifest=s3://my-data/manifest needs S3 credentials and none were found"

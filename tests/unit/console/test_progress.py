@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import re
 
-from vidret.progress import Progress, format_duration, progress_callback
+from vidret.console.progress import Progress, format_duration, progress_callback
 
 
 class _Clock:

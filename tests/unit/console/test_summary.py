@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from vidret.storage import Storage
-from vidret.summary import finish_run
+from vidret.tracking import finish_run
 
 
 def test_finish_run_prints_a_short_ending_and_writes_the_json(tmp_path: Path) -> None:

@@ -234,7 +234,8 @@ def ray_init_kwargs(verbose: bool = False) -> dict[str, Any]:
 def quiet_data_context(ctx: Any, verbose: bool = False) -> None:
     """Ray Data's ``DataContext``: no execution banners; progress bars only when verbose on a terminal.
 
-    vidret's own progress lines (:mod:`vidret.progress`) report the long steps instead of per-operator bars.
+    vidret's own progress lines (:mod:`vidret.console.progress`) report the long steps, not per-operator
+    bars.
     """
     quiet = not verbose_requested(verbose)
     ctx.print_on_execution_start = not quiet

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from vidret.console import use_color
+from vidret.console.logs import use_color
 
 
 def format_duration(seconds: float) -> str:
