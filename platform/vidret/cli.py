@@ -31,7 +31,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML config (defaults are used for missing keys)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=1e-4")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted config overrides, e.g. train.lr=1e-4 (last wins)",
+    )
 
 
 def _load(args: argparse.Namespace, flag_overrides: Sequence[str] = ()) -> Config:
@@ -228,71 +233,154 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
-    parser = _Parser(prog="vidret", description="DiffusionRet text-video retrieval on Ray.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    handlers: dict[str, Handler] = {}
+# name: (one-line help, description, example)
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "synth": (
+        "generate the captioned synthetic video corpus",
+        "Render short captioned clips (moving shapes) and write their train/val/test/ood manifests.",
+        "vidret synth --out runs/synthetic/corpus --videos 200",
+    ),
+    "manifest": (
+        "read a dataset's annotation files into a Parquet manifest",
+        "Read MSR-VTT, MSVD, ActivityNet, DiDeMo, LSMDC or custom annotations into <split>.parquet.",
+        "vidret manifest --dataset msrvtt --anno data/msrvtt --videos s3://b/videos --split test",
+    ),
+    "check": (
+        "decode every video of a manifest on Ray and report failures",
+        "Decode every video once (Ray Data) and end with a verdict; details go to a JSON file.",
+        "vidret check --manifest runs/synthetic/corpus/manifest/test.parquet",
+    ),
+    "prepare": (
+        "transcode a corpus to retrieval-ready H.264 files + new manifests",
+        "Re-encode videos (data.prepare_fps, data.prepare_short_side) and write manifests pointing at them.",
+        "vidret prepare --config configs/msrvtt.yaml --out s3://b/prepared --split test",
+    ),
+    "train": (
+        "train a stage (discrimination or generation) on Ray Train",
+        "Stage 1 (discrimination) trains the encoders; stage 2 (generation) trains the denoisers on "
+        "cached features.",
+        "vidret train --config configs/synthetic.yaml --stage discrimination train.epochs=2",
+    ),
+    "evaluate": (
+        "evaluate exported weights: metrics, re-ranking, HTML report",
+        "Retrieval metrics of eval.splits with and without diffusion re-ranking, and the HTML report.",
+        "vidret evaluate --config configs/synthetic.yaml eval.splits=[test,ood]",
+    ),
+    "tune": (
+        "Ray Tune sweep of inference or training parameters on the val split",
+        "Sweep re-ranking parameters (kind inference) or the stage-2 learning rate (kind training).",
+        "vidret tune --config configs/synthetic.yaml --kind inference tune.num_samples=8",
+    ),
+    "quickstart": (
+        "the whole pipeline on the embedded default (generated corpus)",
+        "Generate a corpus, train both stages, evaluate and write the report: the demo in one command.",
+        "vidret quickstart --out runs/demo",
+    ),
+}
+_FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "synth": [
+        ("--out", {"metavar": "URI", "help": "output folder or s3://bucket/prefix (synth.out)"}),
+        ("--videos", {"type": int, "metavar": "N", "help": "number of clips (synth.videos)"}),
+        ("--seed", {"type": int, "help": "random seed of the corpus (synth.seed)"}),
+        ("--size", {"type": int, "metavar": "PX", "help": "frame width and height, even (synth.size)"}),
+        ("--seconds", {"type": float, "help": "clip length in seconds (synth.seconds)"}),
+        ("--fps", {"type": int, "help": "frames per second of the clips (synth.fps)"}),
+        ("--workers", {"type": int, "help": "local encoding processes (synth.workers)"}),
+        ("--quiet", {"action": "store_true", "help": "no progress lines"}),
+    ],
+    "manifest": [
+        (
+            "--dataset",
+            {
+                "choices": ["msrvtt", "msvd", "activitynet", "didemo", "lsmdc", "custom", "synthetic"],
+                "help": "annotation format (data.dataset)",
+            },
+        ),
+        (
+            "--anno",
+            {"required": True, "metavar": "PATH_OR_URI", "help": "annotation folder (or file, custom)"},
+        ),
+        ("--videos", {"required": True, "metavar": "URI", "help": "folder or prefix holding the videos"}),
+        ("--split", {"required": True, "help": "split name, e.g. train, val, test"}),
+        ("--out", {"metavar": "URI", "help": "manifest file; default <data.manifest>/<split>.parquet"}),
+        ("--no-check-videos", {"action": "store_true", "help": "do not list the videos folder"}),
+    ],
+    "check": [
+        ("--manifest", {"required": True, "metavar": "URI", "help": "the manifest (.parquet) to decode"}),
+        ("--out", {"metavar": "URI", "help": "summary JSON (default <manifest>.check.json)"}),
+    ],
+    "prepare": [
+        ("--out", {"metavar": "URI", "help": "output folder or prefix (data.prepare_out)"}),
+        ("--split", {"action": "append", "help": "split to prepare (repeatable; default: all)"}),
+        ("--fps", {"type": float, "help": "frame rate of the prepared files (data.prepare_fps)"}),
+        (
+            "--short-side",
+            {
+                "type": int,
+                "dest": "short_side",
+                "help": "short side in pixels, even (data.prepare_short_side)",
+            },
+        ),
+    ],
+    "train": [
+        ("--stage", {"choices": ["discrimination", "generation"], "help": "stage to run (train.stage)"})
+    ],
+    "evaluate": [
+        ("--checkpoint", {"metavar": "URI", "help": "exported weights (default: the run's latest stage)"}),
+    ],
+    "tune": [
+        ("--kind", {"choices": ["inference", "training"], "help": "what to sweep (tune.kind)"}),
+        ("--checkpoint", {"metavar": "URI", "help": "exported weights (default: the run's)"}),
+    ],
+    "quickstart": [("--out", {"metavar": "DIR", "help": "run folder (default: run.out of the config)"})],
+}
 
-    p = sub.add_parser("synth", help="generate the captioned synthetic video corpus")
-    p.add_argument("--out", metavar="URI", help="output folder or s3://bucket/prefix")
-    p.add_argument("--videos", type=int, metavar="N")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--size", type=int, metavar="PX")
-    p.add_argument("--seconds", type=float)
-    p.add_argument("--fps", type=int)
-    p.add_argument("--workers", type=int, help="local encoding processes")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    _add_common(p)
-    handlers["synth"] = _cmd_synth
 
-    p = sub.add_parser("manifest", help="read a dataset's annotation files into a Parquet manifest")
+def _add_output_flags(p: argparse.ArgumentParser, default: Any) -> None:
+    """--debug/--verbose, on the top parser (default False) and on each subcommand (default SUPPRESS, so one
+    given before the subcommand is not reset by the subcommand's default)."""
     p.add_argument(
-        "--dataset", choices=["msrvtt", "msvd", "activitynet", "didemo", "lsmdc", "custom", "synthetic"]
+        "--debug", action="store_true", default=default, help="tracebacks and every library's logs"
     )
-    p.add_argument("--anno", required=True, metavar="PATH_OR_URI", help="annotation folder (or file, custom)")
-    p.add_argument("--videos", required=True, metavar="URI", help="folder or prefix holding the videos")
-    p.add_argument("--split", required=True, help="split name, e.g. train, val, test")
-    p.add_argument("--out", metavar="URI", help="manifest file; default <data.manifest>/<split>.parquet")
-    p.add_argument("--no-check-videos", action="store_true", help="do not list the videos folder")
-    _add_common(p)
-    handlers["manifest"] = _cmd_manifest
+    p.add_argument(
+        "--verbose", action="store_true", default=default, help="every library's logs (also VIDRET_LOG=debug)"
+    )
 
-    p = sub.add_parser("check", help="decode every video of a manifest on Ray and report failures")
-    p.add_argument("--manifest", required=True, metavar="URI")
-    p.add_argument("--out", metavar="URI", help="summary JSON (default <manifest>.check.json)")
-    _add_common(p)
-    handlers["check"] = _cmd_check
 
-    p = sub.add_parser("prepare", help="transcode a corpus to retrieval-ready H.264 files + new manifests")
-    p.add_argument("--out", metavar="URI", help="output folder or prefix (data.prepare_out)")
-    p.add_argument("--split", action="append", help="split to prepare (repeatable; default: all)")
-    p.add_argument("--fps", type=float)
-    p.add_argument("--short-side", type=int, dest="short_side")
-    _add_common(p)
-    handlers["prepare"] = _cmd_prepare
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
+    """The ``vidret`` parser and the handler of each subcommand."""
+    from vidret import __version__
 
-    p = sub.add_parser("train", help="train a stage (discrimination or generation) on Ray Train")
-    p.add_argument("--stage", choices=["discrimination", "generation"])
-    _add_common(p)
-    handlers["train"] = _cmd_train
-
-    p = sub.add_parser("evaluate", help="evaluate exported weights: metrics, re-ranking, HTML report")
-    p.add_argument("--checkpoint", metavar="URI", help="exported weights (default: the run's latest stage)")
-    _add_common(p)
-    handlers["evaluate"] = _cmd_evaluate
-
-    p = sub.add_parser("tune", help="Ray Tune sweep of inference or training parameters on the val split")
-    p.add_argument("--kind", choices=["inference", "training"])
-    p.add_argument("--checkpoint", metavar="URI", help="exported weights (default: the run's)")
-    _add_common(p)
-    handlers["tune"] = _cmd_tune
-
-    p = sub.add_parser("quickstart", help="the whole pipeline on the embedded default (generated corpus)")
-    p.add_argument("--out", metavar="DIR", help="run folder (default: run.out of the config)")
-    _add_common(p)
-    handlers["quickstart"] = _cmd_quickstart
-
+    parser = _Parser(
+        prog="vidret",
+        description="DiffusionRet text-video retrieval on Ray.",
+        epilog="Run `vidret COMMAND --help` for a command's flags and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"vidret {__version__}")
+    _add_output_flags(parser, False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (summary, description, example) in _COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        for flag, kwargs in _FLAGS[name]:
+            p.add_argument(flag, **kwargs)
+        _add_common(p)
+        _add_output_flags(p, argparse.SUPPRESS)
+    handlers: dict[str, Handler] = {
+        "synth": _cmd_synth,
+        "manifest": _cmd_manifest,
+        "check": _cmd_check,
+        "prepare": _cmd_prepare,
+        "train": _cmd_train,
+        "evaluate": _cmd_evaluate,
+        "tune": _cmd_tune,
+        "quickstart": _cmd_quickstart,
+    }
     return parser, handlers
 
 
