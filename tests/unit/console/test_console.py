@@ -115,3 +115,42 @@ def test_quiet_data_context_sets_ray_datas_knobs() -> None:
     console.quiet_data_context(ctx)
     assert not (ctx.print_on_execution_start or ctx.enable_progress_bars or ctx.verbose_stats_logs)
     assert not ctx.enable_operator_progress_bars
+
+
+_RAYLET_SCRIPT = """
+import contextlib, io, json, sys
+from vidret.console.logs import quiet_environment
+quiet_environment()
+import ray._private.worker as w
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    for line in ("8 PYTHON worker processes have been started on node: abc with address: 127.0.0.1", "kept"):
+        w.print_to_stdstream({"lines": [line], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    for leftover in w.stdout_deduplicator.flush():
+        w.print_worker_logs(leftover, sys.stdout)
+sys.__stdout__.write(json.dumps(out.getvalue()))
+"""
+
+
+def test_the_raylet_worker_count_warning_never_reaches_stdout() -> None:
+    """Ray's driver prints raylet messages on stdout (its error-listener thread, whatever log_to_driver says);
+    the quiet environment, set before Ray is imported, drops this one there."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    platform = Path(__file__).resolve().parents[3] / "platform"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_DEDUP_LOGS_SKIP_REGEX"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _RAYLET_SCRIPT],
+        env={**env, "PYTHONPATH": str(platform)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    printed = json.loads(proc.stdout)
+    assert "worker processes have been started" not in printed
+    assert "kept" in printed
