@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The smallest mode of each script (read each one's --help): sizes that run in a minute or two on 2 cores.
 QUICK = {
-    "decode.py": ["--n", "2", "--pool", "2", "--bare", "1"],
+    "decode.py": ["--n", "4", "--pool", "2", "--bare", "1"],  # --n 2: too few rows for a steady rate
     "evaluate.py": ["--quick"],
     "faults.py": ["--path", "tests/faults/test_bad_input.py", "-x", "-q"],
     "rerank.py": ["--quick"],
@@ -50,6 +50,9 @@ def test_benchmark_stdout_is_one_json_object(script: str) -> None:
     try:
         result = json.loads(proc.stdout)
     except json.JSONDecodeError as err:
-        pytest.fail(f"{script}: stdout is not one JSON object ({err}); stdout was:\n{proc.stdout[:2000]}")
+        pytest.fail(
+            f"{script}: stdout is not one JSON object ({err}), exit status {proc.returncode}; stdout was:\n"
+            f"{proc.stdout[:2000]}\nstderr ended with:\n{proc.stderr[-2000:]}"
+        )
     assert isinstance(result, dict) and result, f"{script}: empty result"
     assert "worker processes have been started" not in proc.stdout
