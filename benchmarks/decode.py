@@ -274,6 +274,9 @@ def main() -> None:
     parser.add_argument("--bare", type=int, default=0, help="videos in the single-core loops (default N)")
     parser.add_argument("--work", default="", help="working folder (default: a temporary one, removed)")
     args = parser.parse_args()
+    from vidret.console.logs import quiet_environment
+
+    quiet_environment()  # before Ray is imported (it reads its log settings then): stdout stays pure JSON
     import ray  # before psutil (P16)
 
     from vidret.config import Config, DataConfig, RunConfig

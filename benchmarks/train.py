@@ -41,6 +41,9 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+from vidret.console.logs import quiet_environment
+
+quiet_environment()  # before Ray is imported (it reads its log settings then): stdout stays pure JSON
 from train_helpers import make_corpus, scalar_times, small_config
 
 from vidret.config import Config

@@ -231,7 +231,7 @@ def test_credentials_never_appear_in_errors_logs_output_configs_or_reports(
     faults.inject("security", "resolved configs, checkpoints and reports written with credentials configured")
     cfg = Config(storage=StorageConfig(region="us-east-1", **creds))
     seen.append(dump_yaml(cfg))
-    written = Path(cli._write_resolved_config(cfg, str(tmp_path / "out")))
+    written = Path(cli.write_resolved_config(cfg, str(tmp_path / "out")))
     seen.append(written.read_text())
     save_checkpoint(tmp_path / "ckpt", {"step": 1, "config": dump_yaml(cfg), "w": torch.ones(1)})
     seen += [(tmp_path / "ckpt" / n).read_bytes().decode("latin-1") for n in (STATE_FILE, META_FILE)]

@@ -1,0 +1,213 @@
+"""The handlers of the data, training, evaluation and tuning commands (parsed in cli/main.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from vidret.cli.common import EXIT_ERROR, flags, load, print_json, write_resolved_config
+from vidret.config import Config, dump_yaml
+
+
+# ----------------------------------------------------------------------------------------------- synth
+def cmd_synth(args: argparse.Namespace) -> int:
+    from vidret.data.synthetic import generate_corpus
+    from vidret.storage import Storage
+
+    cfg = load(
+        args,
+        flags(
+            args,
+            {
+                "out": "synth.out",
+                "videos": "synth.videos",
+                "seed": "synth.seed",
+                "size": "synth.size",
+                "seconds": "synth.seconds",
+                "fps": "synth.fps",
+                "workers": "synth.workers",
+            },
+        ),
+    )
+    storage = Storage(cfg.storage)
+    print(f"vidret synth: {cfg.synth.videos} videos -> {cfg.synth.out}", file=sys.stderr)
+    summary = generate_corpus(cfg.synth, storage, progress=_progress("synth") if not args.quiet else None)
+    write_resolved_config(cfg, cfg.synth.out)
+    print_json(summary)
+    return 0
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    """A progress callback printing a line every ~10 %."""
+    state = {"last": -1}
+
+    def report(done: int, total: int) -> None:
+        step = max(1, total // 10)
+        if done == total or done // step != state["last"]:
+            state["last"] = done // step
+            print(f"[{label}] {done}/{total}", file=sys.stderr, flush=True)
+
+    return report
+
+
+# -------------------------------------------------------------------------------------------- manifest
+def manifest_uri(cfg: Config, split: str) -> str:
+    """Where the manifest of ``split`` lives: ``<data.manifest>/<split>.parquet``."""
+    from vidret.storage import join
+
+    if not cfg.data.manifest:
+        raise ValueError("data.manifest is empty: set it to the folder or s3:// prefix holding the manifests")
+    return join(cfg.data.manifest, f"{split}.parquet")
+
+
+def default_manifest_out(cfg: Config, split: str) -> str:
+    """``vidret manifest``'s output without ``--out``: ``<data.manifest>/<split>.parquet`` when
+    ``data.manifest`` is set, else ``<run.out>/manifest/<split>.parquet`` (next to the run)."""
+    from vidret.storage import join
+
+    if cfg.data.manifest:
+        return manifest_uri(cfg, split)
+    return join(cfg.run.out, "manifest", f"{split}.parquet")
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from vidret.data.annotations.manifest import build_manifest, write_manifest
+    from vidret.storage import Storage
+
+    cfg = load(args, flags(args, {"dataset": "data.dataset", "on_duplicate": "data.on_duplicate"}))
+    storage = Storage(cfg.storage)
+    out = args.out or default_manifest_out(cfg, args.split)
+    result = build_manifest(
+        cfg.data.dataset,
+        args.anno,
+        args.videos,
+        args.split,
+        storage,
+        check_videos=not args.no_check_videos,
+        on_duplicate=cfg.data.on_duplicate,
+    )
+    print(result.report.format_text(), file=sys.stderr)
+    write_manifest(result, out, storage)
+    report_uri, config_uri = f"{out}.report.json", f"{out}.config.yaml"
+    storage.write_text(report_uri, json.dumps(result.report.to_dict(), indent=2, sort_keys=True) + "\n")
+    storage.write_text(config_uri, dump_yaml(cfg))
+    print_json({"manifest": out, "report": report_uri, "config": config_uri, **result.report.counts()})
+    return 0
+
+
+# ------------------------------------------------------------------------------------- check / prepare
+def cmd_check(args: argparse.Namespace) -> int:
+    from vidret.data.check import verdict_lines
+    from vidret.data.executors import run_check
+    from vidret.runtime import ensure_ray
+
+    cfg = load(args)
+    ensure_ray(cfg.run)
+    summary = run_check(cfg, args.manifest, out_uri=args.out, progress=_progress("check"))
+    print_json(summary)
+    sys.stdout.flush()
+    print("\n".join(verdict_lines(summary, summary["summary_uri"])), file=sys.stderr)
+    return 0 if summary["within_budget"] else EXIT_ERROR
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from vidret.data.executors import run_prepare
+    from vidret.runtime import ensure_ray
+
+    cfg = load(
+        args,
+        flags(
+            args,
+            {"out": "data.prepare_out", "fps": "data.prepare_fps", "short_side": "data.prepare_short_side"},
+        ),
+    )
+    ensure_ray(cfg.run)
+    print_json(run_prepare(cfg, splits=args.split or None, progress=_progress("prepare")))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ quickstart
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """The main job on the embedded default (see vidret.quickstart)."""
+    from vidret.quickstart import run_quickstart
+    from vidret.storage import join
+
+    overrides = []
+    if args.out:
+        overrides = [
+            f"run.out={args.out}",
+            f"synth.out={join(args.out, 'corpus')}",
+            f"data.manifest={join(args.out, 'manifest')}",
+            f"train.storage_path={join(args.out, 'ray-results')}",
+        ]
+    cfg = load(args, overrides)
+    summary = run_quickstart(cfg, progress=_progress("synth"))
+    table = summary.pop("table")
+    print_json(summary)
+    print("\n" + table)
+    print(f"\nreport: {summary['evaluation'].get('report')}")
+    print(f"total: {summary['wall_s']} s")
+    print("\n".join(["", *summary.get("sentences", [])]))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from vidret.train.trainer import run_training
+
+    cfg = load(args, flags(args, {"stage": "train.stage"}))
+    summary = run_training(cfg)
+    print_json(summary)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- evaluate
+def _default_checkpoint(cfg: Config) -> str:
+    """The run's stage-2 weights if exported, else its stage-1 weights."""
+    from vidret.layout import checkpoint_exists, stage_uri
+    from vidret.storage import Storage
+
+    storage = Storage(cfg.storage)
+    for stage in ("generation", "discrimination"):
+        if checkpoint_exists(stage_uri(cfg, stage), storage):
+            return stage_uri(cfg, stage)
+    raise ValueError(f"no exported weights under {cfg.run.out}/checkpoints: train first or pass --checkpoint")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from vidret.eval.job import run_evaluation
+
+    cfg = load(args, flags(args, {"checkpoint": "eval.checkpoint"}))
+    summary = run_evaluation(cfg, cfg.eval.checkpoint or _default_checkpoint(cfg))
+    print(summary.pop("table"))
+    print_json(summary)
+    return 0
+
+
+# -------------------------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Side-by-side metrics of evaluated runs with paired intervals (see vidret.eval.compare)."""
+    from vidret.eval.compare import run_compare
+    from vidret.eval.intervals import BootstrapSpec
+    from vidret.storage import Storage
+
+    cfg = load(args)
+    spec = BootstrapSpec(cfg.eval.bootstrap_resamples, cfg.eval.bootstrap_seed, cfg.eval.bootstrap_level)
+    summary = run_compare(Storage(cfg.storage), args.runs, args.out, spec)
+    print(summary.pop("table"))
+    print_json({k: summary[k] for k in ("runs", "config_diff", "html")})
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ tune
+def cmd_tune(args: argparse.Namespace) -> int:
+    from vidret.train.trainer import run_training
+    from vidret.tune.sweep import run_tune
+
+    cfg = load(args, flags(args, {"kind": "tune.kind"}))
+    summary = run_tune(cfg, args.checkpoint, train=run_training)
+    print(summary.pop("table"))
+    print_json(summary)
+    return 0

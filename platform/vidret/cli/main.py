@@ -1,0 +1,106 @@
+"""The ``vidret`` command line: the only place that parses arguments.
+
+Every subcommand takes ``--config FILE`` and dotted overrides (``train.lr=1e-4``); its own flags are sugar for
+overrides. Errors print one line (``vidret: error: ...``) and exit non-zero; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from vidret.cli import commands, search
+from vidret.cli.common import EXIT_ERROR, EXIT_USAGE, Handler, Parser, add_common
+from vidret.cli.spec import COMMANDS, FLAGS, OWN_ARGS
+
+
+def _add_output_flags(p: argparse.ArgumentParser, default: Any) -> None:
+    """--debug/--verbose, on the top parser (default False) and on each subcommand (default SUPPRESS, so one
+    given before the subcommand is not reset by the subcommand's default)."""
+    p.add_argument(
+        "--debug", action="store_true", default=default, help="tracebacks and every library's logs"
+    )
+    p.add_argument(
+        "--verbose", action="store_true", default=default, help="every library's logs (also VIDRET_LOG=debug)"
+    )
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
+    """The ``vidret`` parser and the handler of each subcommand."""
+    from vidret import __version__
+
+    parser = Parser(
+        prog="vidret",
+        description="DiffusionRet text-video retrieval on Ray.",
+        epilog="Run `vidret COMMAND --help` for a command's flags and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"vidret {__version__}")
+    _add_output_flags(parser, False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name, (summary, description, example) in COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        for flag, kwargs in FLAGS[name]:
+            p.add_argument(flag, **kwargs)
+        if name in OWN_ARGS:
+            p.set_defaults(overrides=[])
+        else:
+            add_common(p)
+        _add_output_flags(p, argparse.SUPPRESS)
+    handlers: dict[str, Handler] = {
+        "synth": commands.cmd_synth,
+        "manifest": commands.cmd_manifest,
+        "check": commands.cmd_check,
+        "prepare": commands.cmd_prepare,
+        "train": commands.cmd_train,
+        "evaluate": commands.cmd_evaluate,
+        "tune": commands.cmd_tune,
+        "quickstart": commands.cmd_quickstart,
+        "compare": commands.cmd_compare,
+        "index": search.cmd_index,
+        "search": search.cmd_search,
+        "serve": search.cmd_serve,
+    }
+    return parser, handlers
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser, handlers = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("vidret: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        print(f"vidret {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    raise SystemExit(main())

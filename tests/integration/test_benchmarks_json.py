@@ -1,0 +1,58 @@
+"""Every benchmark in its quick mode prints exactly one JSON object on stdout (its log lines go to stderr).
+
+``python benchmarks/X.py | python -m json.tool`` must work: a Ray raylet warning ("N PYTHON worker processes
+have been started ...") used to land on stdout before the object (see ``vidret.console.logs``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The smallest mode of each script (read each one's --help): sizes that run in a minute or two on 2 cores.
+QUICK = {
+    "decode.py": ["--n", "4", "--pool", "2", "--bare", "1"],  # --n 2: too few rows for a steady rate
+    "evaluate.py": ["--quick"],
+    "faults.py": ["--path", "tests/faults/test_bad_input.py", "-x", "-q"],
+    "rerank.py": ["--quick"],
+    "train.py": ["--videos", "16", "--batch", "4", "--steps", "1", "--ray-steps", "3"],
+}
+
+
+def test_every_benchmark_has_a_quick_mode_here() -> None:
+    assert sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")) == sorted(QUICK)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(QUICK))
+def test_benchmark_stdout_is_one_json_object(script: str) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), os.environ.get("PYTHONPATH", "")]),
+    }
+    env.pop("VIDRET_LOG", None)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *QUICK[script]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    try:
+        result = json.loads(proc.stdout)
+    except json.JSONDecodeError as err:
+        pytest.fail(
+            f"{script}: stdout is not one JSON object ({err}), exit status {proc.returncode}; stdout was:\n"
+            f"{proc.stdout[:2000]}\nstderr ended with:\n{proc.stderr[-2000:]}"
+        )
+    assert isinstance(result, dict) and result, f"{script}: empty result"
+    assert "worker processes have been started" not in proc.stdout
