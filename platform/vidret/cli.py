@@ -84,6 +84,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     )
     storage = Storage(cfg.storage)
     print(f"vidret synth: {cfg.synth.videos} videos -> {cfg.synth.out}", file=sys.stderr)
+    if args.layout == "activitynet":  # long 30 fps videos with paragraph annotations (train.json, val_1.json)
+        from vidret.data.synthetic_activitynet import generate_activitynet as generate_corpus
     summary = generate_corpus(cfg.synth, storage, progress=_progress("synth") if not args.quiet else None)
     _write_resolved_config(cfg, cfg.synth.out)
     _print_json(summary)
@@ -242,6 +244,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p.add_argument("--seconds", type=float)
     p.add_argument("--fps", type=int)
     p.add_argument("--workers", type=int, help="local encoding processes")
+    p.add_argument(
+        "--layout",
+        choices=["synthetic", "activitynet"],
+        default="synthetic",
+        help="synthetic: short MSR-VTT-style clips; activitynet: long videos (--size is the short side, "
+        "e.g. 360, --fps e.g. 30, --seconds e.g. 120) with train.json/val_1.json paragraphs",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_common(p)
     handlers["synth"] = _cmd_synth
