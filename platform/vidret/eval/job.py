@@ -98,14 +98,16 @@ def rerank_distributed(
             for d, s in sims.items()
         )
     state_ref, fs_ref = ray.put(state), ray.put(fs)
-    out = []
-    for direction, sim in sims.items():
-        sim_ref = ray.put(sim)
-        refs = [
-            _rerank_task.remote(state_ref, cfg, sim_ref, fs_ref, direction, a, b)
+    # both directions' blocks are in flight together, spread over the cluster's nodes
+    task = _rerank_task.options(scheduling_strategy="SPREAD")
+    pending = [
+        [
+            task.remote(state_ref, cfg, sim_ref, fs_ref, direction, a, b)
             for a, b in _blocks(sim.shape[0], workers)
         ]
-        out.append(torch.from_numpy(np.concatenate(ray.get(refs))))
+        for direction, sim, sim_ref in ((d, s, ray.put(s)) for d, s in sims.items())
+    ]
+    out = [torch.from_numpy(np.concatenate(ray.get(refs))) for refs in pending]
     return out[0], out[1]
 
 
