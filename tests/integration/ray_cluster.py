@@ -371,12 +371,7 @@ class LocalRayHead:
             rc, cli_out = cli.returncode, cli.stdout + cli.stderr
         except subprocess.TimeoutExpired as exc:
             rc, cli_out = -1, f"timed out after {timeout_s} s: {exc.stdout!r} {exc.stderr!r}"
-            subprocess.run(
-                [ray_bin, "job", "stop", "--address", self.dashboard_url, submission_id],
-                env=self.env,
-                capture_output=True,
-                timeout=60,
-            )
+            self.stop_job(submission_id)
         info: dict[str, Any] = {}
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -399,6 +394,16 @@ class LocalRayHead:
             cli_returncode=rc,
             cli_output=cli_out,
             wall_s=time.monotonic() - t0,
+        )
+
+    def stop_job(self, submission_id: str) -> None:
+        """``ray job stop`` (a test gives up on a job; its ``submit`` then returns the final status)."""
+        ray_bin = str(Path(sys.executable).with_name("ray"))
+        subprocess.run(
+            [ray_bin, "job", "stop", "--address", self.dashboard_url, submission_id],
+            env=self.env,
+            capture_output=True,
+            timeout=60,
         )
 
     def uploaded_dirs(self, kind: str) -> list[Path]:
@@ -542,14 +547,23 @@ class LocalRayCluster:
             raise
         return cluster
 
-    def start_node(self, label: str) -> LocalRayNode:
+    def start_node(self, label: str, attempts: int = 3) -> LocalRayNode:
+        """Add a worker node; retried, because ``ray start`` gives a raylet a fixed 30 s to register and a
+        loaded machine (or a GCS busy with a node that just died) can miss that."""
         if not self.port_blocks:
             raise RuntimeError(
                 "no worker-port block left for another node (LocalRayCluster.start spare_nodes)"
             )
-        node = LocalRayNode.start(
-            self.head, label, self.port_blocks.pop(0), extra_args=[CLUSTER_OBJECT_STORE]
-        )
+        for attempt in range(attempts):
+            try:
+                node = LocalRayNode.start(
+                    self.head, label, self.port_blocks[0], extra_args=[CLUSTER_OBJECT_STORE]
+                )
+                break
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+        self.port_blocks.pop(0)
         self.nodes[label] = node
         return node
 

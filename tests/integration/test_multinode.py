@@ -165,12 +165,18 @@ def _overrides(bucket: tuple[StorageConfig, str], manifest: str, run: str) -> li
     ]
 
 
-def _submit(cluster: LocalRayCluster, name: str, job: str, overrides: list[str]) -> JobRun:
+def _submission_id(name: str) -> str:
+    return f"vidret-multinode-{name}-{uuid.uuid4().hex[:6]}"
+
+
+def _submit(
+    cluster: LocalRayCluster, name: str, job: str, overrides: list[str], submission_id: str | None = None
+) -> JobRun:
     return cluster.head.submit(
         ["python", job, "--config", CONFIG, *overrides],
         working_dir=REPO,
         runtime_env=RUNTIME_ENV,
-        submission_id=f"vidret-multinode-{name}-{uuid.uuid4().hex[:6]}",
+        submission_id=submission_id or _submission_id(name),
         timeout_s=900,
     )
 
@@ -265,9 +271,12 @@ class _NodeKiller(threading.Thread):
     """Once Ray Train has registered a stage-1 checkpoint (its snapshot on S3), SIGKILLs node ``label`` and
     starts the replacement node."""
 
-    def __init__(self, cluster: LocalRayCluster, storage: Storage, snapshot_uri: str, label: str) -> None:
+    def __init__(
+        self, cluster: LocalRayCluster, storage: Storage, snapshot_uri: str, label: str, submission_id: str
+    ) -> None:
         super().__init__(daemon=True)
         self.cluster, self.storage, self.snapshot_uri, self.label = cluster, storage, snapshot_uri, label
+        self.submission_id = submission_id
         self.killed: list[int] = []
         self.at_step = 0
         self.error: BaseException | None = None
@@ -281,8 +290,9 @@ class _NodeKiller(threading.Thread):
             if self.at_step:
                 self.killed = self.cluster.kill_node(self.label)
                 self.cluster.start_node(REPLACEMENT)
-        except BaseException as exc:  # reported by the test
+        except BaseException as exc:  # reported by the test; the job would wait for a node forever
             self.error = exc
+            self.cluster.head.stop_job(self.submission_id)
 
 
 def _copy_prefix(storage: Storage, src: str, dst: str) -> int:
@@ -305,9 +315,10 @@ def test_node_killed_in_stage1_resumes_to_the_same_weights(
         storage, join(root, "runs", "ref", "features"), join(root, "runs", "kill", "features")
     )
     snapshot = join(root, "ray-results", "kill-discrimination", "checkpoint_manager_snapshot.json")
-    killer = _NodeKiller(cluster, storage, snapshot, "node_b")
+    submission_id = _submission_id("kill")
+    killer = _NodeKiller(cluster, storage, snapshot, "node_b", submission_id)
     killer.start()
-    run = _submit(cluster, "kill", "jobs/train.py", _overrides(bucket, corpus, "kill"))
+    run = _submit(cluster, "kill", "jobs/train.py", _overrides(bucket, corpus, "kill"), submission_id)
     killer.join(timeout=60)
     assert killer.error is None, f"the node killer failed: {killer.error!r}"
     assert killer.killed, f"node_b was never killed (no checkpoint registered?)\n{run.describe()}"
