@@ -77,11 +77,6 @@ class TreeMemory(threading.Thread):
         self.join()
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
-
-
 # -- decode and prepare ---------------------------------------------------------------------------------
 def make_videos(work: Path, count: int, seconds: float) -> list[tuple[Path, float]]:
     """``count`` ActivityNet-shaped raw videos under ``work/raw``; ``[(path, duration)]``."""
@@ -331,8 +326,9 @@ def _gallery_run(n: int, dim_preset: str, threads: int, block: int, out: Any) ->
         times["rerank_s"] = time.perf_counter() - t0
         return res
 
-    before = _rss_mb()
-    with TreeMemory(interval_s=0.02) as mem:
+    mem = TreeMemory(interval_s=0.02)
+    before, mem.peak_mb = mem.sample(), 0.0
+    with mem:
         t0 = time.perf_counter()
         evaluate_features(model, fs, cfg.eval, rerank=True, rerank_fn=rerank)
         wall = time.perf_counter() - t0

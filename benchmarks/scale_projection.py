@@ -147,6 +147,9 @@ def project(measured: dict[str, Any]) -> dict[str, Any]:
             "evaluation similarity: 2 N^2 L F D FLOPs at D = 512, on the GPU at half its bf16 peak times "
             "the wti_vs_matmul efficiency measured here; re-ranking at the CPU rate measured here is an "
             "upper bound (a GPU is much faster); the whole evaluation billed as a quarter hour.",
+            "decode and prepare rates come from generated videos (~1 MB per minute at 640x360: flat colours, "
+            "a panned texture); real uploads carry several times the bits per frame and decode slower, so "
+            "the prepare hours are a lower bound: benchmark a sample of the real corpus before sizing.",
             "prices: "
             + PRICE_DATE
             + "; spot (the cpu-decode type in cluster.yaml) is typically 60-70 % less.",
