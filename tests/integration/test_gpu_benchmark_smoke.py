@@ -18,12 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ("stage1_compute", "stage1_end_to_end", "stage2_cached", "evaluation")
 
 
-def test_gpu_benchmark_cpu_smoke(tmp_path: Path) -> None:
+def test_gpu_benchmark_cpu_smoke() -> None:
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO / "platform"),
         "OMP_NUM_THREADS": "1",
-        "TMPDIR": str(tmp_path),
     }
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
