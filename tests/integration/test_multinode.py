@@ -14,7 +14,8 @@ feature cache and evaluation output all live in one S3 bucket; no job is given a
 
 Sizing (2 CPUs in all): Train workers at 0.75 CPU and decode actors at 0.125 CPU; the default (1 CPU per
 Train worker plus 0.5 CPU decode actors) leaves the decode actors pending forever on two 1-CPU nodes.
-Measured wall time of the module on the shared 2-core machine: see the note in the README text.
+Wall time of the module on the shared 2-core machine: 349 s (stage 1 154 s, stage 2 39 s, evaluation 20 s,
+the node-kill run 107 s, cluster start and teardown the rest); about 3x that when the machine is saturated.
 """
 
 from __future__ import annotations
