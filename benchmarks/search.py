@@ -303,7 +303,7 @@ def run() -> dict[str, Any]:
         raise SystemExit(
             f"{args.checkpoint}: no exported weights; run `make demo` first or pass --checkpoint"
         )
-    from vidret.data.pipeline import ensure_ray
+    from vidret.runtime import ensure_ray
 
     ensure_ray(cfg.run)
     real, index_uri, picked = real_gallery(cfg, args)

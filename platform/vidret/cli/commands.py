@@ -33,6 +33,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     )
     storage = Storage(cfg.storage)
     print(f"vidret synth: {cfg.synth.videos} videos -> {cfg.synth.out}", file=sys.stderr)
+    if args.layout == "activitynet":  # long 30 fps videos with paragraph annotations (train.json, val_1.json)
+        from vidret.data.synthetic.activitynet import generate_activitynet as generate_corpus
     summary = generate_corpus(cfg.synth, storage, progress=_progress("synth") if not args.quiet else None)
     write_resolved_config(cfg, cfg.synth.out)
     print_json(summary)

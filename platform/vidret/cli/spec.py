@@ -84,6 +84,15 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--seconds", {"type": float, "help": "clip length in seconds (synth.seconds)"}),
         ("--fps", {"type": int, "help": "frames per second of the clips (synth.fps)"}),
         ("--workers", {"type": int, "help": "local encoding processes (synth.workers)"}),
+        (
+            "--layout",
+            {
+                "choices": ["synthetic", "activitynet"],
+                "default": "synthetic",
+                "help": "synthetic: short MSR-VTT-style clips; activitynet: long videos (--size is the short "
+                "side, e.g. 360, --fps e.g. 30, --seconds e.g. 120) with train.json/val_1.json paragraphs",
+            },
+        ),
         ("--quiet", {"action": "store_true", "help": "no progress lines"}),
     ],
     "manifest": [

@@ -58,15 +58,18 @@ def rerank_distributed(
         )
         return t2v, v2t
     state_ref, fs_ref = ray.put(state), ray.put(fs)
-    out = []
+    task = _rerank_task.options(scheduling_strategy="SPREAD")  # spread over the cluster's nodes
+    pending = []  # both directions' blocks are in flight together
     for direction in DIRECTIONS:
         sim_ref = ray.put(sims[direction])
-        refs = [
-            _rerank_task.remote(state_ref, cfg, sim_ref, fs_ref, direction, a, b)
-            for a, b in _blocks(sims[direction].shape[0], workers)
-        ]
-        out.append(torch.from_numpy(np.concatenate(ray.get(refs))))
-    return out[0], out[1]
+        pending.append(
+            [
+                task.remote(state_ref, cfg, sim_ref, fs_ref, direction, a, b)
+                for a, b in _blocks(sims[direction].shape[0], workers)
+            ]
+        )
+    t2v, v2t = (torch.from_numpy(np.concatenate(ray.get(refs))) for refs in pending)
+    return t2v, v2t
 
 
 def top_k(sim_QN: torch.Tensor, k: int) -> np.ndarray:

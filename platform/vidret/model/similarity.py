@@ -17,6 +17,7 @@ weights are 0, contribute 0).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -162,6 +163,22 @@ def wti_similarity(
     )
 
 
+# Elements of one S tile (queries x tokens x videos x frames, fp32: 4 MiB) in ``wti_blocked`` on CPU: small
+# enough for the two max-reductions to read it from cache right after the matmul wrote it, large enough for
+# an efficient matmul (e.g. 16 queries x 64 tokens against 16 videos x 64 frames). On a GPU the block size
+# alone bounds the tile: there, kernel launches per tile cost more than the memory traffic.
+_TILE_ELEMS = 1 << 20
+
+
+def _tile(block_q: int, block_n: int, pair_elems: int, cpu: bool) -> tuple[int, int]:
+    """Tile ``(q, n)`` within ``block_q x block_n`` holding at most ``_TILE_ELEMS`` elements of S on CPU."""
+    if not cpu:
+        return block_q, block_n
+    pairs = max(1, _TILE_ELEMS // max(1, pair_elems))
+    n = min(block_n, max(1, math.isqrt(pairs)))
+    return min(block_q, max(1, pairs // n)), n
+
+
 def wti_blocked(
     text_QLD: torch.Tensor,
     text_mask_QL: torch.Tensor,
@@ -174,10 +191,12 @@ def wti_blocked(
     block_q: int = 256,
     block_n: int = 256,
 ) -> torch.Tensor:
-    """``wti_similarity`` for a whole query set x gallery, ``sim_QN``, in ``block_q x block_n`` tiles.
+    """``wti_similarity`` for a whole query set x gallery, ``sim_QN``, tile by tile.
 
-    Peak extra memory is one ``block_q * block_n * L * F`` tile plus the normalised copies of the inputs
-    and the ``Q x N`` result; ``Q x N x L x F`` is never built. Runs on the
+    Tiles are at most ``block_q x block_n`` pairs and, on CPU, at most ``_TILE_ELEMS`` elements of the
+    ``q x L x n x F`` score tensor, so peak extra memory is one such tile (CPU: 4 MiB) plus the normalised
+    copies of the inputs and the ``Q x N`` result; ``Q x N x L x F`` is never built. Small CPU tiles also
+    keep the two max-reductions in cache, so the similarity runs near the speed of its matmul. Runs on the
     device of the inputs. Call under ``torch.no_grad()`` for evaluation.
     """
     if block_q < 1 or block_n < 1:
@@ -186,12 +205,14 @@ def wti_blocked(
     text_hat_QLD = _prepare(text_QLD, text_mask_QL)
     video_hat_NFD = _prepare(video_NFD, video_mask_NF)
     Q, N = text_QLD.shape[0], video_NFD.shape[0]
-    sim_QN: torch.Tensor | None = None
-    for q0 in range(0, Q, block_q):
-        q1 = min(q0 + block_q, Q)
-        for n0 in range(0, N, block_n):
-            n1 = min(n0 + block_n, N)
-            tile = _wti_core(
+    cpu = text_QLD.device.type == "cpu"
+    step_q, step_n = _tile(block_q, block_n, text_QLD.shape[1] * video_NFD.shape[1], cpu)
+    sim_QN = text_hat_QLD.new_zeros(Q, N)
+    for q0 in range(0, Q, step_q):
+        q1 = min(q0 + step_q, Q)
+        for n0 in range(0, N, step_n):
+            n1 = min(n0 + step_n, N)
+            sim_QN[q0:q1, n0:n1] = _wti_core(
                 text_hat_QLD[q0:q1],
                 text_mask_QL[q0:q1],
                 video_hat_NFD[n0:n1],
@@ -200,9 +221,4 @@ def wti_blocked(
                 video_w_NF[n0:n1],
                 padding,
             )
-            if sim_QN is None:
-                sim_QN = tile.new_empty(Q, N)
-            sim_QN[q0:q1, n0:n1] = tile
-    if sim_QN is None:  # Q == 0 or N == 0
-        sim_QN = text_hat_QLD.new_zeros(Q, N)
     return sim_QN
