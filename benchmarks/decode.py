@@ -188,7 +188,7 @@ class PeakMemory(threading.Thread):
 
     def __init__(self, interval_s: float = 0.5) -> None:
         super().__init__(daemon=True)
-        import psutil  # vendored by Ray: importable only after `import ray` (ray-notes P16)
+        import psutil  # vendored by Ray: importable only after `import ray` (docs/stack-notes.md P16)
 
         self.psutil, self.root, self.interval_s = psutil, psutil.Process(), interval_s
         self.peak_pss = self.peak_rss = 0
@@ -277,7 +277,7 @@ def main() -> None:
     from vidret.console.logs import quiet_environment
 
     quiet_environment()  # before Ray is imported (it reads its log settings then): stdout stays pure JSON
-    import ray  # before psutil (P16)
+    import ray  # before psutil (docs/stack-notes.md P16)
 
     from vidret.config import Config, DataConfig, RunConfig
     from vidret.data.annotations.manifest import write_manifest

@@ -14,7 +14,7 @@ in process) as its re-ranking, stage-1 and re-ranked metrics of both directions.
 ``rerank_vs_loop``: the job's vectorised re-ranking (the functions ``rerank_distributed`` runs: ``topk``
 candidates, conditioning and sampling tables once per 256-query chunk, DDIM steps of
 ``CandidateDenoiser.sample_step``, one ``scatter_add_`` fusion) against the released code's structure
-(method §4):
+(docs/method.md §4):
 per 32 queries, per-query ``topk`` and a Python gather of every candidate's features, ``ddim_sample`` calling
 the denoiser module's full forward (frame attention + every projection) at each step, and one scalar ``+=``
 per (query, candidate). Both directions, at the method's width D = 512 (headline) and the tiny D = 128. The
@@ -187,7 +187,7 @@ def gallery(args: argparse.Namespace, n: int) -> dict[str, Any]:
 
 # -- upstream-style loop (lives only here) ------------------------------------------------------------------
 def _loop_fuse(rows_QN: Tensor, ids: list[Tensor], x0_CK: Tensor, alpha: float, temp: float) -> None:
-    """One scalar ``+=`` per (query, candidate), in place (method §4.5)."""
+    """One scalar ``+=`` per (query, candidate), in place (docs/method.md §4.5)."""
     w_CK = (temp * x0_CK).softmax(dim=-1)
     for i in range(rows_QN.shape[0]):
         for j, c in enumerate(ids[i]):

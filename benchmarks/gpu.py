@@ -374,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vidret-gpu-") as tmp:
         work = Path(tmp)
         cfg = _config(sz, work, device)
-        from vidret.storage import Storage
         from vidret.model.build import build_model
+        from vidret.storage import Storage
 
         model = build_model(cfg, Storage(), None).to(device)
         _section("stage1_compute", lambda: stage1_compute(cfg, sz, device, model), report)

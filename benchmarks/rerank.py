@@ -8,7 +8,8 @@ Prints one JSON object. CPU, one thread by default. ``python benchmarks/rerank.p
 ``vectorised_vs_loop`` (the headline, N = 1,000 queries, K = 32, T = 50, D = 512, F = 12) is per query:
 the vectorised side re-ranks all N queries as ``rerank("t2v", ...)`` does (``candidate_scores`` + ``fuse``);
 the loop, at ~0.1 s a query, runs the first ``--loop-queries`` of them. The loop mirrors the released code
-(method §3.2, §4.3-4.5): per 32 queries, per-query ``topk``, per-candidate tensor indexing (iterating a
+(docs/method.md §3.2, docs/method.md §4.3-4.5): per 32 queries, per-query ``topk``, per-candidate tensor
+indexing (iterating a
 tensor of ids) stacked to (32, K, F, D), ``ddim_sample`` calling the module's whole forward (text-frame
 attention + every projection) at each step, and one scalar ``+=`` per (query, candidate) for the fusion.
 Both sides start from the same per-query seeded noise, so they must give the same matrix, which is
@@ -116,7 +117,8 @@ def loop_full_rerank(
     k: int,
     seed: int,
 ) -> Tensor:
-    """Upstream §4: the module forward (frame attention + step network) runs at every DDIM step."""
+    """Upstream docs/method.md §4: the module forward (frame attention + step network) runs at every DDIM
+    step."""
     new = sim_QN.clone()
     for s in range(0, sim_QN.shape[0], UPSTREAM_CHUNK):
         chunk = new[s : s + UPSTREAM_CHUNK]
@@ -131,7 +133,8 @@ def loop_full_rerank(
 def loop_train_selection(
     sim_BB: Tensor, video_BFD: Tensor, mask_BF: Tensor, cls_BD: Tensor, den: T2VDenoiser, num: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Upstream §3.2: softmax, same-video entries to -1, per-row topk, B x num tensor indexing + stack."""
+    """Upstream docs/method.md §3.2: softmax, same-video entries to -1, per-row topk, B x num tensor
+    indexing + stack."""
     eye = torch.eye(sim_BB.shape[0], dtype=torch.bool)
     w_t2v = sim_BB.softmax(dim=1).masked_fill_(eye, -1)
     w_v2t = sim_BB.T.softmax(dim=1).masked_fill_(eye, -1)

@@ -1,6 +1,6 @@
 """Ray job entrypoint, submitted as:
 
-    ray job submit --working-dir . -- python jobs/check.py --manifest s3://b/manifest/test.parquet
+ray job submit --working-dir . -- python jobs/check.py --manifest s3://b/manifest/test.parquet
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Ray job entrypoint, submitted as:
 
-    ray job submit --working-dir . -- python jobs/manifest.py --dataset msrvtt --anno URI ...
+ray job submit --working-dir . -- python jobs/manifest.py --dataset msrvtt --anno URI ...
 """
 
 import sys

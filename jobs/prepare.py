@@ -1,6 +1,6 @@
 """Ray job entrypoint, submitted as:
 
-    ray job submit --working-dir . -- python jobs/prepare.py --config configs/msrvtt.yaml
+ray job submit --working-dir . -- python jobs/prepare.py --config configs/msrvtt.yaml
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Ray job entrypoint, submitted as:
 
-    ray job submit --working-dir . -- python jobs/quickstart.py --config configs/synthetic.yaml
+ray job submit --working-dir . -- python jobs/quickstart.py --config configs/synthetic.yaml
 """
 
 import sys

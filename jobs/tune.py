@@ -1,6 +1,6 @@
 """Ray job entrypoint, submitted as:
 
-    ray job submit --working-dir . -- python jobs/tune.py --config configs/X.yaml [overrides]
+ray job submit --working-dir . -- python jobs/tune.py --config configs/X.yaml [overrides]
 """
 
 import sys

@@ -41,10 +41,10 @@ def existing_corpus(storage: Storage, cfg: Config) -> dict[str, Any] | None:
 def run_quickstart(cfg: Config, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run the whole pipeline on the synthetic corpus; returns the summary (metrics tables, report path)."""
     from vidret.data.annotations.manifest import build_manifest, write_manifest
-    from vidret.runtime import ensure_ray
     from vidret.data.synthetic import generate_corpus
     from vidret.eval.job import run_evaluation
     from vidret.layout import stage_uri
+    from vidret.runtime import ensure_ray
     from vidret.train.trainer import run_training
 
     cfg = with_absolute_paths(cfg)

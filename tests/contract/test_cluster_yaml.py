@@ -41,7 +41,12 @@ INSTANCE_SPECS = {
     "p5.48xlarge": (192, 8),
 }
 PINNED_PACKAGES = {"torch", "torchvision", "ray", "open-clip-torch"}
-RAY_EXTRAS = {"default", "data", "train", "tune"}  # ray[default] is needed by `ray start` and jobs (P2)
+RAY_EXTRAS = {
+    "default",
+    "data",
+    "train",
+    "tune",
+}  # ray[default] is needed by `ray start` and jobs (docs/stack-notes.md P2)
 PUBLIC_CIDRS = {"0.0.0.0/0", "::/0"}
 PIP_VALUE_OPTIONS = {
     "-c",

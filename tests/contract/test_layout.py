@@ -1,4 +1,4 @@
-"""The repository layout keeps Python's stdlib `platform` importable (see ray-notes §6)."""
+"""The repository layout keeps Python's stdlib `platform` importable (see docs/stack-notes.md §6)."""
 
 import subprocess
 import sys

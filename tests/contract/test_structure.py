@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "data": 2,
     "model": 2,
     "diffusion": 2,
+    "eval.metrics": 2,  # pure NumPy ranking maths (no vidret imports): shared by features.scoring and tune
     "runtime": 3,
     "layout": 3,
     "tracking": 3,

@@ -307,7 +307,7 @@ def _is_loopback(ip: str) -> bool:
 
 @pytest.mark.ray
 def test_local_ray_and_its_dashboard_bind_to_loopback_only(monkeypatch: pytest.MonkeyPatch, faults) -> None:
-    import ray  # noqa: I001 - before psutil, which ray vendors (ray-notes P16)
+    import ray  # noqa: I001 - before psutil, which ray vendors (docs/stack-notes.md P16)
     import psutil
     from ray._private import ray_constants
 

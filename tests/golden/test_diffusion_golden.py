@@ -1,4 +1,4 @@
-"""Golden numbers of the noise schedules (method §3.5): a silent change here changes every sample."""
+"""Golden numbers of the noise schedules (docs/method.md §3.5): a silent change here changes every sample."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
 """Golden frame indices of the sampling rule (``vidret.data.video.sample_indices``).
 
-Each case is worked out by hand from the rule in diffusionret-method.md 5.1: one frame per 1/framerate
+Each case is worked out by hand from the rule in docs/method.md §5.1: one frame per 1/framerate
 seconds from the segment start, the frame shown at time t is floor(t * fps), then uniform subsampling with
 ``np.linspace(0, n - 1, max_frames, dtype=int)`` when more than max_frames remain.
 """

@@ -1,7 +1,8 @@
 """Integration fixtures: one local Ray instance for the whole session, and a small generated corpus.
 
-Ray start-up costs 3-7 s and the first Ray Data batch ~10 s on 2 cores (ray-notes P19), so every
-integration test shares one instance. ``address="local"`` never attaches to a stale cluster (P15). The moto
+Ray start-up costs 3-7 s and the first Ray Data batch ~10 s on 2 cores (docs/stack-notes.md P19), so every
+integration test shares one instance. ``address="local"`` never attaches to a stale cluster
+(docs/stack-notes.md P15). The moto
 server starts first so Ray's worker processes inherit its test credentials from the environment.
 """
 

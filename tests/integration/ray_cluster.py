@@ -1,9 +1,10 @@
 """A throwaway Ray head on 127.0.0.1 for job-submission tests, and a `ray job submit` wrapper.
 
 The head is started with ``ray start --head`` in its own process group and its own ``--temp-dir``, on free
-ports, with the dashboard on loopback and token auth off (``RAY_AUTH_MODE=disabled``, ray-notes P3). It is
-stopped by signalling that process group and any process whose command line names its temp dir, never with
-``ray stop`` (which kills every Ray process on the host, other tests' clusters included, ray-notes 4.6).
+ports, with the dashboard on loopback and token auth off (``RAY_AUTH_MODE=disabled``,
+docs/stack-notes.md P3). It is stopped by signalling that process group and any process whose command line
+names its temp dir, never with ``ray stop`` (which kills every Ray process on the host, other tests' clusters
+included, docs/stack-notes.md §4.6).
 
 Jobs are submitted with the real CLI (``ray job submit``) and inspected through the Jobs REST API of the
 dashboard (``/api/jobs/<id>``), so the test process never imports or initialises Ray itself.

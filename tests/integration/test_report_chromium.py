@@ -46,7 +46,7 @@ def chromium() -> Iterator[str]:
     exe = shutil.which("chromium")
     if proc.returncode != 0 or exe is None:
         pytest.skip(f"chromium unavailable and could not be installed: {proc.stderr.strip()[-300:]}")
-    yield exe
+    return exe
 
 
 def _run_chromium(exe: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -141,9 +141,9 @@ def full_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vidret.config import EvalConfig
     from vidret.eval.report import write_page
     from vidret.eval.report_data import outcome_samples, thumbnail_ids
+    from vidret.eval.uncertainty import query_layout, split_intervals
     from vidret.features.scoring import EvalResult, direction_metrics
     from vidret.features.types import FeatureSet, TextFeatures, VideoFeatures
-    from vidret.eval.uncertainty import query_layout, split_intervals
 
     ecfg = EvalConfig(bootstrap_resamples=1000)
     labels = {"stage1": "stage 1", "rerank": "stage 1 + diffusion re-rank"}

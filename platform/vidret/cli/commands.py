@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from vidret.cli.common import EXIT_ERROR, flags, load, print_json, write_resolved_config
+from vidret.cli.common import EXIT_ERROR, Handler, flags, load, print_json, write_resolved_config
 from vidret.config import Config, dump_yaml
 
 
@@ -213,3 +213,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(summary.pop("table"))
     print_json(summary)
     return 0
+
+
+COMMAND_HANDLERS: dict[str, Handler] = {
+    "synth": cmd_synth,
+    "manifest": cmd_manifest,
+    "check": cmd_check,
+    "prepare": cmd_prepare,
+    "quickstart": cmd_quickstart,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "compare": cmd_compare,
+    "tune": cmd_tune,
+}

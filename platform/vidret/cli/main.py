@@ -12,8 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from vidret.cli import commands, search
+from vidret.cli.commands import COMMAND_HANDLERS
 from vidret.cli.common import EXIT_ERROR, EXIT_USAGE, Handler, Parser, add_common
+from vidret.cli.search import SEARCH_HANDLERS
 from vidret.cli.spec import COMMANDS, FLAGS, OWN_ARGS
 
 
@@ -55,20 +56,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
         else:
             add_common(p)
         _add_output_flags(p, argparse.SUPPRESS)
-    handlers: dict[str, Handler] = {
-        "synth": commands.cmd_synth,
-        "manifest": commands.cmd_manifest,
-        "check": commands.cmd_check,
-        "prepare": commands.cmd_prepare,
-        "train": commands.cmd_train,
-        "evaluate": commands.cmd_evaluate,
-        "tune": commands.cmd_tune,
-        "quickstart": commands.cmd_quickstart,
-        "compare": commands.cmd_compare,
-        "index": search.cmd_index,
-        "search": search.cmd_search,
-        "serve": search.cmd_serve,
-    }
+    handlers: dict[str, Handler] = {**COMMAND_HANDLERS, **SEARCH_HANDLERS}
     return parser, handlers
 
 

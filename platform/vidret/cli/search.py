@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vidret.cli.common import flags, load, print_json
+from vidret.cli.common import Handler, flags, load, print_json
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -48,3 +48,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         stop_service()
     return 0
+
+
+SEARCH_HANDLERS: dict[str, Handler] = {
+    "index": cmd_index,
+    "search": cmd_search,
+    "serve": cmd_serve,
+}

@@ -258,7 +258,9 @@ class EvalConfig:
             "an integer >= 1",
             self.bootstrap_resamples,
         )
-        check(0 < self.bootstrap_level < 1, "eval.bootstrap_level", "a number in (0, 1)", self.bootstrap_level)
+        check(
+            0 < self.bootstrap_level < 1, "eval.bootstrap_level", "a number in (0, 1)", self.bootstrap_level
+        )
         check(
             self.report_per_outcome >= 0,
             "eval.report_per_outcome",

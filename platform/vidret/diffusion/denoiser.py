@@ -1,4 +1,4 @@
-"""The two candidate denoisers of the generative re-ranker (method §3.4).
+"""The two candidate denoisers of the generative re-ranker (docs/method.md §3.4).
 
 Shape legend: B batch (queries), K candidates, F frames, D width, E = 2D decoder width, U distinct steps,
 X = 1 (one query per row) or K (one query per candidate).
@@ -41,7 +41,7 @@ _HIDDEN_BLOCK_ELEMS = 1 << 18  # 1 MiB of float32 decoder hidden per block of sa
 
 
 def init_linear_normal(module: nn.Module, std: float = 0.02) -> None:
-    """Upstream init: every Linear / Embedding weight ~ N(0, std^2), biases 0 (method §2.2)."""
+    """Upstream init: every Linear / Embedding weight ~ N(0, std^2), biases 0 (docs/method.md §2.2)."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=std)
@@ -179,7 +179,7 @@ class CandidateDenoiser(nn.Module):
         With c = cond(t), cq = W_q c, ck = W_k c, cv = W_v c (computed once per distinct step):
         <Q + cq, Kc_k + ck> = <Q, Kc_k> + <Q, ck> + <cq, Kc_k> + <cq, ck>;
         sum_k alpha_k (V_k + cv) = alpha V + (sum_k alpha_k) cv;
-        decoder layer 1 = dec_k + W_h h (method §3.4).
+        decoder layer 1 = dec_k + W_h h (docs/method.md §3.4).
         """
         _check_step_shapes(x_BK, t_B, k_BKD)
         t_U, row_B = torch.unique(t_B, return_inverse=True)  # DDIM: one step for the whole chunk
@@ -299,7 +299,7 @@ class T2VDenoiser(CandidateDenoiser):
     """Text query (B, D) against K candidate videos (B, K, F, D)."""
 
     def encode(self, text_BD: Tensor, video_BKFD: Tensor, video_mask_BKF: Tensor) -> dict[str, Tensor]:
-        """The step-independent part: each candidate seen through the query text (method §3.4 step 1).
+        """The step-independent part: each candidate seen through the query text (docs/method.md §3.4 step 1).
 
         Returns ``query_BXD`` = the text (B, 1, D) and ``cand_BKD`` = the attention-pooled candidates.
         Parameter-free.
@@ -312,7 +312,7 @@ class T2VDenoiser(CandidateDenoiser):
     def forward(
         self, x_BK: Tensor, t_B: Tensor, text_BD: Tensor, video_BKFD: Tensor, video_mask_BKF: Tensor
     ) -> Tensor:
-        """x0_hat_BK for noisy scores x_BK at steps t_B (method §3.4, ``Diffusion``)."""
+        """x0_hat_BK for noisy scores x_BK at steps t_B (docs/method.md §3.4, ``Diffusion``)."""
         return self.denoise(x_BK, t_B, **self.encode(text_BD, video_BKFD, video_mask_BKF))
 
 
@@ -320,7 +320,7 @@ class V2TDenoiser(CandidateDenoiser):
     """Video query (B, F, D) against K candidate texts (B, K, D)."""
 
     def encode(self, text_BKD: Tensor, video_BFD: Tensor, video_mask_BF: Tensor) -> dict[str, Tensor]:
-        """The step-independent part: the query video seen through each candidate text (method §3.4).
+        """The step-independent part: the query video seen through each candidate text (docs/method.md §3.4).
 
         Returns ``query_BXD`` = the pooled video per candidate (B, K, D) and ``cand_BKD`` = the texts.
         Parameter-free.
@@ -333,7 +333,7 @@ class V2TDenoiser(CandidateDenoiser):
     def forward(
         self, x_BK: Tensor, t_B: Tensor, text_BKD: Tensor, video_BFD: Tensor, video_mask_BF: Tensor
     ) -> Tensor:
-        """x0_hat_BK for noisy scores x_BK at steps t_B (method §3.4, ``Diffusion_v``)."""
+        """x0_hat_BK for noisy scores x_BK at steps t_B (docs/method.md §3.4, ``Diffusion_v``)."""
         return self.denoise(x_BK, t_B, **self.encode(text_BKD, video_BFD, video_mask_BF))
 
 

@@ -1,4 +1,5 @@
-"""Gaussian diffusion over candidate-score vectors, apart from the denoiser (method §3.5, §4).
+"""Gaussian diffusion over candidate-score vectors, apart from the denoiser (docs/method.md §3.5,
+docs/method.md §4).
 
 Shape legend: B batch (queries in training), Q queries, K candidates, T steps.
 
@@ -111,7 +112,7 @@ class GaussianDiffusion:
         d_temp: float,
         noise: Tensor | None = None,
     ) -> Tensor:
-        """The method's "KL" loss: mean_b -log softmax(d_temp * x0_hat_b)_0 (method §3.5).
+        """The method's "KL" loss: mean_b -log softmax(d_temp * x0_hat_b)_0 (docs/method.md §3.5).
 
         ``x_t = q_sample(x0, t, noise)`` with fresh noise unless given; the denoiser predicts x0 and the
         target class is the positive at index 0 whatever ``x0`` holds (``neg`` only changes what is noised).
@@ -193,7 +194,8 @@ class GaussianDiffusion:
         """Deterministic DDIM (eta = 0) from x_T = ``noise`` (or N(0, I) from ``generator``) to x_0.
 
         Visits ``ddim_timesteps(num_steps)`` downwards; the last step has abar_prev = 1, so the result is
-        the (clamped, if ``clip_denoised``) x0_hat of the final step (method §4.4). Returns shape ``shape``.
+        the (clamped, if ``clip_denoised``) x0_hat of the final step (docs/method.md §4.4). Returns shape
+        ``shape``.
         """
         shape = tuple(int(s) for s in shape)
         device = next((v.device for v in cond.values()), torch.device("cpu"))

@@ -1,4 +1,5 @@
-"""Candidate selection and score fusion, shared by training and evaluation (method §3.2, §4).
+"""Candidate selection and score fusion, shared by training and evaluation (docs/method.md §3.2,
+docs/method.md §4).
 
 Shape legend: B batch, Q queries, N gallery items, K candidates, F frames, D width.
 
@@ -13,7 +14,7 @@ The text-to-video conditioning never materialises the candidates' frames (Q, K, 
 candidates x 12 frames x 512 = 786 MB, mostly copies of a 25 MB gallery): ``t2v_encode_candidates``
 computes the text-frame logits as a sampled matmul at the candidates' frames only and the attention
 pooling as a weighted ``embedding_bag`` over the gallery's frame rows, or, when the candidates are most
-of the gallery (training: K = batch), with two dense matmuls (method §10, "gather").
+of the gallery (training: K = batch), with two dense matmuls (docs/method.md §10, "gather").
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def hard_negatives(
     row_offset: int = 0,
     fill: NegativesFill = "positives",
 ) -> Tensor:
-    """Candidate lists for training: idx_BK with K = num + 1 (method §3.2).
+    """Candidate lists for training: idx_BK with K = num + 1 (docs/method.md §3.2).
 
     Row b's own item (column ``b + row_offset``; the diagonal of a square batch) is at index 0, followed
     by the ``num`` most similar negatives, descending; a negative is any column outside
@@ -99,7 +100,7 @@ def topk_candidates(sim_QN: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def fuse(sim_QN: Tensor, cand_QK: Tensor, x0_QK: Tensor, alpha: float, temp: float) -> Tensor:
-    """A new matrix with sim[q, cand[q, k]] += alpha * softmax_k(temp * x0[q])_k (method §4.5).
+    """A new matrix with sim[q, cand[q, k]] += alpha * softmax_k(temp * x0[q])_k (docs/method.md §4.5).
 
     The input is not modified. Candidates of a row must be distinct (``topk`` guarantees it).
     """

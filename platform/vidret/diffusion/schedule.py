@@ -1,4 +1,4 @@
-"""Noise schedules (float64, numpy) for the Gaussian diffusion re-ranker (method §3.5).
+"""Noise schedules (float64, numpy) for the Gaussian diffusion re-ranker (docs/method.md §3.5).
 
 Shape legend: T steps.
 """

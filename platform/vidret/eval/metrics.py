@@ -1,4 +1,5 @@
-"""Retrieval metrics counted exactly like the upstream ``compute_metrics`` (method spec §6), plus dual softmax.
+"""Retrieval metrics counted exactly like the upstream ``compute_metrics`` (docs/method.md §6), plus dual
+softmax.
 
 Shapes: Q queries, N gallery items, T captions, V videos. ``sim_QN[i, j]`` is the score of gallery item j for
 query i (higher is better). Ranks are 0-based: rank 0 means the correct item is first.
@@ -6,15 +7,19 @@ query i (higher is better). Ranks are 0-based: rank 0 means the correct item is 
 Rank of the correct item for query i with score ``s = sim[i, gt_i]``: ``greater = #{j: sim_ij > s}`` and
 ``equal = #{j: sim_ij == s}`` (>= 1, the item itself). How ties are counted, ``ties=``:
 
-* ``"upstream"`` (default, faithful): ``compute_metrics`` sorts ``-sim`` per row and keeps every position where
+* ``"upstream"`` (default, faithful): ``compute_metrics`` sorts ``-sim`` per row and keeps every position
+where
   ``sorted - diag == 0``. A row with ``equal`` tied scores therefore contributes ``equal`` hits, at ranks
-  ``greater, greater+1, ..., greater+equal-1``, and the denominator is the number of hits, not of queries. Without
-  ties this is one rank per query, ``greater``. (The multi-caption t2v path of the upstream uses a double argsort
+  ``greater, greater+1, ..., greater+equal-1``, and the denominator is the number of hits, not of queries.
+  Without
+  ties this is one rank per query, ``greater``. (The multi-caption t2v path of the upstream uses a double
+  argsort
   instead: one rank per query, ties in column order; see :func:`t2v_multi`.)
 * ``"optimistic"``: one rank per query, ``greater`` (ties resolved in favour of the correct item).
 * ``"pessimistic"``: one rank per query, ``greater + equal - 1``.
 
-``R@K = 100 * mean(rank < K)``, ``MdR = median(rank) + 1``, ``MnR = mean(rank) + 1``; ``n`` is the number of ranks
+``R@K = 100 * mean(rank < K)``, ``MdR = median(rank) + 1``, ``MnR = mean(rank) + 1``; ``n`` is the number
+of ranks
 counted. Inputs may be numpy arrays or (CPU or GPU) torch tensors; computation is float64 numpy.
 """
 
@@ -158,7 +163,8 @@ def caption_groups(text_to_video_T: Any, num_videos: int, grouping: Grouping = "
     """(T,) video label used for each caption; -1 marks a caption the grouping drops.
 
     ``"correct"``: caption t belongs to ``text_to_video_T[t]``.
-    ``"upstream_off_by_one"`` reproduces DiffusionRet/EMCL's grouping: with ``last_v`` the index of video v's last
+    ``"upstream_off_by_one"`` reproduces DiffusionRet/EMCL's grouping: with ``last_v`` the index of video
+    v's last
     caption, group v is ``[last_{v-1}, last_v)`` (``last_{-1} = 0``), so each video's group holds the previous
     video's last caption and misses its own; the very last caption is dropped. Needs captions stored
     contiguously in video order (``text_to_video_T`` non-decreasing and covering 0..V-1), as upstream.
@@ -195,7 +201,8 @@ def _multi_inputs(sim_TV: Any, text_to_video_T: Any, grouping: Grouping) -> tupl
 def t2v_multi_ranks(
     sim_TV: Any, text_to_video_T: Any, *, grouping: Grouping = "correct", ties: Ties = "upstream"
 ) -> np.ndarray:
-    """0-based rank of each (kept) caption's video among all V videos; (T,) or (T-1,) for the upstream grouping.
+    """0-based rank of each (kept) caption's video among all V videos; (T,) or (T-1,) for the upstream
+    grouping.
 
     ``ties="upstream"`` here follows the upstream's double argsort: one rank per caption, tied videos ordered
     by column index (``greater + #{tied columns before the correct one}``). torch's argsort is not stable, so
@@ -275,9 +282,11 @@ def v2t_multi(
 def dual_softmax(sim_QN: Any, temp: float = 100.0, *, query_axis: int = 0) -> np.ndarray:
     """Dual-softmax re-scoring (DSL, CAMoE): ``sim * softmax(temp * sim, over the query axis)``.
 
-    A TEST-TIME TRICK: each score is weighted by how strongly its gallery item prefers this query over all other
+    A TEST-TIME TRICK: each score is weighted by how strongly its gallery item prefers this query over all
+    other
     test queries, which uses the whole test query set at once. The upstream code has none; report it
-    separately and labelled. sim_QN: (Q, N) with queries on ``query_axis`` (0 for t2v on sim_TV). Returns (Q, N).
+    separately and labelled. sim_QN: (Q, N) with queries on ``query_axis`` (0 for t2v on sim_TV). Returns
+    (Q, N).
     """
     sim = _check_sim(sim_QN, "sim_QN")
     if query_axis not in (0, 1):
@@ -291,7 +300,8 @@ def dual_softmax(sim_QN: Any, temp: float = 100.0, *, query_axis: int = 0) -> np
     return sim * prior
 
 
-# --- text table ----------------------------------------------------------------------------------------------
+# --- text table
+# ----------------------------------------------------------------------------------------------
 
 _TABLE_COLS: tuple[tuple[str, str, str], ...] = (
     ("R1", "R@1", "{:.1f}"),

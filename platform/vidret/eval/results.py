@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from vidret.eval.metrics import metrics_table
+from vidret.eval.uncertainty import query_layout, rerank_sentence
 from vidret.features.scoring import EvalResult
 from vidret.features.types import FeatureSet
-from vidret.eval.uncertainty import query_layout, rerank_sentence
 from vidret.storage import Storage, join
 
 VOLATILE = (

@@ -9,11 +9,11 @@ from typing import Any
 from vidret.config import Config, dump_yaml
 from vidret.eval.report import write_page
 from vidret.eval.report_data import outcome_samples, thumbnail_ids
-from vidret.features.scoring import EvalResult
-from vidret.features.types import FeatureSet
 from vidret.eval.scalars import training_curves
 from vidret.eval.thumbnails import thumbnails_for
 from vidret.eval.uncertainty import query_layout
+from vidret.features.scoring import EvalResult
+from vidret.features.types import FeatureSet
 from vidret.storage import Storage
 
 

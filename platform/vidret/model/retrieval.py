@@ -70,7 +70,7 @@ class RetrievalModel(nn.Module):
 
     # -- stages -------------------------------------------------------------------------------------
     def set_stage(self, stage: Stage) -> None:
-        """Set which parameters train (method §3.1).
+        """Set which parameters train (docs/method.md §3.1).
 
         ``discrimination``: everything but the denoisers and CLIP's patch embedding (``conv1``, frozen in the
         method). ``generation``: only the two denoisers; CLIP, the temporal module and WTI are frozen.

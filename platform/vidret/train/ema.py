@@ -1,4 +1,4 @@
-"""Exponential moving average of a model's weights (method §2.5) and the model-vs-EMA choice.
+"""Exponential moving average of a model's weights (docs/method.md §2.5) and the model-vs-EMA choice.
 
 Faithful: after every optimiser step ``ema <- d * ema + (1 - d) * theta`` with a constant ``d``
 (``train.ema_decay``, 0.99), over all parameters (trainable or not) and, here, also the floating-point

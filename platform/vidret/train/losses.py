@@ -9,7 +9,7 @@ against all G videos, video-to-text rows are local videos against all G texts; a
 column ``b + row_offset``. With an exact gather (gradient summed back to the owner, e.g.
 ``torch.distributed.nn.all_gather``) and DDP's gradient averaging over W workers, the gradient equals the
 full G x G loss of the method (mean over all G rows), while each worker does B x G work instead of G x G.
-On one worker (identity gather, ``row_offset`` 0) it is exactly the method's loss (§2.4):
+On one worker (identity gather, ``row_offset`` 0) it is exactly method's (docs/method.md §2.4):
 
     L = 1/2 [CE(scale * S) + CE(scale * S^T)],   CE(M) = mean_i -log softmax(M_i)_i.
 """
@@ -42,7 +42,7 @@ def soft_target_cross_entropy(logits_BG: Tensor, targets_BG: Tensor) -> Tensor:
     """mean_b -sum_g p[b, g] log softmax(logits_b)_g, with p = targets / targets.sum(row).
 
     With one-hot targets this is the ordinary cross-entropy; with several positives per row the target
-    mass is spread evenly over them (the method's unused ``sim_targets``, §2.4).
+    mass is spread evenly over them (the method's unused ``sim_targets``, docs/method.md §2.4).
     """
     targets = targets_BG.to(logits_BG.dtype)
     counts = targets.sum(dim=1, keepdim=True)
@@ -61,7 +61,7 @@ def symmetric_infonce(
     same_video_positives: bool = False,
     video_id_key: str = "video_index",
 ) -> Tensor:
-    """The symmetric InfoNCE of stage 1 (method §2.4) for the local rows of a possibly sharded batch.
+    """The symmetric InfoNCE of stage 1 (docs/method.md §2.4) for the local rows of a possibly sharded batch.
 
     ``features`` holds this worker's B rows (every tensor has B first); each is passed through ``gather``
     to build the G columns (0-d tensors are passed through as they are). Pass only what ``similarity``

@@ -21,7 +21,7 @@ from vidret.model.retrieval import RetrievalModel
 
 class GenerationObjective(nn.Module):
     """The stage-2 loss of the local queries against hard negatives from the gathered batch (method
-    §3.2-3.5)."""
+    docs/method.md §3.2-3.5)."""
 
     def __init__(self, model: RetrievalModel) -> None:
         super().__init__()

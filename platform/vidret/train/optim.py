@@ -1,5 +1,5 @@
 """Parameter groups, the BertAdam / AdamW optimisers, warmup-cosine schedules and per-step clamps (method
-§2.5).
+docs/method.md §2.5).
 
 Parameter groups (faithful to the released code):
 
@@ -227,7 +227,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> Optimizer:
 def total_training_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """Optimiser steps of the run: ``train.max_steps`` if set, else ``epochs * steps_per_epoch``.
 
-    Upstream hard-codes 5 epochs here (method §9.4); this follows the configured epochs.
+    Upstream hard-codes 5 epochs here (docs/method.md §9.4); this follows the configured epochs.
     """
     if steps_per_epoch < 1:
         raise ValueError(f"total_training_steps: expected steps_per_epoch >= 1, got {steps_per_epoch}")

@@ -41,7 +41,6 @@ import yaml
 from ray import tune
 
 from vidret.config import Config, dump_yaml
-from vidret.runtime import ensure_ray
 from vidret.eval.metrics import metrics_table
 from vidret.features import store
 from vidret.features.build import build_feature_cache
@@ -51,6 +50,7 @@ from vidret.features.types import FeatureSet
 from vidret.layout import cache_root, check_placeholders, stage_uri
 from vidret.model.build import model_from_state
 from vidret.model.checkpoint import load_state
+from vidret.runtime import ensure_ray
 from vidret.storage import Storage, is_remote, join, parse_uri
 from vidret.tune.space import (
     BASELINE,

@@ -1,4 +1,5 @@
-"""Retrieval metrics: hand-computed matrices, the upstream tie counting, multi-caption grouping, DSL, table."""
+"""Retrieval metrics: hand-computed matrices, the upstream tie counting, multi-caption grouping, DSL,
+table."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from vidret.eval.metrics import (
 
 
 def upstream_compute_metrics_hits(x: np.ndarray) -> np.ndarray:
-    """The upstream ``compute_metrics`` counting, written out literally: sort, subtract diagonal, find zeros."""
+    """The upstream ``compute_metrics`` counting, written out literally: sort, subtract diagonal, find
+    zeros."""
     sx = np.sort(-x, axis=1)
     d = np.diag(-x)[:, np.newaxis]
     return np.where(sx - d == 0)[1]

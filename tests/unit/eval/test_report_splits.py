@@ -17,10 +17,10 @@ from vidret.eval.metrics import metrics_table
 from vidret.eval.report import render_page
 from vidret.eval.report_data import outcome_samples, thumbnail_ids
 from vidret.eval.results import metrics_document, sentences, split_table
-from vidret.features.scoring import EvalResult, direction_metrics
-from vidret.features.types import FeatureSet, TextFeatures, VideoFeatures
 from vidret.eval.scalars import training_curves
 from vidret.eval.uncertainty import query_layout, split_intervals
+from vidret.features.scoring import EvalResult, direction_metrics
+from vidret.features.types import FeatureSet, TextFeatures, VideoFeatures
 
 LABELS = {"stage1": "stage 1", "rerank": "stage 1 + diffusion re-rank"}
 

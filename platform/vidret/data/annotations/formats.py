@@ -8,7 +8,7 @@ Every reader reads through ``Storage`` so ``s3://`` annotation directories work 
 input raises ``ValueError`` naming the file, the row or field, and what was expected; a missing annotation
 file raises ``ValueError`` naming the file and the dataset/split that needs it.
 
-Layouts (``anno`` is the directory holding the files; method reference section 5.2):
+Layouts (``anno`` is the directory holding the files; docs/method.md §5.2):
 
 * msrvtt / synthetic: a split file, either an id list (single column ``video_id``; every caption of the video
   comes from ``MSRVTT_data.json``'s ``sentences``) or a pair list (``key,vid_key,video_id,sentence``; one
