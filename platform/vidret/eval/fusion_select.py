@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from vidret.config import Config, DiffusionConfig, EvalConfig
-from vidret.diffusion.rerank import Conditioning, candidate_scores, fuse
-from vidret.features.scoring import direction_metrics
+from vidret.diffusion.rerank import Conditioning, Direction, candidate_scores, fuse
+from vidret.features.scoring import direction_metrics, similarity
 from vidret.features.types import FeatureSet
 from vidret.model.retrieval import RetrievalModel
 
@@ -31,9 +31,9 @@ def _candidates(
     model: RetrievalModel, sim_TV: Tensor, fs: FeatureSet, dcfg: DiffusionConfig
 ) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
     """Per direction (sim, cand_QK, x0_QK): the stage-1 matrix, top-k candidates and their DDIM scores."""
-    sims = {"t2v": sim_TV, "v2t": sim_TV.T.contiguous()}
+    sims: dict[Direction, Tensor] = {"t2v": sim_TV, "v2t": sim_TV.T.contiguous()}
     feats = Conditioning(fs.text.eot, fs.video.frames, fs.video.mask)
-    out = {}
+    out: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
     for direction, sim in sims.items():
         cand_QK, x0_QK = candidate_scores(
             direction,
@@ -49,7 +49,7 @@ def _candidates(
     return out
 
 
-def _score(m: dict[str, float]) -> tuple[float, float, float]:
+def _score(m: dict[str, Any]) -> tuple[float, float, float]:
     return (m["R1"], m["R5"], -m["MnR"])
 
 
@@ -62,8 +62,7 @@ def select_fusion(
     "temp", "R1", "R5", "MnR"}, ...], "queries": {"t2v": T, "v2t": V}}.
     """
     model.eval()
-    with torch.no_grad():
-        sim_TV = model.similarity(fs.text, fs.video, block=ecfg.block_size).float()
+    sim_TV = similarity(model, fs, ecfg.block_size).float()
     cands = _candidates(model, sim_TV, fs, dcfg)
     grid: list[dict[str, Any]] = []
     best: dict[str, dict[str, Any]] = {}
