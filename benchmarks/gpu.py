@@ -220,7 +220,8 @@ def stage1_compute(cfg: Config, sz: Sizes, device: torch.device, model: Any) -> 
 def _prepared_rows(cfg: Config, sz: Sizes, work: Path) -> Any:
     from vidret.config import SynthConfig, replace
     from vidret.data.annotations.manifest import build_manifest, write_manifest
-    from vidret.data.pipeline import load_split, run_prepare
+    from vidret.data.executors import run_prepare
+    from vidret.data.pipeline import load_split
     from vidret.data.synthetic import generate_corpus
     from vidret.storage import Storage
 

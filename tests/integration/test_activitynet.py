@@ -18,7 +18,7 @@ import pytest
 
 from vidret.config import Config, SynthConfig, load_config
 from vidret.data.annotations.manifest import build_manifest, read_manifest, write_manifest
-from vidret.data.pipeline import run_prepare
+from vidret.data.executors import run_prepare
 from vidret.data.synthetic.activitynet import frame_size, generate_activitynet
 from vidret.storage import Storage, join
 
