@@ -6,12 +6,17 @@ import dataclasses
 import re
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from vidret.config.coerce import build
 from vidret.config.schema import REDACTED, SECRET_FIELDS, Config, FieldError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_DC = TypeVar("_DC", bound="DataclassInstance")
 
 
 class _Loader(yaml.SafeLoader):
@@ -209,6 +214,6 @@ def with_absolute_paths(cfg: Config, cwd: str | None = None) -> Config:
     return out
 
 
-def replace(cfg: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` re-exported so callers do not reach for private helpers."""
+def replace(cfg: _DC, **changes: Any) -> _DC:
+    """``dataclasses.replace`` re-exported so callers do not reach for private helpers; typed as the input."""
     return dataclasses.replace(cfg, **changes)

@@ -193,7 +193,8 @@ def _random_resized_crop(video_FSS3: np.ndarray, rng: np.random.Generator) -> np
     rows0, rows1 = crop[:, y0], crop[:, y1]
     top_row = rows0[:, :, x0] * (1 - wx) + rows0[:, :, x1] * wx
     bottom_row = rows1[:, :, x0] * (1 - wx) + rows1[:, :, x1] * wx
-    return np.clip(np.rint(top_row * (1 - wy) + bottom_row * wy), 0, 255).astype(np.uint8)
+    out_FSS3: np.ndarray = np.clip(np.rint(top_row * (1 - wy) + bottom_row * wy), 0, 255).astype(np.uint8)
+    return out_FSS3
 
 
 def _bilinear_axis(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

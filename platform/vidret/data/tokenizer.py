@@ -55,7 +55,8 @@ class ClipTokenizer:
         """BPE ids of one cleaned caption, without SOT/EOT and untruncated."""
         if not isinstance(text, str):
             raise TypeError(f"ClipTokenizer: expected a str caption, got {type(text).__name__}")
-        return self._encoder().encode(text)
+        ids: list[int] = self._encoder().encode(text)  # open_clip ships no type information
+        return ids
 
     @overload
     def __call__(

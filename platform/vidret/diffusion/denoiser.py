@@ -64,13 +64,16 @@ def sinusoidal_table(length: int, dim: int) -> Tensor:
 class TimestepEmbedder(nn.Module):
     """cond_BD = Linear-SiLU-Linear(pe[t]) over a fixed sinusoidal table; t is the integer step."""
 
+    pe: Tensor  # the registered buffer (declared so that attribute access is typed as a tensor)
+
     def __init__(self, dim: int, max_steps: int = 5000) -> None:
         super().__init__()
         self.register_buffer("pe", sinusoidal_table(max_steps, dim), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t_B: Tensor) -> Tensor:
-        return self.mlp(self.pe[t_B])
+        cond_BD: Tensor = self.mlp(self.pe[t_B])
+        return cond_BD
 
 
 def frame_attention_weights(logits_BKF: Tensor, mask: Tensor, mode: FrameSoftmax) -> Tensor:
@@ -127,6 +130,13 @@ class CandidateDenoiser(nn.Module):
         """A denoiser of width ``dim`` with the config's attention temperature and frame softmax."""
         return cls(dim, attn_temp=cfg.attn_temp, frame_softmax=cfg.frame_softmax)
 
+    def _decoder_linears(self) -> tuple[nn.Linear, nn.Linear]:
+        """The decoder's first (2D -> 2D) and last (2D -> 1) Linear layers, typed."""
+        first, last = self.decoder[0], self.decoder[2]
+        assert isinstance(first, nn.Linear), self.decoder
+        assert isinstance(last, nn.Linear), self.decoder
+        return first, last
+
     def denoise(self, x_BK: Tensor, t_B: Tensor, query_BXD: Tensor, cand_BKD: Tensor) -> Tensor:
         """x0_hat_BK from encoded features (``encode``); ``query_BXD`` has X = 1 (T2V) or X = K (V2T).
 
@@ -139,10 +149,13 @@ class CandidateDenoiser(nn.Module):
         q = self.q_proj(query_BXD + cond_B1D)
         k = self.k_proj(cand_BKD + cond_B1D)
         v = self.v_proj(cand_BKD + cond_B1D)
-        alpha_BK = ((q * k).sum(-1) + x_BK).softmax(dim=-1)  # x_t enters the attention logits; no 1/sqrt(D)
+        alpha_BK: Tensor = ((q * k).sum(-1) + x_BK).softmax(
+            dim=-1
+        )  # x_t enters the attention logits; no 1/sqrt(D)
         h_BD = self.proj(torch.einsum("bk,bkd->bd", alpha_BK, v))
         h_BKD = h_BD[:, None, :].expand_as(cand_BKD)
-        return self.decoder(torch.cat([h_BKD, cand_BKD], dim=-1)).squeeze(-1) + alpha_BK
+        dec_BK1: Tensor = self.decoder(torch.cat([h_BKD, cand_BKD], dim=-1))
+        return dec_BK1.squeeze(-1) + alpha_BK
 
     def prepare(self, query_BXD: Tensor, cand_BKD: Tensor) -> dict[str, Tensor]:
         """The step-invariant projections of encoded features (``encode``), the arguments of ``step``.
@@ -153,7 +166,7 @@ class CandidateDenoiser(nn.Module):
         ``step`` exactly as through ``denoise``.
         """
         _check_query_cand(query_BXD, cand_BKD)
-        first = self.decoder[0]
+        first, _ = self._decoder_linears()
         q_BXD = self.q_proj(query_BXD)
         k_BKD = self.k_proj(cand_BKD)
         return {
@@ -193,13 +206,14 @@ class CandidateDenoiser(nn.Module):
             + torch.einsum("bkd,bd->bk", k_BKD, cq_BD)
             + (cq_BD * ck_BD).sum(-1, keepdim=True)
         )
-        alpha_BK = (logits_BK + x_BK).softmax(dim=-1)  # x_t enters the attention logits; no 1/sqrt(D)
+        alpha_BK: Tensor = (logits_BK + x_BK).softmax(dim=-1)  # x_t enters the attention logits; no 1/sqrt(D)
         pooled_BD = torch.einsum("bk,bkd->bd", alpha_BK, v_BKD) + alpha_BK.sum(-1, keepdim=True) * cv_BD
         h_BD = self.proj(pooled_BD)
-        first, _, last = self.decoder
+        first, last = self._decoder_linears()
         # the one (B, K, E) tensor per step: ReLU in place (autograd-safe after an add) saves a pass over it
         hidden_BKE = (dec_BKE + F.linear(h_BD, first.weight[:, : self.dim])[:, None, :]).relu_()
-        return last(hidden_BKE).squeeze(-1) + alpha_BK
+        out_BK1: Tensor = last(hidden_BKE)
+        return out_BK1.squeeze(-1) + alpha_BK
 
     @torch.no_grad()
     def prepare_sampling(self, query_BXD: Tensor, cand_BKD: Tensor, t_S: Tensor) -> dict[str, Tensor]:
@@ -218,7 +232,7 @@ class CandidateDenoiser(nn.Module):
         if t_S.ndim != 1 or t_S.numel() == 0 or t_S.is_floating_point():
             raise ValueError(f"prepare_sampling: expected a 1-D integer tensor of steps, got {t_S!r}")
         t_S = torch.unique(t_S.long())
-        d, (first, _, _) = self.dim, self.decoder
+        d, (first, _) = self.dim, self._decoder_linears()
         w_q, w_k, w_h = self.q_proj.weight, self.k_proj.weight, first.weight[:, : self.dim]
         cond_SD = self.time_embed(t_S)
         cq_SD, ck_SD, cv_SD = self.q_proj(cond_SD), self.k_proj(cond_SD), self.v_proj(cond_SD)
@@ -269,7 +283,7 @@ class CandidateDenoiser(nn.Module):
         alpha_BK = (logit_SBK[s_B, torch.arange(rows, device=x_BK.device)] + x_BK).softmax(dim=-1)
         pooled_BD = torch.bmm(alpha_BK[:, None, :], cand_BKD).squeeze(1)  # sum_k alpha_k cand_k
         u_BE = torch.addcmul(F.linear(pooled_BD, mv_ED), alpha_BK.sum(-1, keepdim=True), cvh_SE[s_B])
-        last, e = self.decoder[2], dec_BKE.shape[-1]
+        (_, last), e = self._decoder_linears(), dec_BKE.shape[-1]
         out_BK = torch.empty_like(x_BK)
         # CPU: L2-sized row blocks; an accelerator streams the whole layer in one launch per op
         block = max(1, _HIDDEN_BLOCK_ELEMS // (dec_BKE.shape[1] * e)) if x_BK.device.type == "cpu" else rows

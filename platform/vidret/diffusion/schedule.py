@@ -9,6 +9,7 @@ import math
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 ScheduleName = Literal["cosine", "linear"]
 
@@ -16,12 +17,12 @@ _COSINE_OFFSET = 0.008  # the "s" of Nichol & Dhariwal's cosine schedule
 _MAX_BETA = 0.999  # cosine betas are clipped here to avoid a singular last step
 
 
-def _cosine_alpha_bar(s: np.ndarray) -> np.ndarray:
+def _cosine_alpha_bar(s: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """abar(s) = cos^2(((s + 0.008) / 1.008) * pi / 2) for s in [0, 1]."""
     return np.cos((s + _COSINE_OFFSET) / (1.0 + _COSINE_OFFSET) * math.pi / 2) ** 2
 
 
-def betas(name: ScheduleName, steps: int) -> np.ndarray:
+def betas(name: ScheduleName, steps: int) -> npt.NDArray[np.float64]:
     """Return the float64 betas_T of the named schedule.
 
     ``cosine``: beta_i = min(1 - abar((i+1)/T) / abar(i/T), 0.999) for i = 0..T-1.

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 Ties = Literal["upstream", "optimistic", "pessimistic"]
 Grouping = Literal["correct", "upstream_off_by_one"]
@@ -37,6 +38,8 @@ Median = Literal["midpoint", "lower"]
 RECALL_KS: tuple[int, ...] = (1, 5, 10, 50)
 _TIES = ("upstream", "optimistic", "pessimistic")
 _GROUPINGS = ("correct", "upstream_off_by_one")
+
+Ranks = npt.NDArray[np.int64]  # 0-based ranks (or upstream hits), int64
 
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:
@@ -52,7 +55,7 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
         raise TypeError(f"{name}: expected an array or tensor, got {type(x).__name__}") from err
 
 
-def _check_sim(sim: Any, name: str) -> np.ndarray:
+def _check_sim(sim: Any, name: str) -> npt.NDArray[np.float64]:
     sim_QN = _to_numpy(sim, name)
     if sim_QN.ndim != 2 or sim_QN.shape[0] == 0 or sim_QN.shape[1] == 0:
         raise ValueError(
@@ -69,7 +72,7 @@ def _check_sim(sim: Any, name: str) -> np.ndarray:
     return sim_QN
 
 
-def _check_index(idx: Any, name: str, length: int, upper: int) -> np.ndarray:
+def _check_index(idx: Any, name: str, length: int, upper: int) -> npt.NDArray[np.int64]:
     idx_Q = _to_numpy(idx, name)
     if idx_Q.ndim != 1 or idx_Q.shape[0] != length:
         raise ValueError(f"{name}: expected shape ({length},), got {idx_Q.shape}")
@@ -86,7 +89,9 @@ def _check_ties(ties: str) -> None:
         raise ValueError(f"ties: expected one of {_TIES}, got {ties!r}")
 
 
-def _greater_equal(sim_QN: np.ndarray, gt_Q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _greater_equal(
+    sim_QN: npt.NDArray[np.float64], gt_Q: npt.NDArray[np.int64]
+) -> tuple[Ranks, Ranks, npt.NDArray[np.float64]]:
     """Per query: #scores > the correct one, #scores == it (>= 1), and the correct score itself."""
     target_Q = sim_QN[np.arange(sim_QN.shape[0]), gt_Q]
     greater_Q = (sim_QN > target_Q[:, None]).sum(axis=1)
@@ -94,7 +99,7 @@ def _greater_equal(sim_QN: np.ndarray, gt_Q: np.ndarray) -> tuple[np.ndarray, np
     return greater_Q, equal_Q, target_Q
 
 
-def _ranks(sim_QN: np.ndarray, gt_Q: np.ndarray, ties: str) -> np.ndarray:
+def _ranks(sim_QN: npt.NDArray[np.float64], gt_Q: npt.NDArray[np.int64], ties: str) -> Ranks:
     greater_Q, equal_Q, _ = _greater_equal(sim_QN, gt_Q)
     if ties == "optimistic":
         return greater_Q
@@ -216,7 +221,8 @@ def t2v_multi_ranks(
         return _ranks(sim, gt, ties)
     greater, _, target = _greater_equal(sim, gt)
     before = np.arange(sim.shape[1])[None, :] < gt[:, None]
-    return greater + ((sim == target[:, None]) & before).sum(axis=1)
+    tied_before: Ranks = ((sim == target[:, None]) & before).sum(axis=1)
+    return greater + tied_before
 
 
 def v2t_multi_sim(sim_TV: Any, text_to_video_T: Any, *, grouping: Grouping = "correct") -> np.ndarray:

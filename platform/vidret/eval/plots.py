@@ -10,9 +10,10 @@ import base64
 import html
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 PALETTE: tuple[str, ...] = (
     "#1f77b4",
@@ -117,10 +118,12 @@ def rank_histogram_svg(ranks: Mapping[str, np.ndarray], *, width: int = 640, hei
     return "\n".join(out)
 
 
-def recall_curve(ranks_H: np.ndarray, ks: np.ndarray) -> np.ndarray:
+def recall_curve(ranks_H: np.ndarray, ks: np.ndarray) -> npt.NDArray[np.float64]:
     """R@K in percent for each K in ``ks``: 100 * mean(rank < K) over (H,) 0-based ranks."""
     sorted_H = np.sort(np.asarray(ranks_H))
-    return 100.0 * np.searchsorted(sorted_H, np.asarray(ks), side="left") / sorted_H.shape[0]
+    below_K: npt.NDArray[np.intp] = np.searchsorted(sorted_H, np.asarray(ks), side="left")
+    recall_K: npt.NDArray[np.float64] = 100.0 * below_K / sorted_H.shape[0]
+    return recall_K
 
 
 def recall_curve_svg(ranks: Mapping[str, np.ndarray], *, width: int = 640, height: int = 320) -> str:
@@ -215,7 +218,7 @@ def interval_bars_svg(
 
 
 def line_plot_svg(
-    series: Mapping[str, list[tuple[float, float]]],
+    series: Mapping[str, Sequence[tuple[float, float]]],
     *,
     title: str,
     xlabel: str,

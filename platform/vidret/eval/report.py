@@ -94,7 +94,7 @@ def frame_strip(
         arr = arr[None]
     pick = np.unique(np.linspace(0, arr.shape[0] - 1, min(num_frames, arr.shape[0])).round().astype(int))
     width = max(1, round(arr.shape[2] * height / arr.shape[1]))
-    tiles = [Image.fromarray(arr[i]).resize((width, height), Image.BILINEAR) for i in pick]
+    tiles = [Image.fromarray(arr[i]).resize((width, height), Image.Resampling.BILINEAR) for i in pick]
     strip = Image.new("RGB", (width * len(tiles) + 2 * (len(tiles) - 1), height), (255, 255, 255))
     for i, tile in enumerate(tiles):
         strip.paste(tile, (i * (width + 2), 0))

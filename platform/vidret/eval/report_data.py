@@ -13,11 +13,12 @@ video, shown by the video's first caption).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from vidret.eval.metrics import v2t_multi_sim
+from vidret.eval.metrics import Grouping, v2t_multi_sim
 from vidret.eval.retrieval import top_k
 from vidret.features.scoring import EvalResult
 from vidret.features.types import FeatureSet
@@ -63,15 +64,15 @@ def _group_item(fs: FeatureSet, v: int, first: dict[int, int]) -> dict[str, Any]
     return {**item, "id": f"group:{v}"}
 
 
-def _v2t_matrix(res: EvalResult, variant: str, fs: FeatureSet, grouping: str) -> np.ndarray:
+def _v2t_matrix(res: EvalResult, variant: str, fs: FeatureSet, grouping: Grouping) -> np.ndarray:
     sim_VT = res.sims[variant][1]
     if fs.single_caption:
         return sim_VT.double().numpy()
-    return v2t_multi_sim(sim_VT.T.double().numpy(), fs.text_to_video_T.numpy(), grouping=grouping)  # type: ignore[arg-type]
+    return v2t_multi_sim(sim_VT.T.double().numpy(), fs.text_to_video_T.numpy(), grouping=grouping)
 
 
 def outcome_samples(
-    fs: FeatureSet, res: EvalResult, layout: dict[str, dict[str, Any]], per_outcome: int, grouping: str
+    fs: FeatureSet, res: EvalResult, layout: dict[str, dict[str, Any]], per_outcome: int, grouping: Grouping
 ) -> list[dict[str, Any]]:
     """Samples of both directions: {"direction", "outcome", "query", "gt", "before", "after", "rank_before",
     "rank_after"}; ``query`` and each result are items {"id", "label", "video_id"} (video_id: has a
@@ -86,6 +87,7 @@ def outcome_samples(
         if not chosen:
             continue
         qrows = rows[[i for _, i in chosen]]
+        item: Callable[[int], dict[str, Any]]  # a result column -> its item
         if d == "t2v":
             tops = {v: top_k(res.sims[v][0][torch_rows(qrows)], TOP) for v in ("stage1", after_v)}
             gt = [_video_item(fs, int(fs.text_to_video_T[q])) for q in qrows]

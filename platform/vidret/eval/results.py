@@ -45,7 +45,8 @@ def metrics_document(summary: Mapping[str, Any], run_out: str) -> dict[str, Any]
     """The metrics.json content: ``summary`` without volatile keys, paths relative to ``run_out``."""
     doc = {k: v for k, v in summary.items() if k not in VOLATILE}
     doc["paths_relative_to"] = "run.out"
-    return _portable(doc, run_out)
+    portable: dict[str, Any] = _portable(doc, run_out)  # a Mapping maps to a dict with str keys
+    return portable
 
 
 def ranks_document(inputs: Mapping[str, tuple[FeatureSet, EvalResult]], grouping: str) -> dict[str, Any]:

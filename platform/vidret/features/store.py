@@ -116,6 +116,14 @@ def read_index(storage: Storage, uri: str) -> dict[str, Any] | None:
     return dict(index)
 
 
+def require_index(storage: Storage, uri: str) -> dict[str, Any]:
+    """``read_index`` of a split that must be complete; ``ValueError`` naming ``uri`` when it is not."""
+    index = read_index(storage, uri)
+    if index is None:
+        raise ValueError(f"{uri}: no complete feature cache here (index.json missing or shards incomplete)")
+    return index
+
+
 def _load_shards(storage: Storage, uri: str, shards: list[dict[str, Any]]) -> Iterator[dict[str, np.ndarray]]:
     for shard in shards:
         data = storage.read_bytes(join(uri, shard["name"]))
@@ -133,9 +141,7 @@ def _concat(parts: list[dict[str, np.ndarray]], uri: str) -> dict[str, np.ndarra
 
 def load_split(storage: Storage, uri: str) -> FeatureSet:
     """Load a complete split into a ``FeatureSet`` (texts in caption-row order, videos in video order)."""
-    index = read_index(storage, uri)
-    if index is None:
-        raise ValueError(f"{uri}: no complete feature cache here (index.json missing or shards incomplete)")
+    index = require_index(storage, uri)
     t = _concat(list(_load_shards(storage, uri, index["texts"])), uri)
     v = _concat(list(_load_shards(storage, uri, index["videos"])), uri)
     t_order = np.argsort(t["caption_row"], kind="stable")

@@ -112,7 +112,8 @@ class ClipBackbone(nn.Module):
 
     @property
     def logit_scale(self) -> nn.Parameter:
-        return self.clip.logit_scale
+        scale: nn.Parameter = self.clip.logit_scale  # open_clip ships no type information
+        return scale
 
     def encode_text(self, ids_BL: torch.Tensor, mask_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token features ``(B, L, D)`` and the EOT feature ``(B, D)``; neither is normalised.
@@ -161,11 +162,12 @@ class ClipBackbone(nn.Module):
             )
         flat_N3HW = frames_BF3HW.flatten(0, 1)
         if mask_BF is None:
-            return self.clip.visual(flat_N3HW).view(B, F, -1)
+            all_ND: torch.Tensor = self.clip.visual(flat_N3HW)
+            return all_ND.view(B, F, -1)
         if tuple(mask_BF.shape) != (B, F):
             raise ValueError(f"encode_frames: mask shape {tuple(mask_BF.shape)} != (B, F) = {(B, F)}")
         real_idx = (mask_BF.flatten() != 0).nonzero().squeeze(1)
-        real_RD = self.clip.visual(flat_N3HW[real_idx]) if real_idx.numel() else None
+        real_RD: torch.Tensor | None = self.clip.visual(flat_N3HW[real_idx]) if real_idx.numel() else None
         if real_RD is None:
             return flat_N3HW.new_zeros(B, F, self.embed_dim)
         out_ND = real_RD.new_zeros(B * F, real_RD.shape[-1]).index_copy(0, real_idx, real_RD)
@@ -254,7 +256,8 @@ def read_clip_weights(uri: str, fmt: WeightsFormat = "auto", storage: Storage | 
             # torch.jit is deprecated, but it is the only reader of this format.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")
+                # torch.jit.load has no annotations in torch's own sources
+                scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")  # type: ignore[no-untyped-call]
         except RuntimeError as e:
             raise ValueError(f"CLIP weights {uri}: unreadable TorchScript archive: {e}") from None
         state = {k: v.detach().clone() for k, v in scripted.state_dict().items()}

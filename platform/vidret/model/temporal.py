@@ -52,6 +52,7 @@ class TemporalTransformer(nn.Module):
         if kind == "meanP":
             self.frame_position_embeddings = None
             self.resblocks = nn.ModuleList()
+            self.num_heads = 0
             return
         text_blocks = clip.transformer.resblocks
         if num_layers < 0:
@@ -79,6 +80,7 @@ class TemporalTransformer(nn.Module):
             )
             blocks += [_fresh_block_like(text_blocks[0]) for _ in range(num_layers - n_copied)]
         self.resblocks = nn.ModuleList(blocks)
+        self.num_heads = int(text_blocks[0].attn.num_heads)  # every copied or fresh block has CLIP's heads
         for p in self.parameters():
             p.requires_grad_(True)
 
@@ -103,13 +105,13 @@ class TemporalTransformer(nn.Module):
                 f"TemporalTransformer: F={F} frames exceeds the {self.max_frames} position embeddings"
             )
         assert self.frame_position_embeddings is not None
-        pos_FD = self.frame_position_embeddings(torch.arange(F, device=frames_BFD.device))
+        pos_FD: torch.Tensor = self.frame_position_embeddings(torch.arange(F, device=frames_BFD.device))
         x_BFD = frames_BFD + pos_FD[None].to(frames_BFD.dtype)
         # Key padding only (bidirectional); a large finite negative so an all-padded row cannot give NaN.
         attn_BFF = torch.zeros(B, F, F, dtype=x_BFD.dtype, device=x_BFD.device)
         attn_BFF.masked_fill_((mask_BF == 0)[:, None, :], torch.finfo(x_BFD.dtype).min)
         if len(self.resblocks):
-            attn_mask = attn_BFF.repeat_interleave(self.resblocks[0].attn.num_heads, dim=0)
+            attn_mask = attn_BFF.repeat_interleave(self.num_heads, dim=0)
             for block in self.resblocks:
                 x_BFD = block(x_BFD, attn_mask=attn_mask)
         return x_BFD + frames_BFD

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from vidret.config import Config, DiffusionConfig, replace
-from vidret.diffusion.denoiser import T2VDenoiser
 from vidret.diffusion.rerank import Conditioning, rerank
 from vidret.model.checkpoint import load_state
 from vidret.model.retrieval import RetrievalModel
@@ -114,7 +113,7 @@ def rerank_scores(
         "t2v",
         sim_QM,
         Conditioning(text_D=text_eot_QD, video_FD=video_MFD, video_mask_F=video_mask_MF),
-        cast(T2VDenoiser, model.t2v_denoiser),
+        model.t2v_denoiser,
         model.diffusion,
         replace(dcfg, t2v_k=k),
         query_ids_Q=torch.zeros(sim_QM.shape[0], dtype=torch.int64),

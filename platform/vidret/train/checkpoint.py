@@ -35,7 +35,9 @@ def capture_rng() -> dict[str, Any]:
     """Python ``random``, NumPy's global RNG, torch CPU and (if available) all CUDA generators, as tensors and
     primitives that ``weights_only`` loading accepts."""
     version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple), type(np_state)  # legacy=True: the (kind, keys, pos, ...) tuple
+    kind, keys, pos, has_gauss, cached = np_state
     out: dict[str, Any] = {
         "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
         "numpy": {

@@ -82,12 +82,12 @@ class _GatherWithGrad(torch.autograd.Function):
     then returns this rank's rows."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, exact: bool) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, exact: bool) -> Tensor:
         ctx.exact, ctx.rank, ctx.rows = exact, rank(), x.shape[0]
         return _all_gather_cat(x)
 
     @staticmethod
-    def backward(ctx: Any, grad_G: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_G: Tensor) -> tuple[Tensor, None]:
         if ctx.exact:
             grad_G = grad_G.contiguous().clone()  # all_reduce is in place; the incoming grad may be shared
             dist.all_reduce(grad_G, op=dist.ReduceOp.SUM)
@@ -113,7 +113,8 @@ def gather_with_grad(x_B: Tensor, mode: GatherMode = "exact", check_shapes: bool
     if check_shapes:
         _check_same_shape(x_B)
     if x_B.requires_grad:
-        return _GatherWithGrad.apply(x_B, mode == "exact")
+        gathered_GD: Tensor = _GatherWithGrad.apply(x_B, mode == "exact")  # Function.apply returns Any
+        return gathered_GD
     return _all_gather_cat(x_B)
 
 

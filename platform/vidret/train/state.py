@@ -69,7 +69,7 @@ class TrainState:
     def update(self, loss: Tensor) -> None:
         """One optimiser step on ``loss``: backward, clip, step, schedule, clamp the logit scale, EMA."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward has no annotations
         clip_gradients(self.model, self.cfg.train.clip_grad_norm)
         self.optimizer.step()
         self.scheduler.step()

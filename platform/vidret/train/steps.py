@@ -43,7 +43,10 @@ ValFeatures = Callable[[RetrievalModel], FeatureSet]
 class Step(Protocol):
     """A stage's batches and loss. ``module`` is what DDP wraps; ``loss`` calls the wrapped module."""
 
-    module: nn.Module
+    @property
+    def module(self) -> nn.Module:
+        """The module DDP wraps (read-only here, so a step may hold a more specific module type)."""
+        ...
 
     def batches(self, start_step: int) -> Iterator[dict[str, Tensor]]:
         """This worker's batches from global step ``start_step`` on."""
@@ -143,7 +146,8 @@ class GenerationStep:
                 noise_G2K[0, rows].to(device),
                 noise_G2K[1, rows].to(device),
             )
-        return out["loss_generation"]
+        loss: Tensor = out["loss_generation"]  # nn.Module.__call__ is untyped
+        return loss
 
     def validation(self) -> ValFeatures | None:
         val_fs = load_split(self.storage, self.cache_uri[self.cfg.data.val_split])

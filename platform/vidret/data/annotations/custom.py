@@ -65,8 +65,8 @@ def _seconds(value: Any, where: str) -> float | None:
     return seconds
 
 
-def _jsonl_rows(text: str, uri: str) -> list[tuple[int, dict]]:
-    rows = []
+def _jsonl_rows(text: str, uri: str) -> list[tuple[int, dict[str, Any]]]:
+    rows: list[tuple[int, dict[str, Any]]] = []
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

@@ -82,10 +82,12 @@ def load_json(storage: Storage, uri: str, needed_for: str) -> Any:
         raise ValueError(f"{uri}: invalid JSON ({err})") from err
 
 
-def parse_csv(text: str, uri: str, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict]]]:
+def parse_csv(
+    text: str, uri: str, required: tuple[str, ...]
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Parse a comma CSV with a header; returns (header, [(line number, row dict)])."""
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    rows = []
+    rows: list[tuple[int, dict[str, str]]] = []
     try:
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
@@ -102,7 +104,7 @@ def parse_csv(text: str, uri: str, required: tuple[str, ...]) -> tuple[list[str]
     return header, rows
 
 
-def field_str(row: dict, field: str, where: str) -> str:
+def field_str(row: Mapping[str, str], field: str, where: str) -> str:
     """``row[field]`` stripped; ``ValueError`` naming ``where`` when the row has too few fields."""
     value = row.get(field)
     if value is None:

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -210,7 +211,7 @@ def _csv_text(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 def _annotations(plans: list[VideoPlan]) -> dict[str, str]:
     """File name under ``anns/`` -> text."""
-    sentences = []
+    sentences: list[dict[str, str | int]] = []
     for plan in plans:
         for caption in plan.captions:
             sentences.append({"video_id": plan.video_id, "caption": caption, "sen_id": len(sentences)})
@@ -226,10 +227,10 @@ def _annotations(plans: list[VideoPlan]) -> dict[str, str]:
     return files
 
 
-def summarise(plans: list[VideoPlan], cfg: SynthConfig) -> dict:
+def summarise(plans: list[VideoPlan], cfg: SynthConfig) -> dict[str, Any]:
     """Counts and settings of a planned corpus (the content of summary.json)."""
     per_video = [len(p.captions) for p in plans]
-    duplicates = {}
+    duplicates: dict[str, int] = {}
     for split in EVAL_SPLITS:
         firsts = [p.captions[0] for p in plans if p.split == split]
         duplicates[split] = len(firsts) - len(set(firsts))
@@ -266,7 +267,7 @@ def generate_corpus(
     storage: Storage,
     out: str | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Write the corpus for ``cfg`` under ``out`` (default ``cfg.out``; a path or URI) and return the summary.
 
     Every file goes through ``storage.write_bytes``/``write_text`` (atomic); ``summary.json`` is written last,

@@ -258,6 +258,7 @@ def _track(
 ) -> ObjectPlan:
     """An object doing ``motions`` one after another over the time breakpoints ``times``."""
     base = float(rng.uniform(*SIZE_RANGE))
+    segs: tuple[Segment, ...]
     if motions == ("appears",):  # appears and stays still
         x, y = (float(v) for v in rng.uniform(LO, HI, size=2))
         segs = (Segment(times[0], times[1], (x, y, base), (x, y, base)),)

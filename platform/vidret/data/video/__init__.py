@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from vidret.config import DataConfig
-from vidret.data.video.local import AUTO_ORDER, DecoderName, decode_local, time_decoders
+from vidret.data.video.local import AUTO_ORDER, DecodeOptions, DecoderName, decode_local, time_decoders
 from vidret.data.video.pyav_backend import pyav_first_frame
 from vidret.data.video.sampling import sample_indices
 from vidret.data.video.transforms import IDENTITY, apply_display_transform, displayed_size, is_reflection
@@ -115,8 +115,16 @@ def decode_video(
     in errors. With ``timeout_s`` the decode runs in this process's persistent decode worker (file objects
     are read into memory first) and overruns raise ``DecodeError(reason="timeout")``.
     """
-    kwargs = {"max_frames": max_frames, "framerate": framerate, "size": size, "start": start, "end": end}
-    kwargs.update(decoder=decoder, uri=uri, int_fps=int_fps)
+    kwargs = DecodeOptions(
+        max_frames=max_frames,
+        framerate=framerate,
+        size=size,
+        start=start,
+        end=end,
+        decoder=decoder,
+        uri=uri,
+        int_fps=int_fps,
+    )
     if timeout_s is None:
         return decode_local(source, **kwargs)
     if timeout_s <= 0:

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, TypedDict
 
 import numpy as np
 
@@ -25,12 +25,26 @@ from vidret.data.video.types import Clip, DecodeError, Source, check_exists
 
 log = logging.getLogger(__name__)
 DecoderName = Literal["auto", "decord", "pyav"]
-_READERS: dict[str, Callable[..., Clip]] = {"pyav": read_pyav, "decord": read_decord}
+BackendName = Literal["decord", "pyav"]  # a DecoderName other than "auto"
+_READERS: dict[BackendName, Callable[..., Clip]] = {"pyav": read_pyav, "decord": read_decord}
 # PyAV first: time_decoders on a 30 s 320x240 H.264 clip (GOP 60, MSR-VTT-like), one core, best of 3,
 # 12 frames at 224: PyAV 0.07 s (GOP-wise seeking), decord 0.11 s; 4 frames at 64: 0.03 s vs 0.07 s.
 # PyAV was also faster on all 22 real clips both decode (12 frames at 224), applies mirrors, and decodes
 # what decord 0.6 cannot (AV1, VVC, short MPEG-TS); decord is the fallback.
-AUTO_ORDER: tuple[str, ...] = ("pyav", "decord")
+AUTO_ORDER: tuple[BackendName, ...] = ("pyav", "decord")
+
+
+class DecodeOptions(TypedDict):
+    """The keyword arguments of :func:`decode_local` that ``decode_video`` forwards (typed for ``**``)."""
+
+    max_frames: int
+    framerate: float
+    size: int
+    start: float | None
+    end: float | None
+    decoder: DecoderName
+    uri: str
+    int_fps: bool
 
 
 def decode_local(
@@ -54,8 +68,8 @@ def decode_local(
         raise ValueError(f"size and max_frames must be >= 1, got size={size}, max_frames={max_frames}")
     check_exists(source, uri)
     pick = make_pick(framerate, max_frames, start, end, int_fps)
-    order = AUTO_ORDER if decoder == "auto" else (decoder,)
-    errors: dict[str, DecodeError] = {}
+    order: tuple[BackendName, ...] = AUTO_ORDER if decoder == "auto" else (decoder,)
+    errors: dict[BackendName, DecodeError] = {}
     for name in order:
         try:
             clip = _READERS[name](source, pick, size, uri, threads=threads)
@@ -66,9 +80,9 @@ def decode_local(
                 raise
     else:
         primary = errors[order[0]]  # the primary back end's reason; a fallback's text is for debugging only
-        for name, exc in errors.items():
-            if exc is not primary:
-                log.debug("fallback %s also failed on %s: %s", name, uri, exc)
+        for name, err in errors.items():
+            if err is not primary:
+                log.debug("fallback %s also failed on %s: %s", name, uri, err)
         raise DecodeError(uri, primary.reason, primary.detail) from None
     frames_FSS3 = np.zeros((max_frames, size, size, 3), dtype=np.uint8)
     mask_F = np.zeros((max_frames,), dtype=np.int64)

@@ -46,7 +46,7 @@ REASONS: tuple[str, ...] = (
     "corrupt",
     "timeout",
 )
-Source = bytes | bytearray | memoryview | BinaryIO | str | os.PathLike
+Source = bytes | bytearray | memoryview | BinaryIO | str | os.PathLike[str]
 Pick = Callable[[int, float], np.ndarray]
 
 MAX_PLAUSIBLE_FPS = 960.0  # container rates above this are time-base artefacts (FLV/MKV report 1000)
