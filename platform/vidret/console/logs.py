@@ -33,6 +33,8 @@ VERBOSE_ENV = "VIDRET_LOG"  # "debug" (or "verbose") restores every library's ou
 NOISY_LOGGERS: dict[str, int] = {
     "ray": logging.WARNING,
     "ray.data": logging.WARNING,
+    # "Progress bars disabled. To enable, set ...": vidret prints its own progress lines instead.
+    "ray.data._internal.progress": logging.ERROR,
     "ray.train": logging.WARNING,
     "ray.tune": logging.WARNING,
     "ray.serve": logging.WARNING,
