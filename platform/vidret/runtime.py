@@ -15,11 +15,18 @@ from typing import Any
 import ray
 
 from vidret.config import RunConfig
-from vidret.console.logs import quiet_data_context, quiet_loggers, ray_init_kwargs, verbose_requested
+from vidret.console.logs import (
+    quiet_data_context,
+    quiet_loggers,
+    quiet_worker,
+    ray_init_kwargs,
+    verbose_requested,
+)
 
-__all__ = ["LOCAL_RAY_HOST", "ensure_ray", "live_actors"]
+__all__ = ["LOCAL_RAY_HOST", "WORKER_SETUP_HOOK", "ensure_ray", "live_actors", "setup_worker"]
 
 LOCAL_RAY_HOST = "127.0.0.1"  # a local instance is reachable from this machine only
+WORKER_SETUP_HOOK = f"{__name__}.setup_worker"
 
 
 def ensure_ray(run: RunConfig) -> None:
@@ -33,6 +40,7 @@ def ensure_ray(run: RunConfig) -> None:
     verbose = verbose_requested()
     if not ray.is_initialized():
         kwargs = ray_init_kwargs(verbose)
+        kwargs["runtime_env"]["worker_process_setup_hook"] = WORKER_SETUP_HOOK
         if run.ray_address:
             ray.init(address=run.ray_address, **kwargs)
         elif os.environ.get("RAY_ADDRESS"):
@@ -68,6 +76,18 @@ def _init_local_ray(num_cpus: int | None, kwargs: dict[str, Any]) -> None:
         )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
+def setup_worker() -> None:
+    """``worker_process_setup_hook`` of every worker of vidret's jobs: the console's quiet defaults
+    (``vidret.console.logs.quiet_worker``), and ``RAY_ADDRESS`` set to the worker's own cluster when unset.
+
+    Why the address: Ray Train's placement-group cleaner asks the state API without an address, and on a
+    machine running more than one Ray instance (CI runners, a dev box with ``ray start``) that lookup fails
+    with "Found multiple active Ray instances" and a traceback in the middle of the run."""
+    quiet_worker()
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def live_actors() -> list[dict[str, str]]:

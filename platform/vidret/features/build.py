@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -153,12 +154,15 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
         "max_restarts": 0,
     }
     encoder = {"cfg": cfg, "weights_uri": weights_uri}
-    text_feats = ray.data.from_arrow(pa.concat_tables(texts)).map_batches(
-        _Encoder, fn_constructor_kwargs={**encoder, "what": "texts"}, **kwargs
-    )
-    video_feats = video_ds.map_batches(
-        _Encoder, fn_constructor_kwargs={**encoder, "what": "videos"}, **kwargs
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 names no parameter for max_restarts and calls the generic one deprecated
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=Warning)
+        text_feats = ray.data.from_arrow(pa.concat_tables(texts)).map_batches(
+            _Encoder, fn_constructor_kwargs={**encoder, "what": "texts"}, **kwargs
+        )
+        video_feats = video_ds.map_batches(
+            _Encoder, fn_constructor_kwargs={**encoder, "what": "videos"}, **kwargs
+        )
     writers = {
         s: (store.ShardWriter(storage, u, "texts"), store.ShardWriter(storage, u, "videos"))
         for s, u in uris.items()

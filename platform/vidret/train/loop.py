@@ -158,7 +158,8 @@ def maybe_checkpoint(
 
 
 def _say(line: str) -> None:
-    """One progress line on this worker's stdout (forwarded to the driver by Ray). Not ``print``: Ray Train
-    patches it to write to stdout *and* its logger, so every line reached the driver twice."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    """One line on this worker's stderr (forwarded to the driver's stderr by Ray: stdout is kept for the
+    command's result, e.g. ``--json``). Not ``print``: Ray Train patches it to write to the stream *and* its
+    logger, so every line reached the driver twice."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

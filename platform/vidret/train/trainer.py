@@ -48,7 +48,8 @@ def _storage_path(cfg: Config, storage: Storage) -> tuple[str, Any]:
 
 def _run_config(cfg: Config, storage: Storage, name: str) -> RunConfig:
     path, fs = _storage_path(cfg, storage)
-    return RunConfig(
+    # mypy sees ray.train's V1 RunConfig; V2 (Ray's default) is what runs, and it takes logging_config
+    return RunConfig(  # type: ignore[call-arg]
         name=name,
         storage_path=path,
         storage_filesystem=fs,
