@@ -58,3 +58,13 @@ def test_callback_adapter_for_done_total_reporters() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[check] video 1/8 (12%)")
     assert lines[-1].startswith("[check] video 8/8 (100%)") and "ETA 0:00:00" in lines[-1]
+
+
+def test_a_resumed_step_counts_its_rate_and_eta_from_where_it_resumed() -> None:
+    clock, out = _Clock(), io.StringIO()
+    p = Progress("train", 100, unit="step", stream=out, live=False, clock=clock, initial=60)
+    assert p.eta_s() == float("inf")
+    clock.t = 10.0
+    p.set(70)  # 10 steps in 10 s since the resume, 30 left
+    assert p.rate() == 1.0 and p.eta_s() == 30.0
+    assert out.getvalue().startswith("[train] step 70/100 (70%) 1 step/s ETA 0:00:30")

@@ -35,3 +35,20 @@ def test_finish_run_prints_a_short_ending_and_writes_the_json(tmp_path: Path) ->
     assert "metrics" not in text  # unset paths are left out
     assert text.rstrip().endswith("done in 12.3 s")
     assert len(text.splitlines()) < 15
+
+
+def test_end_run_json_flag_prints_only_the_summary_on_stdout(tmp_path: Path, capsys) -> None:
+    import argparse
+
+    from vidret.cli.common import end_run
+    from vidret.config import load_config
+
+    cfg = load_config(None, [f"run.out={tmp_path / 'run'}"])
+    summary = {"stage": "discrimination", "wall_s": 1.0}
+    end_run(argparse.Namespace(json=True), cfg, summary, str(tmp_path), table="t", verdicts=["v"])
+    assert json.loads(capsys.readouterr().out) == summary
+    assert not (tmp_path / "summary.json").exists()
+    end_run(argparse.Namespace(json=False), cfg, summary, str(tmp_path), verdicts=["v."], filename="s.json")
+    text = capsys.readouterr().out
+    assert text.startswith("v.\n") and f"tensorboard --logdir {tmp_path / 'run'}/tensorboard" in text
+    assert json.loads((tmp_path / "s.json").read_text()) == summary
