@@ -104,7 +104,8 @@ class Progress:
             parts.append(f"{self.unit} {self.done}/{self.total} ({self.done / self.total:.0%})")
         else:
             parts.append(f"{self.unit} {self.done}")
-        parts.append(f"{self.rate():.3g} {self.unit}/s")
+        rate = self.rate()
+        parts.append(f"{rate:.0f} {self.unit}/s" if rate >= 1000 else f"{rate:.3g} {self.unit}/s")
         if self.total:
             parts.append(f"ETA {format_duration(self.eta_s())}")
         parts += [f"{k} {v}" for k, v in self.extras().items()]
@@ -151,12 +152,15 @@ class Progress:
 
 def progress_callback(label: str, *, unit: str = "it", **kwargs: Any) -> Callable[[int, int], None]:
     """A ``(done, total)`` callback (the signature synth, check and prepare already take) over a
-    :class:`Progress` created on the first call, when the total is known."""
+    :class:`Progress` created on the first call, when the total is known; its clock starts here, when the
+    callback is made (just before the work), so the first report's rate is not that of an instant."""
     state: dict[str, Progress] = {}
+    started = kwargs.get("clock", time.monotonic)()
 
     def report(done: int, total: int) -> None:
         if "p" not in state:
             state["p"] = Progress(label, total, unit=unit, **kwargs)
+            state["p"].start = started
         bar = state["p"]
         bar.set(done)
         if done >= total:
