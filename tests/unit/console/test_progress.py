@@ -75,7 +75,7 @@ def test_callback_clock_starts_when_the_callback_is_made() -> None:
     report = progress_callback("check", unit="video", stream=out, live=False, clock=clock)
     clock.t = 4.0  # Ray started, the first results arrive
     report(2000, 40000)
-    assert out.getvalue().startswith("[check] video 2000/4000 (5%) 500 video/s ETA 0:01:16")
+    assert out.getvalue().startswith("[check] video 2000/40000 (5%) 500 video/s ETA 0:01:16")
     clock.t = 4.5
     report(40000, 40000)  # fast rates in plain digits, not 1e+04
     assert "40000/40000 (100%) 8889 video/s" in out.getvalue().splitlines()[-1]
