@@ -37,6 +37,7 @@ COMMANDS = (
     "tune",
     "quickstart",
     "index",
+    "search",
     "serve",
 )
 
@@ -187,7 +188,7 @@ def _uris(cfg: Config, command: str, extra: Mapping[str, str | None]) -> dict[st
         "prepare": {"data.manifest": cfg.data.manifest, "data.prepare_out": cfg.data.prepare_out},
         "quickstart": {"run.out": cfg.run.out},
     }
-    if command in ("index", "serve"):
+    if command in ("index", "search", "serve"):
         return {"model.weights": cfg.model.weights, **extra}
     common = {
         "data.manifest": cfg.data.manifest,
@@ -221,7 +222,8 @@ def tracking_problems(cfg: Config) -> list[str]:
 def _search_problems(
     command: str, cfg: Config, storage: Storage, inputs: Mapping[str, str | None]
 ) -> list[str]:
-    """``index``: the weights and the manifest exist; ``serve``: the index is complete (index.json)."""
+    """``index``: the weights and the manifest exist; ``search``, ``serve``: the index is there (index.json;
+    its parts are verified when it is opened)."""
     if command == "index":
         p = checkpoint_problems("--checkpoint", inputs.get("checkpoint"), cfg, storage)
         manifest = inputs.get("manifest")
@@ -241,7 +243,7 @@ def _input_problems(
 ) -> list[str]:
     """The checks of one command after placeholders and credentials passed."""
     p: list[str] = local_path_problems({"model.weights": cfg.model.weights}) + tracking_problems(cfg)
-    if command in ("index", "serve"):
+    if command in ("index", "search", "serve"):
         p += _search_problems(command, cfg, storage, inputs)
     elif command == "train":
         p += manifest_problems(cfg, [cfg.data.train_split], storage, "data.train_split")
@@ -282,9 +284,9 @@ def preflight(
     """Validate ``command``'s configuration and inputs; raise :class:`PreflightError` listing every mistake.
 
     ``inputs`` are the command's flags that are not config keys: ``manifest`` (check, index), ``anno`` and
-    ``videos`` (manifest), ``checkpoint`` (evaluate, tune, index, serve), ``index`` (serve), ``out`` (an
-    output URI, for its credentials), ``splits`` (prepare, comma-separated). Nothing here imports Ray or
-    torch; storage is touched only once placeholders and credentials are fine.
+    ``videos`` (manifest), ``checkpoint`` (evaluate, tune, index, search, serve), ``index`` (search,
+    serve), ``out`` (an output URI, for its credentials), ``splits`` (prepare, comma-separated). Nothing
+    here imports Ray or torch; storage is touched only once placeholders and credentials are fine.
     """
     if command not in COMMANDS:
         raise ValueError(f"preflight: unknown command {command!r} (one of {', '.join(COMMANDS)})")

@@ -20,9 +20,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    cfg = load(args, flags(args, {"prefilter_m": "search.prefilter_m"}))
+    preflight("search", cfg, index=args.index, checkpoint=args.checkpoint)
     from vidret.search.query import SearchEngine
 
-    cfg = load(args, flags(args, {"prefilter_m": "search.prefilter_m"}))
     engine = SearchEngine.open(args.index, cfg, args.checkpoint)
     print_json(engine.search(args.query, args.k, args.rerank))
     return 0

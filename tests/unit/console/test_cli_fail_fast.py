@@ -56,6 +56,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         "s3 without credentials": ["train", "data.manifest=s3://some-bucket/manifest"],
         "placeholder bucket": ["train", "--config", str(ROOT / "configs" / "msrvtt.yaml")],
         "missing search index": ["serve", "--index", str(tmp / "no-index")],
+        "search of a missing index": ["search", "a red circle", "--index", str(tmp / "no-index")],
         "index without weights": [
             "index",
             "--checkpoint",
@@ -101,6 +102,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         ("s3 without credentials", "data.manifest=s3://some-bucket/manifest needs S3 credentials"),
         ("placeholder bucket", "is still the placeholder 's3://YOUR-BUCKET"),
         ("missing search index", "--index: no search index at"),
+        ("search of a missing index", "--index: no search index at"),
         ("index without weights", "--checkpoint: no exported weights at"),
         ("check of a missing manifest", "--manifest: no manifest at"),
         ("unknown MLflow store", "tracking.mlflow_uri: 'ftp://host/x' is not an MLflow store"),
