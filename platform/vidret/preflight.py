@@ -13,6 +13,7 @@ Manifests live at ``<data.manifest>/<split>.parquet`` and exported weights at ``
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,6 +24,8 @@ from vidret.storage import Storage, StorageError, is_remote, join
 
 PLACEHOLDER = "YOUR-BUCKET"
 META_FILE = "meta.json"  # vidret.train.checkpoint.META_FILE (a test keeps them equal)
+INDEX_FILE = "index.json"  # vidret.search.layout.INDEX_FILE (a test keeps them equal)
+FLAG_INPUTS = ("manifest", "anno", "videos", "checkpoint", "index", "out")  # flags that name a URI
 STAGES = ("discrimination", "generation")
 COMMANDS = (
     "synth",
@@ -34,6 +37,7 @@ COMMANDS = (
     "tune",
     "quickstart",
     "index",
+    "search",
     "serve",
 )
 
@@ -68,6 +72,7 @@ def placeholder_problems(cfg: Config) -> list[str]:
         "train.init_checkpoint": cfg.train.init_checkpoint,
         "model.weights": cfg.model.weights,
         "eval.checkpoint": cfg.eval.checkpoint,
+        "tracking.mlflow_uri": cfg.tracking.mlflow_uri,
     }
     return [
         f"{key} is still the placeholder {value!r}: set it to your bucket (e.g. {key}=s3://my-bucket/...)"
@@ -183,6 +188,8 @@ def _uris(cfg: Config, command: str, extra: Mapping[str, str | None]) -> dict[st
         "prepare": {"data.manifest": cfg.data.manifest, "data.prepare_out": cfg.data.prepare_out},
         "quickstart": {"run.out": cfg.run.out},
     }
+    if command in ("index", "search", "serve"):
+        return {"model.weights": cfg.model.weights, **extra}
     common = {
         "data.manifest": cfg.data.manifest,
         "run.out": cfg.run.out,
@@ -190,16 +197,55 @@ def _uris(cfg: Config, command: str, extra: Mapping[str, str | None]) -> dict[st
         "train.storage_path": cfg.train.storage_path,
         "train.init_checkpoint": cfg.train.init_checkpoint,
         "eval.checkpoint": cfg.eval.checkpoint,
+        "tracking.mlflow_uri": cfg.tracking.mlflow_uri,
     }
     return {**by_command.get(command, common), **extra}
+
+
+def tracking_problems(cfg: Config) -> list[str]:
+    """``tracking.mlflow_uri``: a store or server MLflow can use, and MLflow installed to use it."""
+    uri = cfg.tracking.mlflow_uri
+    if not uri:
+        return []
+    scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    known = ("file", "http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql")
+    if "://" in uri and scheme not in known:
+        return [
+            f"tracking.mlflow_uri: {uri!r} is not an MLflow store: expected a local path or file: URI, "
+            "or a server (http://host:5000)"
+        ]
+    if importlib.util.find_spec("mlflow") is None:
+        return [f"tracking.mlflow_uri={uri} needs MLflow: pip install 'vidret[tracking]' (or set it to '')"]
+    return []
+
+
+def _search_problems(
+    command: str, cfg: Config, storage: Storage, inputs: Mapping[str, str | None]
+) -> list[str]:
+    """``index``: the weights and the manifest exist; ``search``, ``serve``: the index is there (index.json;
+    its parts are verified when it is opened)."""
+    if command == "index":
+        p = checkpoint_problems("--checkpoint", inputs.get("checkpoint"), cfg, storage)
+        manifest = inputs.get("manifest")
+        if not manifest or not storage.exists(manifest):
+            p.append(f"--manifest: no manifest at {manifest}")
+        return p
+    index = inputs.get("index")
+    if not index or not storage.exists(join(index, INDEX_FILE)):
+        return [f"--index: no search index at {index} (expected {INDEX_FILE}; build one with `vidret index`)"]
+    if inputs.get("checkpoint"):
+        return checkpoint_problems("--checkpoint", inputs.get("checkpoint"), cfg, storage)
+    return []
 
 
 def _input_problems(
     command: str, cfg: Config, storage: Storage, inputs: Mapping[str, str | None]
 ) -> list[str]:
     """The checks of one command after placeholders and credentials passed."""
-    p: list[str] = local_path_problems({"model.weights": cfg.model.weights})
-    if command == "train":
+    p: list[str] = local_path_problems({"model.weights": cfg.model.weights}) + tracking_problems(cfg)
+    if command in ("index", "search", "serve"):
+        p += _search_problems(command, cfg, storage, inputs)
+    elif command == "train":
         p += manifest_problems(cfg, [cfg.data.train_split], storage, "data.train_split")
         if cfg.train.stage == "generation":
             init = cfg.train.init_checkpoint or join(cfg.run.out, "checkpoints", "discrimination")
@@ -237,13 +283,14 @@ def preflight(
 ) -> None:
     """Validate ``command``'s configuration and inputs; raise :class:`PreflightError` listing every mistake.
 
-    ``inputs`` are the command's flags that are not config keys: ``manifest`` (check), ``anno`` and
-    ``videos`` (manifest), ``checkpoint`` (evaluate, tune), ``splits`` (prepare, comma-separated). Nothing
+    ``inputs`` are the command's flags that are not config keys: ``manifest`` (check, index), ``anno`` and
+    ``videos`` (manifest), ``checkpoint`` (evaluate, tune, index, search, serve), ``index`` (search,
+    serve), ``out`` (an output URI, for its credentials), ``splits`` (prepare, comma-separated). Nothing
     here imports Ray or torch; storage is touched only once placeholders and credentials are fine.
     """
     if command not in COMMANDS:
         raise ValueError(f"preflight: unknown command {command!r} (one of {', '.join(COMMANDS)})")
-    extra = {f"--{k}": v for k, v in inputs.items() if k in ("manifest", "anno", "videos", "checkpoint")}
+    extra = {f"--{k}": v for k, v in inputs.items() if k in FLAG_INPUTS}
     problems = placeholder_problems(cfg) or credential_problems(cfg, _uris(cfg, command, extra), env)
     if not problems:
         storage = storage or Storage(cfg.storage)

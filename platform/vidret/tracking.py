@@ -54,6 +54,29 @@ def metric_tag(key: str, prefix: str = "") -> str:
     return f"{prefix}/{key}" if prefix else key
 
 
+def flat_scalars(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of nested ``values`` as ``{"a/b/c": float}`` (booleans and text left out)."""
+    out: dict[str, float] = {}
+    for k, v in values.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flat_scalars(v, key))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+def absolute_mlflow_uri(uri: str, cwd: str | None = None) -> str:
+    """``tracking.mlflow_uri`` with a relative local store made absolute (``file:`` + absolute path): Ray
+    workers do not share the driver's working directory. Servers and absolute stores are kept."""
+    if not uri or ("://" in uri and not uri.startswith("file://")):
+        return uri
+    path = uri.removeprefix("file://") if uri.startswith("file://") else uri.removeprefix("file:")
+    if os.path.isabs(path):
+        return uri
+    return "file:" + os.path.join(cwd or os.getcwd(), path)
+
+
 def _flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in params.items():
@@ -103,10 +126,19 @@ class Tracker:
         if self.remote and time.monotonic() - self._last_sync >= self.sync_every_s:
             self.sync()
 
-    def artifact(self, path: str | Path) -> None:
-        """Attach a local file (the HTML report, metrics JSON) to the MLflow run; no-op without MLflow."""
-        if self.mlflow is not None:
-            self.mlflow.log_artifact(str(path))
+    def artifact(self, uri: str | Path) -> None:
+        """Attach a file (the HTML report, metrics JSON; local or ``s3://``) to the MLflow run; no-op without
+        MLflow."""
+        if self.mlflow is None:
+            return
+        uri = str(uri)
+        if not is_remote(uri):
+            self.mlflow.log_artifact(uri.removeprefix("file://"))
+            return
+        with tempfile.TemporaryDirectory(prefix="vidret-artifact-") as tmp:
+            local = Path(tmp) / uri.rstrip("/").rsplit("/", 1)[-1]
+            local.write_bytes(self.storage.read_bytes(uri))
+            self.mlflow.log_artifact(str(local))
 
     def sync(self) -> list[str]:
         """Flush; for an ``s3://`` run upload the event files (whole: they are small). Returns their URIs."""
@@ -138,6 +170,27 @@ class Tracker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def log_once(
+    run_out: str,
+    name: str,
+    storage: Storage,
+    metrics: Mapping[str, Mapping[str, Any]],
+    *,
+    mlflow_uri: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    artifacts: Sequence[str | None] = (),
+) -> str:
+    """A one-shot run (an evaluation): the numeric leaves of each ``{prefix: nested metrics}`` at step 0,
+    the ``artifacts`` (to MLflow), then closed. Returns the TensorBoard folder."""
+    with Tracker(run_out, name, storage, mlflow_uri=mlflow_uri or None, params=params) as tracker:
+        for prefix, values in metrics.items():
+            tracker.scalars(0, flat_scalars(values), prefix=prefix)
+        for uri in artifacts:
+            if uri:
+                tracker.artifact(uri)
+    return tracker.uri
 
 
 def _start_mlflow(uri: str, experiment: str, run_name: str, params: Mapping[str, Any]) -> Any:
@@ -177,9 +230,11 @@ def mlflow_tune_callbacks(mlflow_uri: str | None, experiment: str = "vidret") ->
 
 
 # ------------------------------------------------------------------------------------- end of a run
-def write_summary(summary: Mapping[str, Any], out_uri: str, storage: Storage) -> str:
-    """Write ``summary`` as indented JSON to ``<out_uri>/summary.json``; returns its URI."""
-    uri = join(out_uri, SUMMARY_FILE)
+def write_summary(
+    summary: Mapping[str, Any], out_uri: str, storage: Storage, filename: str = SUMMARY_FILE
+) -> str:
+    """Write ``summary`` as indented JSON to ``<out_uri>/<filename>`` (``summary.json``); returns its URI."""
+    uri = join(out_uri, filename)
     storage.write_text(uri, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     return uri
 
@@ -212,13 +267,14 @@ def finish_run(
     paths: Mapping[str, str | None] | None = None,
     tensorboard: str | None = None,
     stream: TextIO | None = None,
+    filename: str = SUMMARY_FILE,
 ) -> str:
-    """Write ``summary.json`` and print the short ending; returns the summary's URI.
+    """Write ``<out_uri>/<filename>`` (``summary.json``) and print the short ending; returns its URI.
 
     ``paths`` are shown in order (e.g. ``{"report": ..., "metrics": ...}``); ``summary`` and, when given,
     ``tensorboard`` (the command from :func:`vidret.tracking.tensorboard_hint`) are added after them.
     """
-    uri = write_summary(summary, out_uri, storage)
+    uri = write_summary(summary, out_uri, storage, filename)
     shown = {**(paths or {}), "summary": uri, "tensorboard": tensorboard}
     wall = summary.get("wall_s")
     text = format_ending(table, verdicts, shown, float(wall) if isinstance(wall, (int, float)) else None)

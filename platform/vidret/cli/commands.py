@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from typing import Any
 
-from vidret.cli.common import EXIT_ERROR, Handler, flags, load, print_json, write_resolved_config
+from vidret.cli.common import EXIT_ERROR, Handler, end_run, flags, load, print_json, write_resolved_config
 from vidret.config import Config, dump_yaml
+from vidret.console.progress import progress_callback
+from vidret.preflight import preflight
 
 
 # ----------------------------------------------------------------------------------------------- synth
@@ -31,27 +33,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
             },
         ),
     )
+    preflight("synth", cfg)
     storage = Storage(cfg.storage)
     print(f"vidret synth: {cfg.synth.videos} videos -> {cfg.synth.out}", file=sys.stderr)
     if args.layout == "activitynet":  # long 30 fps videos with paragraph annotations (train.json, val_1.json)
         from vidret.data.synthetic.activitynet import generate_activitynet as generate_corpus
-    summary = generate_corpus(cfg.synth, storage, progress=_progress("synth") if not args.quiet else None)
+    progress = None if args.quiet else progress_callback("synth", unit="video")
+    summary = generate_corpus(cfg.synth, storage, progress=progress)
     write_resolved_config(cfg, cfg.synth.out)
     print_json(summary)
     return 0
-
-
-def _progress(label: str) -> Callable[[int, int], None]:
-    """A progress callback printing a line every ~10 %."""
-    state = {"last": -1}
-
-    def report(done: int, total: int) -> None:
-        step = max(1, total // 10)
-        if done == total or done // step != state["last"]:
-            state["last"] = done // step
-            print(f"[{label}] {done}/{total}", file=sys.stderr, flush=True)
-
-    return report
 
 
 # -------------------------------------------------------------------------------------------- manifest
@@ -79,8 +70,9 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     from vidret.storage import Storage
 
     cfg = load(args, flags(args, {"dataset": "data.dataset", "on_duplicate": "data.on_duplicate"}))
-    storage = Storage(cfg.storage)
     out = args.out or default_manifest_out(cfg, args.split)
+    preflight("manifest", cfg, anno=args.anno, videos=args.videos, out=out)
+    storage = Storage(cfg.storage)
     result = build_manifest(
         cfg.data.dataset,
         args.anno,
@@ -101,13 +93,15 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- check / prepare
 def cmd_check(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    preflight("check", cfg, manifest=args.manifest, out=args.out)
     from vidret.data.check import verdict_lines
     from vidret.data.executors import run_check
     from vidret.runtime import ensure_ray
 
-    cfg = load(args)
     ensure_ray(cfg.run)
-    summary = run_check(cfg, args.manifest, out_uri=args.out, progress=_progress("check"))
+    progress = progress_callback("check", unit="video")
+    summary = run_check(cfg, args.manifest, out_uri=args.out, progress=progress)
     print_json(summary)
     sys.stdout.flush()
     print("\n".join(verdict_lines(summary, summary["summary_uri"])), file=sys.stderr)
@@ -115,9 +109,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from vidret.data.executors import run_prepare
-    from vidret.runtime import ensure_ray
-
     cfg = load(
         args,
         flags(
@@ -125,15 +116,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             {"out": "data.prepare_out", "fps": "data.prepare_fps", "short_side": "data.prepare_short_side"},
         ),
     )
+    preflight("prepare", cfg, splits=",".join(args.split or []))
+    from vidret.data.executors import run_prepare
+    from vidret.runtime import ensure_ray
+
     ensure_ray(cfg.run)
-    print_json(run_prepare(cfg, splits=args.split or None, progress=_progress("prepare")))
+    progress = progress_callback("prepare", unit="video")
+    print_json(run_prepare(cfg, splits=args.split or None, progress=progress))
     return 0
 
 
 # ------------------------------------------------------------------------------------------ quickstart
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """The main job on the embedded default (see vidret.quickstart)."""
-    from vidret.quickstart import run_quickstart
     from vidret.storage import join
 
     overrides = []
@@ -145,24 +140,63 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             f"train.storage_path={join(args.out, 'ray-results')}",
         ]
     cfg = load(args, overrides)
-    summary = run_quickstart(cfg, progress=_progress("synth"))
+    preflight("quickstart", cfg)
+    from vidret.quickstart import run_quickstart
+
+    summary = run_quickstart(cfg, progress=progress_callback("synth", unit="video"))
+    evaluation = summary["evaluation"]
+    paths = {"report": evaluation.get("report"), "metrics": _metrics_uri(evaluation.get("out"))}
     table = summary.pop("table")
-    print_json(summary)
-    print("\n" + table)
-    print(f"\nreport: {summary['evaluation'].get('report')}")
-    print(f"total: {summary['wall_s']} s")
-    print("\n".join(["", *summary.get("sentences", [])]))
+    end_run(args, cfg, summary, cfg.run.out, table=table, verdicts=summary["sentences"], paths=paths)
     return 0
+
+
+def _metrics_uri(out: str | None) -> str | None:
+    from vidret.storage import join
+
+    return join(out, "metrics.json") if out else None
 
 
 # ----------------------------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg = load(args, flags(args, {"stage": "train.stage"}))
+    preflight("train", cfg)
     from vidret.train.trainer import run_training
 
-    cfg = load(args, flags(args, {"stage": "train.stage"}))
     summary = run_training(cfg)
-    print_json(summary)
+    cache = summary.get("cache") or {}
+    features = next(iter(cache.values()), "").rsplit("/", 1)[0] or None
+    end_run(
+        args,
+        cfg,
+        summary,
+        cfg.run.out,
+        verdicts=train_verdicts(summary),
+        paths={"weights": summary.get("weights"), "features": features},
+        filename=f"summary.{summary['stage']}.json",
+    )
     return 0
+
+
+def train_verdicts(summary: dict[str, Any]) -> list[str]:
+    """Plain sentences on a finished stage: steps, time, the selected weights' validation score, bad
+    videos."""
+    stage = {"discrimination": "stage 1 (discrimination)", "generation": "stage 2 (generation)"}
+    out = [
+        f"{stage.get(summary['stage'], summary['stage'])}: {summary['steps']} steps in {summary['wall_s']} s."
+    ]
+    metrics = summary.get("metrics") or {}
+    if "best_val_t2v_R1" in metrics:
+        out.append(
+            f"Selected the weights of step {int(metrics['best_step'])}: validation t2v R@1 "
+            f"{metrics['best_val_t2v_R1']:.2f}."
+        )
+    if summary.get("bad_videos"):
+        out.append(
+            f"{summary['bad_videos']} training video(s) could not be decoded and were skipped "
+            "(bad_videos_by_uri in the summary)."
+        )
+    return out
 
 
 # -------------------------------------------------------------------------------------------- evaluate
@@ -179,12 +213,14 @@ def _default_checkpoint(cfg: Config) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    cfg = load(args, flags(args, {"checkpoint": "eval.checkpoint"}))
+    preflight("evaluate", cfg, checkpoint=args.checkpoint)
     from vidret.eval.job import run_evaluation
 
-    cfg = load(args, flags(args, {"checkpoint": "eval.checkpoint"}))
     summary = run_evaluation(cfg, cfg.eval.checkpoint or _default_checkpoint(cfg))
-    print(summary.pop("table"))
-    print_json(summary)
+    table = summary.pop("table")
+    paths = {"report": summary.get("report"), "metrics": _metrics_uri(summary.get("out"))}
+    end_run(args, cfg, summary, summary["out"], table=table, verdicts=summary["sentences"], paths=paths)
     return 0
 
 
@@ -205,13 +241,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ tune
 def cmd_tune(args: argparse.Namespace) -> int:
+    cfg = load(args, flags(args, {"kind": "tune.kind"}))
+    preflight("tune", cfg, checkpoint=args.checkpoint)
     from vidret.train.trainer import run_training
     from vidret.tune.sweep import run_tune
 
-    cfg = load(args, flags(args, {"kind": "tune.kind"}))
     summary = run_tune(cfg, args.checkpoint, train=run_training)
-    print(summary.pop("table"))
-    print_json(summary)
+    summary.pop("table")  # run_tune has printed it
+    verdict = (
+        f"Best of {summary['num_trials']} trials on {summary['split']!r}: {summary['metric']} "
+        f"{summary['best_metric']:.4g} with {' '.join(summary['best_overrides'])}."
+    )
+    paths = {"results": summary.get("table_path"), "best config": summary.get("best_config")}
+    end_run(args, cfg, summary, summary["out"], verdicts=[verdict], paths=paths)
     return 0
 
 

@@ -1,14 +1,14 @@
-"""Helpers shared by the command handlers: the parser class, config loading, JSON output."""
+"""Helpers shared by the command handlers: the parser class, config loading, the end of a run."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from vidret.config import Config, dump_yaml, load_config, with_absolute_paths
+from vidret.config import Config, dump_yaml, load_config, replace, with_absolute_paths
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -34,8 +34,17 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace, flag_overrides: Sequence[str] = ()) -> Config:
-    """Config from --config, then flag overrides, then positional overrides (last wins)."""
-    return with_absolute_paths(load_config(args.config, [*flag_overrides, *args.overrides]))
+    """Config from --config, then flag overrides, then positional overrides (last wins); local paths made
+    absolute (Ray workers do not share the driver's working directory), a local MLflow store included."""
+    from vidret.tracking import absolute_mlflow_uri
+
+    cfg = with_absolute_paths(load_config(args.config, [*flag_overrides, *args.overrides]))
+    uri = absolute_mlflow_uri(cfg.tracking.mlflow_uri)
+    return (
+        cfg
+        if uri == cfg.tracking.mlflow_uri
+        else replace(cfg, tracking=replace(cfg.tracking, mlflow_uri=uri))
+    )
 
 
 def flags(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
@@ -59,3 +68,34 @@ def write_resolved_config(cfg: Config, out_uri: str) -> str:
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def end_run(
+    args: argparse.Namespace,
+    cfg: Config,
+    summary: dict[str, Any],
+    out_uri: str,
+    *,
+    table: str | None = None,
+    verdicts: Sequence[str] = (),
+    paths: Mapping[str, str | None] | None = None,
+    filename: str = "summary.json",
+) -> None:
+    """The end of a run: ``--json`` prints the summary as JSON on stdout (and nothing else there); otherwise
+    the summary goes to ``<out_uri>/<filename>`` and stdout gets the table, the verdicts and the paths."""
+    if getattr(args, "json", False):
+        print_json(summary)
+        return
+    from vidret.storage import Storage
+    from vidret.tracking import finish_run, tensorboard_hint
+
+    finish_run(
+        summary,
+        out_uri,
+        Storage(cfg.storage),
+        table=table,
+        verdicts=verdicts,
+        paths=paths,
+        tensorboard=tensorboard_hint(cfg.run.out),
+        filename=filename,
+    )

@@ -7,7 +7,6 @@ overrides. Errors print one line (``vidret: error: ...``) and exit non-zero; ``-
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +15,7 @@ from vidret.cli.commands import COMMAND_HANDLERS
 from vidret.cli.common import EXIT_ERROR, EXIT_USAGE, Handler, Parser, add_common
 from vidret.cli.search import SEARCH_HANDLERS
 from vidret.cli.spec import COMMANDS, FLAGS, OWN_ARGS
+from vidret.console.logs import one_line, setup_console
 
 
 def _add_output_flags(p: argparse.ArgumentParser, default: Any) -> None:
@@ -60,20 +60,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     return parser, handlers
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or exc.__class__.__name__
-    return text
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser, handlers = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    # before any handler imports ray (they import it lazily): Ray reads its quiet settings at import
+    setup_console(args.debug or args.verbose)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -85,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         if args.debug:
             raise
-        print(f"vidret {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"vidret {args.command}: error: {one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -72,6 +72,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "vidret serve --index s3://b/index --port 8000",
     ),
 }
+_JSON = (
+    "--json",
+    {
+        "action": "store_true",
+        "help": "print the whole summary as JSON on stdout (nothing else goes there) instead of the table, "
+        "verdicts and paths",
+    },
+)
 OWN_ARGS = {"compare", "search"}
 """Commands that declare --config themselves and take no positional KEY=VALUE overrides (their positional
 arguments are run folders or the query)."""
@@ -147,16 +155,22 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ),
     ],
     "train": [
-        ("--stage", {"choices": ["discrimination", "generation"], "help": "stage to run (train.stage)"})
+        ("--stage", {"choices": ["discrimination", "generation"], "help": "stage to run (train.stage)"}),
+        _JSON,
     ],
     "evaluate": [
         ("--checkpoint", {"metavar": "URI", "help": "exported weights (default: the run's latest stage)"}),
+        _JSON,
     ],
     "tune": [
         ("--kind", {"choices": ["inference", "training"], "help": "what to sweep (tune.kind)"}),
         ("--checkpoint", {"metavar": "URI", "help": "exported weights (default: the run's)"}),
+        _JSON,
     ],
-    "quickstart": [("--out", {"metavar": "DIR", "help": "run folder (default: run.out of the config)"})],
+    "quickstart": [
+        ("--out", {"metavar": "DIR", "help": "run folder (default: run.out of the config)"}),
+        _JSON,
+    ],
     "compare": [
         (
             "runs",

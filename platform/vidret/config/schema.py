@@ -352,6 +352,17 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking. TensorBoard scalars are always written under ``<run.out>/tensorboard``; MLflow
+    also gets the params, metrics and report when ``mlflow_uri`` is set (``pip install 'vidret[tracking]'``).
+    """
+
+    mlflow_uri: str = (
+        ""  # "" = off; a local store (file:/abs/mlruns or a path) or a server (http://host:5000)
+    )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Where a run writes and how it reaches Ray."""
 
@@ -385,4 +396,5 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)

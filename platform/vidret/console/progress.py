@@ -50,11 +50,14 @@ class Progress:
         every_s: float = 10.0,
         enabled: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        initial: int = 0,
     ) -> None:
         self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
         self.stream = sys.stderr if stream is None else stream
         self.enabled, self.clock = enabled, clock
-        self.done, self.samples, self.data_wait_s = 0, 0, 0.0
+        # a resumed step starts at ``initial``: the rate and ETA count only the units done since
+        self.initial = self.done = initial
+        self.samples, self.data_wait_s = 0, 0.0
         self.fields: dict[str, Any] = {}
         self.start = clock()
         self._last_line: float | None = None
@@ -63,7 +66,9 @@ class Progress:
         if enabled and live:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=label, unit=unit, file=self.stream, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, initial=initial, desc=label, unit=unit, file=self.stream, dynamic_ncols=True
+            )
 
     # ------------------------------------------------------------------------------------------ numbers
     @property
@@ -74,11 +79,11 @@ class Progress:
     def rate(self) -> float:
         """Units per second so far (0 before the first)."""
         elapsed = self.elapsed_s
-        return self.done / elapsed if elapsed > 0 else 0.0
+        return (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
 
     def eta_s(self) -> float:
         """Seconds left at the rate so far (``inf`` while unknown)."""
-        if self.total is None or self.done <= 0:
+        if self.total is None or self.done <= self.initial:
             return float("inf")
         return max(self.total - self.done, 0) / max(self.rate(), 1e-12)
 
@@ -99,7 +104,8 @@ class Progress:
             parts.append(f"{self.unit} {self.done}/{self.total} ({self.done / self.total:.0%})")
         else:
             parts.append(f"{self.unit} {self.done}")
-        parts.append(f"{self.rate():.3g} {self.unit}/s")
+        rate = self.rate()
+        parts.append(f"{rate:.0f} {self.unit}/s" if rate >= 1000 else f"{rate:.3g} {self.unit}/s")
         if self.total:
             parts.append(f"ETA {format_duration(self.eta_s())}")
         parts += [f"{k} {v}" for k, v in self.extras().items()]
@@ -127,7 +133,9 @@ class Progress:
         finished = self.total is not None and done >= self.total
         if finished or self._last_line is None or now - self._last_line >= self.every_s:
             self._last_line = now
-            print(self.line(), file=self.stream, flush=True)
+            # a write, not ``print``: Ray Train patches ``print`` in its workers to also log each line
+            self.stream.write(self.line() + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
         """End the bar (the plain mode has already printed its last line)."""
@@ -144,12 +152,15 @@ class Progress:
 
 def progress_callback(label: str, *, unit: str = "it", **kwargs: Any) -> Callable[[int, int], None]:
     """A ``(done, total)`` callback (the signature synth, check and prepare already take) over a
-    :class:`Progress` created on the first call, when the total is known."""
+    :class:`Progress` created on the first call, when the total is known; its clock starts here, when the
+    callback is made (just before the work), so the first report's rate is not that of an instant."""
     state: dict[str, Progress] = {}
+    started = kwargs.get("clock", time.monotonic)()
 
     def report(done: int, total: int) -> None:
         if "p" not in state:
             state["p"] = Progress(label, total, unit=unit, **kwargs)
+            state["p"].start = started
         bar = state["p"]
         bar.set(done)
         if done >= total:

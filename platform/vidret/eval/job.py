@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from vidret.config import Config, dump_yaml, with_absolute_paths
+from vidret.config import Config, dump_yaml, to_dict, with_absolute_paths
 from vidret.eval.fusion_select import cache_splits, choose_on_validation
 from vidret.eval.results import sentences, split_table, write_results
 from vidret.eval.retrieval import rerank_distributed
@@ -32,6 +32,7 @@ from vidret.model.checkpoint import load_state
 from vidret.model.retrieval import RetrievalModel
 from vidret.runtime import ensure_ray
 from vidret.storage import Storage, join
+from vidret.tracking import log_once
 
 LABELS = {
     "stage1": "stage 1",
@@ -85,6 +86,15 @@ def _run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
         )
     write_results(storage, out_dir, summary, cfg.run.out, inputs, cfg.eval.multi_caption_grouping)
     storage.write_text(join(out_dir, "config.yaml"), dump_yaml(cfg))
+    summary["tensorboard"] = log_once(
+        cfg.run.out,
+        "eval",
+        storage,
+        {split: res.metrics for split, (_, res) in inputs.items()},
+        mlflow_uri=cfg.tracking.mlflow_uri,
+        params=to_dict(cfg),
+        artifacts=[summary.get("report"), join(out_dir, "metrics.json")],
+    )
     summary["table"] = "\n".join(
         split_table(split, res.metrics, intervals[split], LABELS) for split, (_, res) in inputs.items()
     )

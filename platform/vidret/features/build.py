@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import ray
 import torch
 
 from vidret.config import Config
+from vidret.console.progress import Progress
 from vidret.data.pipeline import (
     SplitRows,
     build_dataset,
@@ -142,27 +144,40 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
     texts, videos, ranges, infos = _union(cfg, storage, weights_uri, list(uris))
     union = SplitRows(table=pa.concat_tables(videos), num_videos=sum(r[3] - r[2] for r in ranges.values()))
     video_ds, log = build_dataset(union, cfg.data, storage, tokenize=False, drop_bad=False)
-    # one actor per pass at half a CPU: headroom for the train workers
-    kwargs: dict[str, Any] = {"concurrency": 1, "num_cpus": 0.5, "batch_size": cfg.eval.batch_size}
+    # one actor per pass at half a CPU: headroom for the train workers. No actor restarts: a failed pass fails
+    # the build, which the caller re-runs (Ray warns about restartable actors whose constructor arguments
+    # live in the object store, which Ray Data's are).
+    kwargs: dict[str, Any] = {
+        "compute": ray.data.ActorPoolStrategy(size=1),
+        "num_cpus": 0.5,
+        "batch_size": cfg.eval.batch_size,
+        "max_restarts": 0,
+    }
     encoder = {"cfg": cfg, "weights_uri": weights_uri}
-    text_feats = ray.data.from_arrow(pa.concat_tables(texts)).map_batches(
-        _Encoder, fn_constructor_kwargs={**encoder, "what": "texts"}, **kwargs
-    )
-    video_feats = video_ds.map_batches(
-        _Encoder, fn_constructor_kwargs={**encoder, "what": "videos"}, **kwargs
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 names no parameter for max_restarts and calls the generic one deprecated
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=Warning)
+        text_feats = ray.data.from_arrow(pa.concat_tables(texts)).map_batches(
+            _Encoder, fn_constructor_kwargs={**encoder, "what": "texts"}, **kwargs
+        )
+        video_feats = video_ds.map_batches(
+            _Encoder, fn_constructor_kwargs={**encoder, "what": "videos"}, **kwargs
+        )
     writers = {
         s: (store.ShardWriter(storage, u, "texts"), store.ShardWriter(storage, u, "videos"))
         for s, u in uris.items()
     }
     # the video pass is read with its bad-video log: past data.max_bad_fraction it raises the typed
     # TooManyBadVideosError listing them (Ray Data would hand over a wrapped RayTaskError(UserCodeException))
-    passes = (("texts", text_feats, None), ("videos", video_feats, log))
-    for kind, feats, pass_log in passes:
-        for batch in iter_numpy_batches(
-            feats, cfg.eval.batch_size, log=pass_log, total=union.num_videos, cfg=cfg.data
-        ):
-            _route(batch, kind, ranges, {s: w[0 if kind == "texts" else 1] for s, w in writers.items()})
+    num_texts = sum(r[1] - r[0] for r in ranges.values())
+    passes = (("texts", text_feats, None, num_texts), ("videos", video_feats, log, union.num_videos))
+    for kind, feats, pass_log, rows in passes:
+        with Progress(f"cache {kind}", rows, unit=kind[:-1]) as progress:
+            for batch in iter_numpy_batches(
+                feats, cfg.eval.batch_size, log=pass_log, total=union.num_videos, cfg=cfg.data
+            ):
+                _route(batch, kind, ranges, {s: w[0 if kind == "texts" else 1] for s, w in writers.items()})
+                progress.update(len(batch["video_index"]))
     bad = check_bad_fraction(log, union.num_videos, cfg.data)["bad"]
     for split, uri in uris.items():
         split_uris = {u for u in bad if u in set(_video_uris(videos, ranges[split]))}

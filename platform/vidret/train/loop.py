@@ -18,21 +18,28 @@ import ray.train.torch
 import torch
 from ray.train.torch import prepare_model
 
-from vidret.config import Config
+from vidret.config import Config, to_dict
+from vidret.console.progress import Progress
 from vidret.features.scoring import evaluate_features
 from vidret.model.checkpoint import load_checkpoint
 from vidret.storage import Storage
+from vidret.tracking import Tracker
 from vidret.train import distributed as dist
 from vidret.train.checkpoint import report_with_checkpoint
 from vidret.train.meter import Throughput
 from vidret.train.state import TrainState
 from vidret.train.steps import DiscriminationStep, GenerationStep, Step, ValFeatures
 
+PROGRESS_EVERY_S = 10.0  # a plain progress line on rank 0 at most this often (and at the last step)
+
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker entry. ``config``: ``cfg`` (Config), ``plan_rows`` (int64 (S, G) global row ids per
-    step), ``steps_per_epoch``, ``init_state_uri`` (stage 2), ``cache_uri`` (stage 2: {split: uri}),
-    ``tb_dir`` (optional TensorBoard folder)."""
+    step), ``steps_per_epoch``, ``init_state_uri`` (stage 2), ``cache_uri`` (stage 2: {split: uri}).
+
+    Rank 0 prints the progress lines (step, %, loss, samples/s, data-wait share, ETA), which Ray forwards to
+    the driver, and writes the scalars (``vidret.tracking.Tracker``: TensorBoard under
+    ``<run.out>/tensorboard/<stage>``, MLflow when ``tracking.mlflow_uri`` is set)."""
     cfg: Config = config["cfg"]
     tcfg = cfg.train
     torch.set_num_threads(max(1, int(tcfg.cpus_per_worker)))
@@ -46,35 +53,53 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     forward = prepare_model(step.module, parallel_strategy_kwargs={"find_unused_parameters": True})
     device = ray.train.torch.get_device()
     val = step.validation() if rank == 0 else None
-    writer = _tensorboard(config.get("tb_dir")) if rank == 0 else None
+    tracker = _tracker(cfg) if rank == 0 else None
+    progress = Progress(
+        f"train {tcfg.stage}",
+        total_steps,
+        unit="step",
+        enabled=rank == 0,
+        every_s=PROGRESS_EVERY_S,
+        live=False,  # a worker's stderr is a pipe to Ray's log forwarding: plain lines
+        initial=state.step,
+    )
     meter = Throughput(global_batch)
     batches = step.batches(state.step)
     while state.step < total_steps:
+        waited = meter.wait_s
         with meter.waiting():
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+        waited = meter.wait_s - waited
         loss = step.loss(forward, batch, state.step)
         state.update(loss)
         meter.step()
         done = state.step
         loss_value = float(dist.all_reduce_mean(loss.detach()))
+        progress.set(done, samples=global_batch, data_wait_s=waited, loss=loss_value)
         metrics = {"step": done, "epoch": done / per_epoch, "loss": loss_value, "lr": state.lr}
         end_of_epoch = done % per_epoch == 0 or done == total_steps
         want_ckpt = done % tcfg.checkpoint_every == 0 or end_of_epoch
         if done % tcfg.log_every == 0 or want_ckpt:
             metrics.update(meter.read())
-            if rank == 0:
-                _say(
-                    f"[train] {tcfg.stage} step {done}/{total_steps} loss {loss_value:.4f} "
-                    f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.1f} samples/s"
-                )
         if end_of_epoch and val is not None:
             metrics.update(maybe_validate(state, val, per_epoch))
-        if writer is not None:
-            for key, value in metrics.items():
-                writer.add_scalar(f"{tcfg.stage}/{key}", value, done)
+        if tracker is not None:
+            tracker.scalars(done, metrics, prefix=tcfg.stage)
         maybe_checkpoint(state, metrics, rank, want_ckpt, per_epoch, total_steps)
-    if writer is not None:
-        writer.close()
+    progress.close()
+    if tracker is not None:
+        tracker.close()
+
+
+def _tracker(cfg: Config) -> Tracker:
+    """Rank 0's scalars: TensorBoard (synced to an ``s3://`` run.out) and MLflow when configured."""
+    return Tracker(
+        cfg.run.out,
+        cfg.train.stage,
+        Storage(cfg.storage),
+        mlflow_uri=cfg.tracking.mlflow_uri or None,
+        params=to_dict(cfg),
+    )
 
 
 def _make_step(state: TrainState, config: dict[str, Any], local_batch: int) -> Step:
@@ -133,15 +158,8 @@ def maybe_checkpoint(
 
 
 def _say(line: str) -> None:
-    """One progress line on this worker's stdout (forwarded to the driver by Ray). Not ``print``: Ray Train
-    patches it to write to stdout *and* its logger, so every line reached the driver twice."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def _tensorboard(tb_dir: str | None) -> Any:
-    if not tb_dir:
-        return None
-    from tensorboardX import SummaryWriter
-
-    return SummaryWriter(tb_dir)
+    """One line on this worker's stderr (forwarded to the driver's stderr by Ray: stdout is kept for the
+    command's result, e.g. ``--json``). Not ``print``: Ray Train patches it to write to the stream *and* its
+    logger, so every line reached the driver twice."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

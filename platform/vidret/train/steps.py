@@ -80,7 +80,11 @@ class DiscriminationStep:
         for i, batch in enumerate(it):
             if i < start_step:  # resuming: these rows were consumed before the checkpoint
                 continue
-            yield {k: torch.from_numpy(np.asarray(batch[k])).to(BATCH_DTYPES[k]) for k in BATCH_DTYPES}
+            # Ray hands zero-copy, read-only arrays: copy those (only those) before torch wraps them
+            yield {
+                k: torch.from_numpy(np.require(batch[k], requirements="W")).to(BATCH_DTYPES[k])
+                for k in BATCH_DTYPES
+            }
 
     def loss(self, forward: nn.Module, batch: dict[str, Tensor], step: int) -> Tensor:
         self.model.train()

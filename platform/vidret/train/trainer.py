@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import ray
 import ray.train
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from vidret.config import Config, dump_yaml, replace, with_absolute_paths
+from vidret.console.logs import train_log_level
 from vidret.data.pipeline import SplitRows, build_dataset, check_bad_fractions, load_split
 from vidret.features.build import build_feature_cache
 from vidret.features.store import read_index
@@ -47,12 +48,15 @@ def _storage_path(cfg: Config, storage: Storage) -> tuple[str, Any]:
 
 def _run_config(cfg: Config, storage: Storage, name: str) -> RunConfig:
     path, fs = _storage_path(cfg, storage)
-    return RunConfig(
+    # mypy sees ray.train's V1 RunConfig; V2 (Ray's default) is what runs, and it takes logging_config
+    return RunConfig(  # type: ignore[call-arg]
         name=name,
         storage_path=path,
         storage_filesystem=fs,
         failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        # WARNING unless verbose: no "Reporting training result" / worker-group set-up lines
+        logging_config=LoggingConfig(log_level=train_log_level()),
     )
 
 
@@ -161,7 +165,6 @@ def _run_stage1(cfg: Config, storage: Storage) -> dict[str, Any]:
         "cfg": cfg,
         "plan_rows": plan.rows_S_B,
         "steps_per_epoch": plan.steps_per_epoch,
-        "tb_dir": _tb_dir(cfg, "discrimination"),
     }
     result = _fit(cfg, storage, loop_config, datasets, "discrimination")
     # one verdict over the workers' shards: a bad video whose captions landed on two workers counts once,
@@ -180,10 +183,6 @@ def _run_stage1(cfg: Config, storage: Storage) -> dict[str, Any]:
         "bad_videos": len(bad["bad"]),
         "bad_videos_by_uri": bad["bad"],
     }
-
-
-def _tb_dir(cfg: Config, stage: str) -> str | None:
-    return None if is_remote(cfg.run.out) else os.path.abspath(join(cfg.run.out, "tensorboard", stage))
 
 
 def _run_stage2(cfg: Config, storage: Storage) -> dict[str, Any]:
@@ -207,7 +206,6 @@ def _run_stage2(cfg: Config, storage: Storage) -> dict[str, Any]:
         "steps_per_epoch": plan.steps_per_epoch,
         "init_state_uri": init,
         "cache_uri": cache,
-        "tb_dir": _tb_dir(cfg, "generation"),
     }
     result = _fit(cfg, storage, loop_config, {}, "generation")
     uri, key2 = _export(result, cfg, storage, "generation")

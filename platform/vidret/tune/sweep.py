@@ -41,6 +41,8 @@ import yaml
 from ray import tune
 
 from vidret.config import Config, dump_yaml
+from vidret.console.logs import tune_verbosity
+from vidret.console.progress import Progress
 from vidret.eval.metrics import metrics_table
 from vidret.features import store
 from vidret.features.build import build_feature_cache
@@ -52,6 +54,7 @@ from vidret.model.build import model_from_state
 from vidret.model.checkpoint import load_state
 from vidret.runtime import ensure_ray
 from vidret.storage import Storage, is_remote, join, parse_uri
+from vidret.tracking import Tracker, mlflow_tune_callbacks
 from vidret.tune.space import (
     BASELINE,
     EXTRAS,
@@ -103,6 +106,37 @@ def _training_trial(config: dict[str, Any], *, cfg: Config, init_uri: str, train
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+class TrialEnd(tune.Callback):
+    """Driver side, per finished trial: a progress line (trials done, ETA, the trial's metric) and its
+    metric and numeric parameters as scalars under ``<run.out>/tensorboard/tune`` (step = trial number).
+    The progress and the writer are made on first use: Tune pickles its callbacks with the run config."""
+
+    def __init__(self, cfg: Config, num_trials: int) -> None:
+        self.cfg, self.num_trials, self.done = cfg, num_trials, 0
+        self._progress: Progress | None = None
+        self._tracker: Tracker | None = None
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Count the trial and log its metric (a failed trial has none; the sweep raises for it after)."""
+        metric = self.cfg.tune.metric
+        value = (trial.last_result or {}).get(metric)
+        if self._progress is None:
+            self._progress = Progress(f"tune {self.cfg.tune.kind}", self.num_trials, unit="trial")
+            self._tracker = Tracker(self.cfg.run.out, "tune", Storage(self.cfg.storage))
+        numbers = {k: v for k, v in trial.config.get("params", {}).items() if isinstance(v, (int, float))}
+        if isinstance(value, (int, float)) and self._tracker is not None:
+            self._tracker.scalars(self.done, {metric: value, **numbers}, prefix="tune")
+        self.done += 1
+        self._progress.update(**({metric: value} if value is not None else {}))
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        """Close the progress line and the writer (uploads the events of an ``s3://`` run)."""
+        if self._progress is not None:
+            self._progress.close()
+        if self._tracker is not None:
+            self._tracker.close()
 
 
 def run_tune(
@@ -243,7 +277,10 @@ def _fit(cfg: Config, fn: Any, points: list[dict[str, Any]], concurrency: int) -
                 num_samples=1, max_concurrent_trials=concurrency, reuse_actors=True
             ),  # trials start in warm processes
             run_config=tune.RunConfig(
-                name=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=path, verbose=0
+                name=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=path,
+                verbose=tune_verbosity(),  # silent unless --verbose: vidret prints the trials' table
+                callbacks=[*mlflow_tune_callbacks(cfg.tracking.mlflow_uri), TrialEnd(cfg, len(points))],
             ),
         )
         _log(f"[tune] {kind}: {len(points)} trial(s), {concurrency} at a time, Tune folders under {path}")

@@ -61,7 +61,7 @@ def test_library_loggers_quiet_by_default_and_loud_when_verbose(restore_logging,
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("default")
         console.quiet_warnings()
-        warnings.warn("The given NumPy array is not writable, and PyTorch ...", UserWarning, stacklevel=1)
+        warnings.warn("TypedStorage is deprecated. It will be removed ...", UserWarning, stacklevel=1)
     assert seen == []
     monkeypatch.setenv(console.VERBOSE_ENV, "debug")
     assert console.verbose_requested()

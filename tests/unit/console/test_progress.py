@@ -58,3 +58,24 @@ def test_callback_adapter_for_done_total_reporters() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[check] video 1/8 (12%)")
     assert lines[-1].startswith("[check] video 8/8 (100%)") and "ETA 0:00:00" in lines[-1]
+
+
+def test_a_resumed_step_counts_its_rate_and_eta_from_where_it_resumed() -> None:
+    clock, out = _Clock(), io.StringIO()
+    p = Progress("train", 100, unit="step", stream=out, live=False, clock=clock, initial=60)
+    assert p.eta_s() == float("inf")
+    clock.t = 10.0
+    p.set(70)  # 10 steps in 10 s since the resume, 30 left
+    assert p.rate() == 1.0 and p.eta_s() == 30.0
+    assert out.getvalue().startswith("[train] step 70/100 (70%) 1 step/s ETA 0:00:30")
+
+
+def test_callback_clock_starts_when_the_callback_is_made() -> None:
+    clock, out = _Clock(), io.StringIO()
+    report = progress_callback("check", unit="video", stream=out, live=False, clock=clock)
+    clock.t = 4.0  # Ray started, the first results arrive
+    report(2000, 40000)
+    assert out.getvalue().startswith("[check] video 2000/40000 (5%) 500 video/s ETA 0:01:16")
+    clock.t = 4.5
+    report(40000, 40000)  # fast rates in plain digits, not 1e+04
+    assert "40000/40000 (100%) 8889 video/s" in out.getvalue().splitlines()[-1]

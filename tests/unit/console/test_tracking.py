@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from vidret.storage import Storage
-from vidret.tracking import Tracker, tensorboard_hint, tensorboard_uri
+from vidret.tracking import (
+    Tracker,
+    absolute_mlflow_uri,
+    flat_scalars,
+    log_once,
+    tensorboard_hint,
+    tensorboard_uri,
+)
 
 
 def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -68,3 +75,18 @@ def test_mlflow_file_store_has_the_run_with_params_metrics_and_artifact(tmp_path
     assert [(m.step, m.value) for m in history] == [(0, 10.0), (1, 20.0)]
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["report.html"]
     assert run.info.status == "FINISHED"
+
+
+def test_log_once_writes_nested_metrics_of_each_split(tmp_path: Path) -> None:
+    metrics = {"test": {"stage1": {"t2v": {"R1": 12.5, "MdR": 4.0}, "note": "text", "ok": True}}}
+    folder = log_once(str(tmp_path / "run"), "eval", Storage(), metrics)
+    assert folder == str(tmp_path / "run" / "tensorboard" / "eval")
+    assert _scalars(Path(folder)) == {"test/stage1/t2v/R1": [(0, 12.5)], "test/stage1/t2v/MdR": [(0, 4.0)]}
+    assert flat_scalars({"a": {"b": 1, "c": False, "d": "x"}, "e": 2.5}) == {"a/b": 1.0, "e": 2.5}
+
+
+def test_a_relative_mlflow_store_is_made_absolute(tmp_path: Path) -> None:
+    assert absolute_mlflow_uri("mlruns", cwd=str(tmp_path)) == f"file:{tmp_path}/mlruns"
+    assert absolute_mlflow_uri("file:mlruns", cwd=str(tmp_path)) == f"file:{tmp_path}/mlruns"
+    for kept in ("", "file:/abs/mlruns", "/abs/mlruns", "http://mlflow:5000", "databricks://profile"):
+        assert absolute_mlflow_uri(kept, cwd=str(tmp_path)) == kept

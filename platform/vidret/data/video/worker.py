@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from vidret.console.logs import quiet_ffmpeg, verbose_requested
 from vidret.data.video.local import decode_local
 from vidret.data.video.types import DecodeError, Source
 
@@ -185,7 +186,13 @@ def default_worker() -> DecodeWorker:
 
 
 def child_main(argv: list[str]) -> None:
-    """Child entry point: serve on the inherited socket (file descriptor ``argv[0]``)."""
+    """Child entry point: serve on the inherited socket (file descriptor ``argv[0]``).
+
+    FFmpeg prints only fatal errors here unless ``VIDRET_LOG=debug`` (inherited from the caller): a broken
+    video is reported by the ``DecodeError`` it raises, not by lines like ``[vp9 @ 0x..] Invalid sync code``.
+    The child is no Ray worker, so the workers' setup hook does not reach it."""
+    if not verbose_requested():
+        quiet_ffmpeg()
     conn = Connection(int(argv[0]))
     try:
         serve(conn)
