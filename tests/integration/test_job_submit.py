@@ -151,7 +151,7 @@ def test_working_dir_upload_is_code_only(head: LocalRayHead, synth_job: tuple[Jo
     size = sum((pkg / f).stat().st_size for f in files)
     assert size < UPLOAD_LIMIT_BYTES, f"working dir upload is {size / 2**20:.1f} MiB"
     (mod,) = head.uploaded_dirs("py_modules")
-    assert (mod / "vidret" / "cli.py").is_file()
+    assert (mod / "vidret" / "cli" / "main.py").is_file()
     assert not (mod / "__init__.py").exists()
 
 

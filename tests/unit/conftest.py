@@ -1,4 +1,4 @@
-"""Tests here run ``vidret.cli.main`` and ``setup_console`` in the pytest process: the console changes
+"""Unit tests run ``vidret.cli.main`` and ``setup_console`` in the pytest process: the console changes
 process-wide state (the ``vidret`` logger stops propagating, library loggers are raised to WARNING, Ray's
 quiet variables go into ``os.environ``, warning filters are added). Restore it after each test, or later
 tests that read log records with ``caplog`` (storage retries, decoder fallbacks) would see none."""
