@@ -32,6 +32,7 @@ from vidret.layout import cache_root
 from vidret.model.build import model_from_state
 from vidret.model.checkpoint import load_state
 from vidret.storage import Storage
+from vidret.watchdog import watching
 
 
 def _log(msg: str) -> None:
@@ -158,11 +159,12 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
     # the video pass is read with its bad-video log: past data.max_bad_fraction it raises the typed
     # TooManyBadVideosError listing them (Ray Data would hand over a wrapped RayTaskError(UserCodeException))
     passes = (("texts", text_feats, None), ("videos", video_feats, log))
-    for kind, feats, pass_log in passes:
-        for batch in iter_numpy_batches(
-            feats, cfg.eval.batch_size, log=pass_log, total=union.num_videos, cfg=cfg.data
-        ):
-            _route(batch, kind, ranges, {s: w[0 if kind == "texts" else 1] for s, w in writers.items()})
+    with watching(cfg.run):  # an encoder or decode actor the cluster cannot place ends the job
+        for kind, feats, pass_log in passes:
+            for batch in iter_numpy_batches(
+                feats, cfg.eval.batch_size, log=pass_log, total=union.num_videos, cfg=cfg.data
+            ):
+                _route(batch, kind, ranges, {s: w[0 if kind == "texts" else 1] for s, w in writers.items()})
     bad = check_bad_fraction(log, union.num_videos, cfg.data)["bad"]
     for split, uri in uris.items():
         split_uris = {u for u in bad if u in set(_video_uris(videos, ranges[split]))}

@@ -106,8 +106,12 @@ class Plan:
     trial_concurrency: int | None = None  # Tune: trials at a time
 
     def asks(self) -> dict[str, Ask]:
-        """Every ask of the plan by ``what`` (the last phase wins on a repeated name)."""
-        return {a.what: a for p in self.phases for a in p.asks}
+        """Every ask of the plan by ``what`` (the first phase wins on a repeated name)."""
+        out: dict[str, Ask] = {}
+        for p in self.phases:
+            for a in p.asks:
+                out.setdefault(a.what, a)
+        return out
 
 
 # ------------------------------------------------------------------------------------------- formatting
