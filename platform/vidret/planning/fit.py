@@ -156,7 +156,10 @@ def _unit_knobs(ask: Ask, nodes: Sequence[Node]) -> list[str]:
 
 
 def _all_knobs(asks: Iterable[Ask]) -> list[str]:
-    return list(dict.fromkeys(k for a in asks for ks in a.knobs.values() for k in ks))
+    """The knobs of every resource the asks use (not of those they could use, e.g. GPUs off)."""
+    return list(
+        dict.fromkeys(k for a in asks for r, ks in a.knobs.items() if a.per_unit.get(r, 0.0) > 0 for k in ks)
+    )
 
 
 # ------------------------------------------------------------------------------------------- checking

@@ -130,8 +130,12 @@ def test_units_that_fit_the_total_but_do_not_pack_onto_the_nodes() -> None:
         "data.decode_cpus=0.05",
         "data.decode_concurrency=1",
     )
-    with pytest.raises(PlanError, match=r"^stage 1 fits the cluster's totals but not node by node"):
+    with pytest.raises(PlanError) as e:
         plan_job("stage 1", c, two_nodes())
+    assert str(e.value) == (
+        "stage 1 fits the cluster's totals but not node by node (CPUs per node: node_a 1, node_b 1): "
+        "lower train.cpus_per_worker or data.decode_cpus, or add nodes"
+    )
 
 
 def test_gpu_workers_name_the_gpu_shortfall() -> None:
