@@ -77,11 +77,15 @@ DEFAULT_SIZING_ERROR = (
     "vidret train: error: stage 1 needs 4 CPUs (2 workers x 1 + 4 decode actors x 0.5), the cluster has 2: "
     "lower train.cpus_per_worker or data.decode_cpus, or add nodes"
 )
-# Actors on the head that are Ray's own: Ray Train V2 pins its controller to the driver's node (the head,
-# under `ray job submit`); Ray Data's statistics and autoscaling helpers are detached actors of Ray's.
+# Actors on the head that are Ray's own: Ray Train V2 pins its controller and the controller's helpers
+# (dataset manager, worker synchronisation, placement-group cleaner; zero CPU each) to the driver's node,
+# the head under `ray job submit`; Ray Data's statistics and autoscaling helpers are detached actors of Ray's.
 RAY_INTERNAL = frozenset(
     {
         "TrainController",
+        "DatasetManager",
+        "SynchronizationActor",
+        "PlacementGroupCleaner",
         "JobSupervisor",
         "_StatsActor",
         "_AutoscalingCoordinatorActor",
