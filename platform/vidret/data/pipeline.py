@@ -230,7 +230,9 @@ def build_dataset(
         table = table.take(pa.array(np.random.default_rng(shuffle_seed).permutation(table.num_rows)))
     check_pool_fits(cfg)
     off_head = off_head_options()
-    log = BadVideoLog.options(**off_head).remote()
+    # off the head, a node that goes away takes the log along: it restarts elsewhere, and the rows decoded
+    # again after Ray Train resumes record their failures again (distinct by URI)
+    log = BadVideoLog.options(max_restarts=-1, max_task_retries=-1, **off_head).remote()
     stage_kwargs = {
         "cfg": cfg,
         "storage": storage,
