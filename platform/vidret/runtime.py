@@ -5,11 +5,16 @@ either connects to a configured cluster or starts a local one bound to loopback.
 every worker get vidret's quiet console (``vidret.console.logs``): Ray's logger at WARNING, the quiet
 environment and the ``worker_process_setup_hook`` in the runtime environment, and Ray Data without execution
 banners. ``--verbose`` (``VIDRET_LOG=debug``) keeps Ray's own output.
+``describe_cluster``, ``head_node_id`` and ``wait_for_resources`` read the connected cluster for resource
+planning (``vidret.planning``; ``vidret.startup.start_job`` puts them together).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ray
@@ -22,8 +27,20 @@ from vidret.console.logs import (
     ray_init_kwargs,
     verbose_requested,
 )
+from vidret.planning import Cluster, Node, fraction_fits
 
-__all__ = ["LOCAL_RAY_HOST", "WORKER_SETUP_HOOK", "ensure_ray", "live_actors", "setup_worker"]
+__all__ = [
+    "HEAD_RESOURCE",
+    "LOCAL_RAY_HOST",
+    "WORKER_SETUP_HOOK",
+    "AutoscaleTimeoutError",
+    "describe_cluster",
+    "ensure_ray",
+    "head_node_id",
+    "live_actors",
+    "setup_worker",
+    "wait_for_resources",
+]
 
 LOCAL_RAY_HOST = "127.0.0.1"  # a local instance is reachable from this machine only
 WORKER_SETUP_HOOK = f"{__name__}.setup_worker"
@@ -101,3 +118,76 @@ def live_actors() -> list[dict[str, str]]:
         for a in state.actors().values()
         if a.get("State") != "DEAD"
     ]
+
+
+# ------------------------------------------------------------------------------------------- the cluster
+HEAD_RESOURCE = "node:__internal_head__"  # carried by the head node only
+
+
+class AutoscaleTimeoutError(RuntimeError):
+    """The autoscaler did not bring the resources a job needs within ``run.autoscale_wait_s``."""
+
+
+def _schedulable(resources: Mapping[str, float]) -> dict[str, float]:
+    """What work can ask for: CPU, GPU and custom resources (not memory, node ids or accelerator types)."""
+    skip = ("node:", "accelerator_type:")
+    return {
+        k: float(v)
+        for k, v in resources.items()
+        if not k.startswith(skip) and k not in ("memory", "object_store_memory")
+    }
+
+
+def describe_cluster(run: RunConfig) -> Cluster:
+    """The alive nodes of the connected Ray cluster (the head marked) and the autoscaler's bound from
+    ``run.autoscale_max_cpus`` / ``run.autoscale_max_gpus`` (None when neither is set)."""
+    nodes = tuple(
+        Node(
+            name=n["NodeID"][:8],
+            resources=_schedulable(n["Resources"]),
+            is_head=HEAD_RESOURCE in n["Resources"],
+        )
+        for n in ray.nodes()  # type: ignore[no-untyped-call]
+        if n["Alive"]
+    )
+    bound = {"CPU": run.autoscale_max_cpus, "GPU": run.autoscale_max_gpus}
+    max_total = {k: float(v) for k, v in bound.items() if v is not None} or None
+    return Cluster(nodes, max_total)
+
+
+def head_node_id() -> str | None:
+    """The head's node id when the cluster has other nodes to work on (work is kept off it), else None."""
+    alive = [n for n in ray.nodes() if n["Alive"]]  # type: ignore[no-untyped-call]
+    if len(alive) <= 1:
+        return None
+    return next((n["NodeID"] for n in alive if HEAD_RESOURCE in n["Resources"]), None)
+
+
+def wait_for_resources(
+    need: Mapping[str, float],
+    timeout_s: float,
+    *,
+    poll_s: float = 5.0,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Wait until the cluster's totals reach ``need`` (nodes an autoscaler adds), printing progress each
+    poll; :class:`AutoscaleTimeoutError` after ``timeout_s``. Returns at once when they already do."""
+    say = progress or _log
+    deadline = time.monotonic() + timeout_s
+    while True:
+        have = _schedulable(ray.cluster_resources())  # type: ignore[no-untyped-call]
+        shown = ", ".join(f"{k} {have.get(k, 0.0):g}/{v:g}" for k, v in sorted(need.items()))
+        if fraction_fits(need, have) >= 1.0:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AutoscaleTimeoutError(
+                f"waited {timeout_s:g} s for the autoscaler, the cluster has {shown} (have/need): raise "
+                "run.autoscale_wait_s, check the autoscaler's node types and quotas, or size the job down"
+            )
+        say(f"[cluster] waiting for nodes: {shown} (have/need), {left:.0f} s left")
+        time.sleep(min(poll_s, max(left, 0.0)))
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

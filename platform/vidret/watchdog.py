@@ -1,5 +1,5 @@
-"""The Ray side of resource planning: the live cluster as a :class:`~vidret.planning.Cluster`, a bounded wait
-for autoscaler nodes, and a watchdog that ends a job whose actors or placement groups stay pending.
+"""A watchdog that ends a job whose actors or placement groups stay pending (the Ray side of resource
+planning; the live cluster and the bounded wait for autoscaler nodes are in :mod:`vidret.runtime`).
 
 A Ray job whose actors cannot be placed waits forever without an error (an actor pool that holds every CPU
 while the actors it waits for need more; an ask no node can satisfy). :class:`PendingWatchdog` runs in the
@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -24,79 +25,28 @@ from typing import Any
 import ray
 
 from vidret.config import RunConfig
-from vidret.planning import Cluster, Node, fraction_fits
+from vidret.runtime import (  # re-exported: the Ray side of planning in one place for callers
+    AutoscaleTimeoutError,
+    describe_cluster,
+    head_node_id,
+    wait_for_resources,
+)
 
-HEAD_RESOURCE = "node:__internal_head__"  # carried by the head node only
+__all__ = [
+    "AutoscaleTimeoutError",
+    "Pending",
+    "PendingTimeoutError",
+    "PendingWatchdog",
+    "describe_cluster",
+    "head_node_id",
+    "pending_work",
+    "wait_for_resources",
+    "watching",
+]
 
 
 class PendingTimeoutError(RuntimeError):
     """Ray work stayed pending past the watchdog's limit; the message names it and what it asked for."""
-
-
-class AutoscaleTimeoutError(RuntimeError):
-    """The autoscaler did not bring the resources a job needs within ``run.autoscale_wait_s``."""
-
-
-# ------------------------------------------------------------------------------------------- the cluster
-def _schedulable(resources: Mapping[str, float]) -> dict[str, float]:
-    """What work can ask for: CPU, GPU and custom resources (not memory, node ids or accelerator types)."""
-    skip = ("node:", "accelerator_type:")
-    return {
-        k: float(v)
-        for k, v in resources.items()
-        if not k.startswith(skip) and k not in ("memory", "object_store_memory")
-    }
-
-
-def describe_cluster(run: RunConfig) -> Cluster:
-    """The alive nodes of the connected Ray cluster (the head marked) and the autoscaler's bound from
-    ``run.autoscale_max_cpus`` / ``run.autoscale_max_gpus`` (None when neither is set)."""
-    nodes = tuple(
-        Node(
-            name=n["NodeID"][:8],
-            resources=_schedulable(n["Resources"]),
-            is_head=HEAD_RESOURCE in n["Resources"],
-        )
-        for n in ray.nodes()  # type: ignore[no-untyped-call]
-        if n["Alive"]
-    )
-    bound = {"CPU": run.autoscale_max_cpus, "GPU": run.autoscale_max_gpus}
-    max_total = {k: float(v) for k, v in bound.items() if v is not None} or None
-    return Cluster(nodes, max_total)
-
-
-def head_node_id() -> str | None:
-    """The head's node id when the cluster has other nodes to work on (work is kept off it), else None."""
-    alive = [n for n in ray.nodes() if n["Alive"]]  # type: ignore[no-untyped-call]
-    if len(alive) <= 1:
-        return None
-    return next((n["NodeID"] for n in alive if HEAD_RESOURCE in n["Resources"]), None)
-
-
-def wait_for_resources(
-    need: Mapping[str, float],
-    timeout_s: float,
-    *,
-    poll_s: float = 5.0,
-    progress: Callable[[str], None] | None = None,
-) -> None:
-    """Wait until the cluster's totals reach ``need`` (nodes an autoscaler adds), printing progress each
-    poll; :class:`AutoscaleTimeoutError` after ``timeout_s``. Returns at once when they already do."""
-    say = progress or _log
-    deadline = time.monotonic() + timeout_s
-    while True:
-        have = _schedulable(ray.cluster_resources())  # type: ignore[no-untyped-call]
-        shown = ", ".join(f"{k} {have.get(k, 0.0):g}/{v:g}" for k, v in sorted(need.items()))
-        if fraction_fits(need, have) >= 1.0:
-            return
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AutoscaleTimeoutError(
-                f"waited {timeout_s:g} s for the autoscaler, the cluster has {shown} (have/need): raise "
-                "run.autoscale_wait_s, check the autoscaler's node types and quotas, or size the job down"
-            )
-        say(f"[cluster] waiting for nodes: {shown} (have/need), {left:.0f} s left")
-        time.sleep(min(poll_s, max(left, 0.0)))
 
 
 def _log(msg: str) -> None:
@@ -293,3 +243,12 @@ class PendingWatchdog:
                 f"[watchdog] the job did not stop within {self.hard_exit_after_s:g} s; exiting: {self.error}"
             )
             os._exit(1)
+
+
+def watching(run: RunConfig) -> AbstractContextManager[Any]:
+    """A :class:`PendingWatchdog` at ``run.pending_timeout_s`` for a job's blocking call when it runs in the
+    main thread (the watchdog interrupts it); a no-op elsewhere (inside a Tune trial, whose own driver
+    watches the job)."""
+    if threading.current_thread() is not threading.main_thread():
+        return nullcontext()
+    return PendingWatchdog(run.pending_timeout_s)

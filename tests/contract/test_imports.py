@@ -11,6 +11,7 @@ RAY_ALLOWED = (
     "runtime",
     "watchdog",
     "preflight",
+    "startup",
     "tracking",
     "data.pipeline",
     "data.executors",

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "tracking": 3,
     "watchdog": 4,
     "preflight": 4,
+    "startup": 4,  # connect, refuse local paths across nodes, plan (runtime + planning)
     "data.pipeline": 4,
     "data.executors": 5,
     "features": 5,

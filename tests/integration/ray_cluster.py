@@ -59,12 +59,59 @@ def _range_is_free(start: int, count: int) -> bool:
 
 def free_port_range(count: int, low: int = 20000, high: int = 32000) -> int:
     """First port of ``count`` consecutive free ports below the kernel's ephemeral range (32768+), so they
-    do not collide with the single ports ``free_port`` hands out."""
+    do not collide with the single ports ``free_port`` hands out. Free now only: for Ray worker ports, which
+    are bound later, use :func:`claim_port_block`."""
     for _ in range(50):
         start = random.randrange(low, high - count)
         if _range_is_free(start, count):
             return start
     raise RuntimeError(f"no {count} consecutive free ports found in [{low}, {high})")
+
+
+# Worker-port blocks: Ray binds a node's worker ports only when it starts workers, so "free right now" does
+# not keep two nodes (or two test sessions) apart; one was seen overlapping another. Blocks are aligned
+# (never partly overlapping) and claimed with a file created exclusively, so no process on this machine is
+# handed a block that another one holds; a claim whose process is gone is taken over.
+PORT_CLAIMS = Path(tempfile.gettempdir()) / "vidret-test-ports"
+PORT_LOW, PORT_HIGH = 20000, 32000
+
+
+def _claim_is_stale(claim: Path) -> bool:
+    try:
+        pid = int(claim.read_text() or "0")
+    except (OSError, ValueError):
+        return False  # being written, or unreadable: leave it
+    return pid > 0 and not Path(f"/proc/{pid}").exists()
+
+
+def claim_port_block(count: int = WORKER_PORTS) -> int:
+    """First port of a block of ``count`` ports, aligned to ``count`` in [PORT_LOW, PORT_HIGH), free now and
+    claimed for this process until :func:`release_port_block` (every caller uses the same ``count``, so
+    blocks never partly overlap)."""
+    PORT_CLAIMS.mkdir(exist_ok=True)
+    starts = list(range(PORT_LOW, PORT_HIGH - count + 1, count))
+    random.shuffle(starts)
+    for start in starts:
+        claim = PORT_CLAIMS / f"{start}-{count}"
+        if claim.exists() and _claim_is_stale(claim):
+            with contextlib.suppress(FileNotFoundError):
+                claim.unlink()
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        if _range_is_free(start, count):
+            return start
+        claim.unlink()
+    raise RuntimeError(f"no unclaimed free block of {count} ports in [{PORT_LOW}, {PORT_HIGH})")
+
+
+def release_port_block(start: int, count: int = WORKER_PORTS) -> None:
+    """Give a block of :func:`claim_port_block` back."""
+    with contextlib.suppress(FileNotFoundError):
+        (PORT_CLAIMS / f"{start}-{count}").unlink()
 
 
 def _pids_of_group_or_dir(pgid: int, marker: str) -> list[int]:
@@ -128,10 +175,13 @@ def node_pids(pgid: int, marker: str) -> list[int]:
     return with_descendants(_pids_of_group_or_dir(pgid, marker))
 
 
-def kill_tree(pgid: int, marker: str, grace_s: float = 3.0, first: signal.Signals = signal.SIGTERM) -> None:
+def kill_tree(
+    pgid: int, marker: str, grace_s: float = 3.0, first: signal.Signals = signal.SIGTERM
+) -> set[int]:
     """Signal a Ray node's processes (:func:`node_pids`) with ``first``, then SIGKILL what is left after
     ``grace_s`` (GCS, raylet and agents may ignore SIGTERM). The set found first is kept: a process whose
-    parent died is re-parented and no longer found below the node."""
+    parent died is re-parented and no longer found below the node. Returns every pid signalled (a caller
+    checks later that none is alive: :func:`alive_of`)."""
     victims: set[int] = set()
     for sig, wait_s in ((first, grace_s), (signal.SIGKILL, 5.0)):
         victims |= set(node_pids(pgid, marker))
@@ -144,6 +194,12 @@ def kill_tree(pgid: int, marker: str, grace_s: float = 3.0, first: signal.Signal
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and any(_alive(p) for p in victims):
             time.sleep(0.2)
+    return victims
+
+
+def alive_of(pids: Sequence[int] | set[int]) -> list[int]:
+    """The live ones of ``pids`` (not zombies)."""
+    return sorted(p for p in pids if _alive(p))
 
 
 def _ray_env() -> dict[str, str]:
@@ -224,6 +280,8 @@ class LocalRayHead:
     env: dict[str, str]
     start_s: float = 0.0
     stopped: bool = field(default=False)
+    claimed_ports: int | None = None  # the worker-port block this head claimed itself (released by stop)
+    signalled: set[int] = field(default_factory=set)  # every process stop() signalled
 
     @property
     def dashboard_url(self) -> str:
@@ -263,7 +321,7 @@ class LocalRayHead:
                 "metrics-export-port",
             )
         }
-        worker_lo = worker_ports if worker_ports is not None else free_port_range(WORKER_PORTS)
+        worker_lo = worker_ports if worker_ports is not None else claim_port_block()
         argv = [
             ray_bin,
             "start",
@@ -291,6 +349,7 @@ class LocalRayHead:
             gcs_port=ports["port"],
             pgid=proc.pid,
             env=env,
+            claimed_ports=None if worker_ports is not None else worker_lo,
         )
         try:
             out, _ = proc.communicate(timeout=timeout_s)
@@ -421,12 +480,16 @@ class LocalRayHead:
         if self.stopped:
             return
         self.stopped = True
-        kill_tree(self.pgid, str(self.temp_dir), grace_s)
+        self.signalled = kill_tree(self.pgid, str(self.temp_dir), grace_s)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if self.claimed_ports is not None:
+            release_port_block(self.claimed_ports)
 
     def leftover_pids(self) -> list[int]:
-        """Processes of this head still alive (should be none after ``stop``)."""
-        return node_pids(self.pgid, str(self.temp_dir))
+        """Processes of this head still alive (should be none after ``stop``): those found now and those
+        ``stop`` signalled (re-parented descendants, such as Ray's detached helper actors, are no longer
+        found below the head)."""
+        return sorted({*node_pids(self.pgid, str(self.temp_dir)), *alive_of(self.signalled)})
 
     # -- the state API (served by the dashboard): where actors, tasks and nodes are -------------------------
     def state(self, kind: str, limit: int = 10000) -> list[dict[str, Any]]:
@@ -454,6 +517,7 @@ class LocalRayNode:
     pgid: int
     num_cpus: float
     stopped: bool = field(default=False)
+    signalled: set[int] = field(default_factory=set)  # every process kill()/stop() signalled
 
     @classmethod
     def start(
@@ -488,13 +552,14 @@ class LocalRayNode:
         return cls(label=label, temp_dir=temp_dir, pgid=pgid, num_cpus=num_cpus)
 
     def pids(self) -> list[int]:
-        """This node's live processes: raylet, agents, workers and everything below them."""
-        return node_pids(self.pgid, str(self.temp_dir))
+        """This node's live processes: raylet, agents, workers and everything below them, and any process
+        signalled by ``kill``/``stop`` still alive (a re-parented descendant is no longer below the node)."""
+        return sorted({*node_pids(self.pgid, str(self.temp_dir)), *alive_of(self.signalled)})
 
     def kill(self) -> list[int]:
         """SIGKILL the node at once, like a machine that vanishes (no graceful shutdown); returns the pids."""
         pids = self.pids()
-        kill_tree(self.pgid, str(self.temp_dir), grace_s=5.0, first=signal.SIGKILL)
+        self.signalled |= kill_tree(self.pgid, str(self.temp_dir), grace_s=5.0, first=signal.SIGKILL)
         self.stopped = True
         return pids
 
@@ -502,7 +567,7 @@ class LocalRayNode:
         """SIGTERM then SIGKILL the node's processes; the temp dir is kept for inspection (``remove``)."""
         if not self.stopped:
             self.stopped = True
-            kill_tree(self.pgid, str(self.temp_dir), grace_s)
+            self.signalled |= kill_tree(self.pgid, str(self.temp_dir), grace_s)
 
     def remove(self) -> None:
         self.stop()
@@ -518,27 +583,35 @@ class LocalRayNode:
 class LocalRayCluster:
     """A head that schedules nothing (``--num-cpus=0``, as ``cluster.yaml``'s) and worker nodes, one CPU each.
 
-    Every node gets a disjoint worker-port block cut from one free range (blocks picked one after the other
-    with a "free now" check can overlap). ``start_node`` adds a node (a replacement after ``kill``).
+    Every node gets a worker-port block of its own, claimed (:func:`claim_port_block`) so that no other node
+    or test session on this machine is handed an overlapping one; ``stop`` gives them back. ``start_node``
+    adds a node (a replacement after ``kill``).
     """
 
     head: LocalRayHead
     nodes: dict[str, LocalRayNode]
-    port_blocks: list[int]
+    port_blocks: list[int]  # claimed blocks not used yet (for nodes still to start)
     retired: list[LocalRayNode] = field(default_factory=list)
+    claimed: list[int] = field(default_factory=list)  # every block claimed, released by stop()
 
     @classmethod
     def start(
         cls, labels: Sequence[str], spare_nodes: int = 1, extra_env: dict[str, str] | None = None
     ) -> LocalRayCluster:
         """The head plus one node per label; ``spare_nodes`` more worker-port blocks for replacements."""
-        blocks = len(labels) + 1 + spare_nodes
-        first = free_port_range(WORKER_PORTS * blocks)
-        port_blocks = [first + i * WORKER_PORTS for i in range(blocks)]
-        head = LocalRayHead.start(
-            num_cpus=0, worker_ports=port_blocks[0], extra_args=[CLUSTER_OBJECT_STORE], extra_env=extra_env
-        )
-        cluster = cls(head=head, nodes={}, port_blocks=port_blocks[1:])
+        port_blocks = [claim_port_block() for _ in range(len(labels) + 1 + spare_nodes)]
+        try:
+            head = LocalRayHead.start(
+                num_cpus=0,
+                worker_ports=port_blocks[0],
+                extra_args=[CLUSTER_OBJECT_STORE],
+                extra_env=extra_env,
+            )
+        except BaseException:
+            for block in port_blocks:
+                release_port_block(block)
+            raise
+        cluster = cls(head=head, nodes={}, port_blocks=port_blocks[1:], claimed=port_blocks)
         try:
             for label in labels:
                 cluster.start_node(label)
@@ -604,6 +677,9 @@ class LocalRayCluster:
         for node in self.all_nodes():
             node.stop()
         self.head.stop()
+        for block in self.claimed:
+            release_port_block(block)
+        self.claimed = []
 
     def leftover_pids(self) -> list[int]:
         return sorted({*self.head.leftover_pids(), *(p for n in self.all_nodes() for p in n.pids())})

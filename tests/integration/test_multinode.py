@@ -10,10 +10,16 @@ feature cache and evaluation output all live in one S3 bucket; no job is given a
 * a worker node is SIGKILLed (its raylet, agents and workers, found by its temp dir) once stage 1 has
   registered a checkpoint, and a replacement node joins: the run resumes from that checkpoint and exports the
   weights of the uninterrupted run bit for bit (the rule of the single-node resume test in test_train.py);
-* each node's unpacked working dir holds the shipped code only: no job wrote an output next to it.
+* each node's unpacked working dir holds the shipped code only: no job wrote an output next to it;
+* resource planning (``vidret.startup.start_job``): stage 1 at the default sizing fails within seconds with
+  one line naming the shortfall and the knobs, before any actor exists; a multi-node job with a local
+  ``run.out`` is refused (unless ``storage.shared_filesystem``); the pending watchdog ends a job whose actor
+  cannot be placed; no actor of any job runs on the head (the actor table says where each one ran).
 
-Sizing (2 CPUs in all): Train workers at 0.75 CPU and decode actors at 0.125 CPU; the default (1 CPU per
-Train worker plus 0.5 CPU decode actors) leaves the decode actors pending forever on two 1-CPU nodes.
+Sizing (2 CPUs in all): Train workers at 0.8 CPU and decode actors at 0.125 CPU, with
+``data.decode_actors=auto`` shrinking each pool from 2 actors to 1 so that stage 1 fits (and saying so). The
+default (1 CPU per Train worker plus two 0.5-CPU decode actors per pipeline) needs 4 CPUs: without the plan
+its decode actors stayed pending forever on two 1-CPU nodes; with it the job fails before it starts.
 Wall time of the module on the shared 2-core machine: 349 s (stage 1 154 s, stage 2 39 s, evaluation 20 s,
 the node-kill run 107 s, cluster start and teardown the rest); about 3x that when the machine is saturated.
 """
@@ -60,7 +66,22 @@ FAST_NODE_FAILURE = {
     "RAY_health_check_failure_threshold": "3",
 }
 RUNTIME_ENV = {"py_modules": ["platform/vidret"], "env_vars": {"OMP_NUM_THREADS": "1"}}
-SIZING = ["train.cpus_per_worker=0.75", "data.decode_cpus=0.125"]
+SIZING = [
+    "train.cpus_per_worker=0.8",
+    "data.decode_cpus=0.125",
+    "data.decode_concurrency=2",
+    "data.decode_actors=auto",
+]
+AUTO_NOTE = "[plan] data.decode_actors=auto: 1 decode actor(s) per pool instead of data.decode_concurrency=2"
+DEFAULT_SIZING_ERROR = (
+    "vidret train: error: stage 1 needs 4 CPUs (2 workers x 1 + 4 decode actors x 0.5), the cluster has 2: "
+    "lower train.cpus_per_worker or data.decode_cpus, or add nodes"
+)
+# vidret's own actors: the Ray Train workers, Ray Data's workers running vidret's stages (decoding, the
+# encoders) and the bad-video logs. Ray's own helpers are not vidret's to place: Ray Train V2 pins its
+# controller and the controller's helpers to the driver's node (the head under `ray job submit`), and Ray
+# Data's statistics and autoscaling actors are detached actors of Ray's.
+VIDRET_ACTORS = (TRAIN_WORKER, "BadVideoLog", "MapWorker(")
 TINY = [
     "run.seed=7",
     "data.size=32",
@@ -68,7 +89,6 @@ TINY = [
     "data.framerate=4",
     "data.max_words=16",
     "data.decoder=pyav",
-    "data.decode_concurrency=1",
     "data.rows_per_block=4",
     "data.test_split=test",
     "data.extra_eval_splits=[]",
@@ -194,6 +214,84 @@ def _nodes_of(cluster: LocalRayCluster, run: JobRun, kind: str, name: str) -> li
     return [str(r.get("node_id")) for r in rows]
 
 
+def _actors_of(cluster: LocalRayCluster, run: JobRun) -> list[dict[str, Any]]:
+    """The actor table's rows of a job (class name, node id, state)."""
+    job_id = cluster.head.ray_job_id(run.submission_id)
+    return [r for r in cluster.head.state("actors") if r.get("job_id") == job_id]
+
+
+def _default_sizing(args: list[str]) -> list[str]:
+    """``args`` at the default sizing (1 CPU per Train worker, pools of two 0.5-CPU decode actors)."""
+    return [a for a in args if a not in SIZING]
+
+
+# -- resource planning: refused before anything starts -------------------------------------------------------
+def test_default_sizing_fails_fast_naming_the_shortfall(
+    cluster: LocalRayCluster, bucket: tuple[StorageConfig, str], corpus: str
+) -> None:
+    run = _submit(cluster, "default", "jobs/train.py", _default_sizing(_overrides(bucket, corpus, "default")))
+    assert run.status == "FAILED", run.describe()
+    assert DEFAULT_SIZING_ERROR in run.logs, run.describe()
+    assert _actors_of(cluster, run) == [], "the job started actors before it was refused"
+    print(f"default sizing refused: job round trip {run.wall_s:.1f} s")
+
+
+def test_local_run_out_is_refused_unless_declared_shared(
+    cluster: LocalRayCluster, bucket: tuple[StorageConfig, str], corpus: str
+) -> None:
+    local = f"/tmp/vidret-multinode-local-{uuid.uuid4().hex[:8]}"
+    args = [*_overrides(bucket, corpus, "local"), f"run.out={local}"]
+    run = _submit(cluster, "local", "jobs/train.py", args)
+    assert run.status == "FAILED", run.describe()
+    assert (
+        f"the Ray cluster has 3 nodes but these paths are local to one machine: run.out={local}. "
+        "Use s3:// URIs, or set storage.shared_filesystem=true"
+    ) in run.logs, run.describe()
+    assert _actors_of(cluster, run) == []
+    assert not Path(local).exists(), "the refused job wrote to its local run.out"
+    # declared shared, the same path passes the guard and the plan decides (the default sizing cannot fit)
+    shared = _submit(
+        cluster, "shared", "jobs/train.py", [*_default_sizing(args), "storage.shared_filesystem=true"]
+    )
+    assert shared.status == "FAILED", shared.describe()
+    assert "paths are local" not in shared.logs
+    assert DEFAULT_SIZING_ERROR in shared.logs, shared.describe()
+
+
+PENDING_PROBE = """
+import ray
+from vidret.watchdog import PendingWatchdog
+
+@ray.remote
+class Probe:
+    def ping(self):
+        return 1
+
+ray.init()
+probe = Probe.options(num_cpus=0, resources={"no_such_node": 1}).remote()
+with PendingWatchdog(5, poll_s=1):
+    ray.get(probe.ping.remote())
+"""
+
+
+def test_the_watchdog_ends_a_job_whose_actor_cannot_be_placed(cluster: LocalRayCluster) -> None:
+    run = cluster.head.submit(
+        ["python", "-c", PENDING_PROBE],
+        working_dir=REPO,
+        runtime_env=RUNTIME_ENV,
+        submission_id=_submission_id("pending"),
+        timeout_s=300,
+    )
+    assert run.status == "FAILED", run.describe()
+    line = next((x for x in run.logs.splitlines() if "PendingTimeoutError: " in x), "")
+    assert line.startswith(
+        "vidret.watchdog.PendingTimeoutError: pending for more than 5 s (run.pending_timeout_s), the job "
+        "was stopped: actor Probe asking for {"
+    ), run.describe()
+    assert "no_such_node: 1" in line, line
+    print(f"unplaceable actor stopped by the watchdog: job round trip {run.wall_s:.1f} s")
+
+
 @pytest.fixture(scope="module")
 def pipeline(cluster: LocalRayCluster, bucket: tuple[StorageConfig, str], corpus: str) -> dict[str, Any]:
     """Stage 1 (+ feature cache), stage 2 and the evaluation of run ``ref``, each a submitted job, and the
@@ -218,6 +316,26 @@ def test_stage1_places_one_train_worker_per_node(cluster: LocalRayCluster, pipel
     assert sorted(workers) == sorted([ids["node_a"], ids["node_b"]]), (workers, ids)
     assert ids["head"] not in workers
     assert "[cache] encoded" in run.logs, run.describe()
+    assert AUTO_NOTE in run.logs, run.describe()  # the pools were shrunk to fit, and the log says so
+
+
+def test_no_actor_of_any_job_runs_on_the_head(cluster: LocalRayCluster, pipeline: dict[str, Any]) -> None:
+    head = pipeline["ids"]["head"]
+    actors = {name: _actors_of(cluster, pipeline[name]) for name in ("stage1", "stage2", "evaluate")}
+    on_head = {
+        (name, str(a.get("class_name")))
+        for name, rows in actors.items()
+        for a in rows
+        if a.get("node_id") == head
+    }
+    ours = sorted(x for x in on_head if x[1].startswith(VIDRET_ACTORS))
+    assert ours == [], f"vidret actors placed on the head: {ours}"
+    print(f"Ray's own actors on the head: {sorted({c for _, c in on_head})}")
+    classes = [str(a.get("class_name")) for a in actors["stage1"]]
+    # not vacuous: the zero-CPU actors (the bad-video logs, the validation decode actor) are among them
+    assert classes.count(TRAIN_WORKER) == 2, classes
+    assert classes.count("BadVideoLog") >= 3, classes
+    assert any("_DecodeStage" in c for c in classes), classes
 
 
 def test_stage2_and_outputs_on_s3(

@@ -8,8 +8,9 @@ Loading is strict: an unknown key or a value of the wrong type raises ``ValueErr
 dotted key and the expected type. Overrides use the same dotted keys (``train.lr=1e-4``); their values are
 parsed as YAML scalars.
 
-Upstream quirks of the released DiffusionRet code are named options whose default reproduces the released
-behaviour ("faithful"); the documentation of each field says what the clean alternative does.
+Upstream quirks of the released DiffusionRet code are named options; the README's table says which setting
+reproduces the released behaviour (not always the default), and the documentation of each field says what
+the alternative does.
 """
 
 from vidret.config.loading import (

@@ -152,9 +152,9 @@ class DiffusionConfig:
     schedule: Literal["cosine", "linear"] = "cosine"
     num: int = 127  # hard negatives per query in training (needs num <= global batch - 1)
     negatives_fill: Literal["positives", "error"] = "positives"
-    """When a batch has fewer than ``num`` negatives (same-video duplicates): faithful ``positives`` fills the
-    list with the other same-video captions/videos as "negatives" (never the pair itself); ``error``
-    raises."""
+    """When a batch has fewer than ``num`` negatives (same-video duplicates): ``positives`` (the default; the
+    upstream instead takes ties of -1, possibly the pair itself) fills the list with the other same-video
+    captions/videos as "negatives", most similar first (never the pair itself); ``error`` raises."""
     neg: float = 0.0  # value of the negatives in the clean target [1, neg, ..., neg]
     d_temp: float = 100.0  # multiplier on x0_hat inside the generation cross-entropy
     attn_temp: float = 1.0  # divisor of the text-frame attention logits inside the denoisers
@@ -238,6 +238,8 @@ class EvalConfig:
     rerank: bool = True
     dual_softmax: bool = False  # test-time score normalisation, reported separately and labelled
     multi_caption_grouping: Literal["correct", "upstream_off_by_one"] = "correct"
+    """``correct`` (the default): each video's own captions form its group; ``upstream_off_by_one``
+    reproduces the upstream's grouping (docs/method.md), to compare with published MSVD numbers."""
     num_workers: int = 1
     report: bool = True
     report_queries: int = 8

@@ -28,11 +28,14 @@ from vidret.data.pipeline import (
     check_pool_fits,
     failures_of,
     input_blocks,
+    off_head_options,
     stream_batches,
 )
 from vidret.data.video.prepare import PrepareSettings, plan_outputs, prepare_one
-from vidret.runtime import ensure_ray
+from vidret.planning import Ask, PathUse, Phase, check_phases
+from vidret.startup import check_paths
 from vidret.storage import Storage, join
+from vidret.watchdog import watching
 
 __all__ = ["prepare_splits", "run_check", "run_prepare"]
 
@@ -68,11 +71,12 @@ def run_check(
     ``<manifest_uri>.check.json``).
     Never raises for bad videos: ``within_budget`` says whether ``data.max_bad_fraction`` holds.
     """
-    ensure_ray(cfg.run)
     storage = Storage(cfg.storage)
     t0 = time.perf_counter()
     manifest = read_manifest(manifest_uri, storage)
     table = absolute_local_uris(manifest.select(["video_id", "video_uri", "start", "end"]))
+    # every node's decode actors read the manifest's videos
+    check_paths(cfg, table.column("video_uri").to_pylist(), [PathUse("manifest", manifest_uri)], keys=())
     failures: list[dict[str, Any]] = []
     done = 0
     check_pool_fits(cfg.data)
@@ -83,12 +87,14 @@ def run_check(
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_concurrency),
         num_cpus=cfg.data.decode_cpus,
+        **(off_head_options() if cfg.data.decode_cpus <= 0 else {}),
     )
-    for batch in stream_batches(ds, None):
-        failures += failures_of(batch)
-        done += len(batch["ok"])
-        if progress is not None:
-            progress(done, table.num_rows)
+    with watching(cfg.run):  # decode actors the cluster cannot place end the job
+        for batch in stream_batches(ds, None):
+            failures += failures_of(batch)
+            done += len(batch["ok"])
+            if progress is not None:
+                progress(done, table.num_rows)
     if done != table.num_rows:
         raise RuntimeError(f"check of {manifest_uri}: {done} results for {table.num_rows} rows")
     summary_uri = out_uri or f"{manifest_uri}.check.json"
@@ -158,7 +164,6 @@ def run_prepare(
     if not out:
         raise ValueError("data.prepare_out is empty: set it to the folder or s3:// prefix for prepared files")
     out = absolute_uri(out)
-    ensure_ray(cfg.run)
     storage = Storage(cfg.storage)
     settings = PrepareSettings.from_config(cfg.data)
     t0 = time.perf_counter()
@@ -167,6 +172,7 @@ def run_prepare(
         for s in prepare_splits(cfg, splits)
     }
     sources = [u for t in manifests.values() for u in t.column("video_uri").to_pylist()]
+    _check_cluster(cfg, sources, out)
     targets = plan_outputs(sources, out)
     plan = pa.table(
         {
@@ -175,7 +181,8 @@ def run_prepare(
             "out_uri": list(targets.values()),
         }
     )
-    counts, failures = _run_prepare_tasks(plan, settings, storage, progress)
+    with watching(cfg.run):
+        counts, failures = _run_prepare_tasks(plan, settings, storage, progress)
     summary = {
         "out": out,
         "manifest": join(out, "manifest"),
@@ -196,6 +203,14 @@ def run_prepare(
     for split, table in new_tables.items():
         write_manifest(table, join(out, "manifest", f"{split}.parquet"), storage)
     return summary
+
+
+def _check_cluster(cfg: Config, sources: Sequence[str], out: str) -> None:
+    """Connect to Ray; refuse local sources or ``out`` on a multi-node cluster (tasks on every node read the
+    sources and write under ``out``) and a cluster on which no node fits one transcode task."""
+    cluster = check_paths(cfg, sources, [PathUse("data.prepare_out", out)])
+    task = Ask("transcode tasks", 1, {"CPU": 1.0}, gang=False)
+    check_phases("prepare", [Phase("prepare", (task,))], cluster)
 
 
 def _run_prepare_tasks(

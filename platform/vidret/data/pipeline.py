@@ -44,6 +44,8 @@ from vidret.data.batches import (
     tokenize_rows,
 )
 from vidret.data.check import TooManyBadVideosError, bad_budget, enforce_budget
+from vidret.planning import NODE_ID_LABEL
+from vidret.runtime import head_node_id
 from vidret.storage import Storage, is_remote, join, parse_uri
 
 __all__ = [
@@ -227,7 +229,10 @@ def build_dataset(
     if shuffle_seed is not None:
         table = table.take(pa.array(np.random.default_rng(shuffle_seed).permutation(table.num_rows)))
     check_pool_fits(cfg)
-    log = BadVideoLog.remote()
+    off_head = off_head_options()
+    # off the head, a node that goes away takes the log along: it restarts elsewhere, and the rows decoded
+    # again after Ray Train resumes record their failures again (distinct by URI)
+    log = BadVideoLog.options(max_restarts=-1, max_task_retries=-1, **off_head).remote()
     stage_kwargs = {
         "cfg": cfg,
         "storage": storage,
@@ -246,8 +251,17 @@ def build_dataset(
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.decode_concurrency),
         num_cpus=cfg.decode_cpus,
+        **(off_head if cfg.decode_cpus <= 0 else {}),  # a zero-CPU pool would fit on the head
     )
     return ds, log
+
+
+def off_head_options() -> dict[str, Any]:
+    """``.options()`` / ``map_batches`` arguments that keep an actor asking for no resource off the head
+    node (a label selector excluding it), on a cluster of more than one node; ``{}`` on one node. A head
+    started with ``--num-cpus=0`` is reserved for scheduling, yet Ray places zero-CPU actors there."""
+    head = head_node_id()
+    return {"label_selector": {NODE_ID_LABEL: f"!{head}"}} if head else {}
 
 
 def check_bad_fraction(log: Any, total: int, cfg: DataConfig) -> dict[str, Any]:

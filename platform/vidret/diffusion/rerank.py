@@ -52,9 +52,12 @@ def hard_negatives(
     by the ``num`` most similar negatives, descending; a negative is any column outside
     ``positive_mask_BN`` (e.g. same video id) other than the row's own. ``row_offset`` places a shard of
     local rows inside the gathered columns. When a row has fewer than ``num`` negatives, ``fill``
-    decides: ``positives`` (faithful, diffusion.negatives_fill) appends the row's other positives,
-    most similar first, as the upstream's ``topk`` over masked scores does (the own item is never
-    repeated); ``error`` raises ValueError. ``num > N - 1`` always raises.
+    decides: ``positives`` (the default, diffusion.negatives_fill) appends the row's other positives,
+    most similar first, and never repeats the row's own item; ``error`` raises ValueError. This is not
+    the upstream's rule: the upstream sets every same-video score, the row's own pair included, to -1
+    and takes whatever ``topk`` returns among those ties, so a short row can list its own positive as a
+    "negative". Filling by similarity without the positive is the better rule and the one implemented
+    here. ``num > N - 1`` always raises.
     """
     if sim_BN.ndim != 2 or positive_mask_BN.shape != sim_BN.shape:
         raise ValueError(

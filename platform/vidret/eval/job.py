@@ -30,7 +30,7 @@ from vidret.layout import check_placeholders
 from vidret.model.build import model_from_state
 from vidret.model.checkpoint import load_state
 from vidret.model.retrieval import RetrievalModel
-from vidret.runtime import ensure_ray
+from vidret.startup import manifest_video_uris, planned, start_job
 from vidret.storage import Storage, join
 from vidret.tracking import log_once
 
@@ -52,7 +52,8 @@ def _run_evaluation(cfg: Config, checkpoint_uri: str) -> dict[str, Any]:
     cfg = with_absolute_paths(cfg)
     check_placeholders(cfg)
     storage = Storage(cfg.storage)
-    ensure_ray(cfg.run)
+    plan, _ = start_job("evaluation", cfg, manifest_video_uris(cfg, cache_splits(cfg)))
+    cfg = planned(cfg, plan)
     t0 = time.perf_counter()
     exported = load_state(checkpoint_uri, storage)
     cache = build_feature_cache(cfg, storage, checkpoint_uri, exported["key"], splits=cache_splits(cfg))

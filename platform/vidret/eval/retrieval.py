@@ -21,6 +21,7 @@ from vidret.features.types import FeatureSet
 from vidret.model.build import model_from_state
 from vidret.model.retrieval import RetrievalModel
 from vidret.storage import Storage
+from vidret.watchdog import watching
 
 RERANK_CHUNK = 256
 
@@ -68,7 +69,10 @@ def rerank_distributed(
                 for a, b in _blocks(sims[direction].shape[0], workers)
             ]
         )
-    t2v, v2t = (torch.from_numpy(np.concatenate(ray.get(refs))) for refs in pending)
+    # the tasks queue for CPUs (the plan checked that one fits a node); the watchdog ends the wait when an
+    # actor or placement group of the job stays pending instead
+    with watching(cfg.run):
+        t2v, v2t = (torch.from_numpy(np.concatenate(ray.get(refs))) for refs in pending)
     return t2v, v2t
 
 

@@ -34,6 +34,7 @@ from vidret.layout import cache_root
 from vidret.model.build import model_from_state
 from vidret.model.checkpoint import load_state
 from vidret.storage import Storage
+from vidret.watchdog import watching
 
 
 def _log(msg: str) -> None:
@@ -171,13 +172,15 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
     # TooManyBadVideosError listing them (Ray Data would hand over a wrapped RayTaskError(UserCodeException))
     num_texts = sum(r[1] - r[0] for r in ranges.values())
     passes = (("texts", text_feats, None, num_texts), ("videos", video_feats, log, union.num_videos))
-    for kind, feats, pass_log, rows in passes:
-        with Progress(f"cache {kind}", rows, unit=kind[:-1]) as progress:
-            for batch in iter_numpy_batches(
-                feats, cfg.eval.batch_size, log=pass_log, total=union.num_videos, cfg=cfg.data
-            ):
-                _route(batch, kind, ranges, {s: w[0 if kind == "texts" else 1] for s, w in writers.items()})
-                progress.update(len(batch["video_index"]))
+    with watching(cfg.run):  # an encoder or decode actor the cluster cannot place ends the job
+        for kind, feats, pass_log, rows in passes:
+            with Progress(f"cache {kind}", rows, unit=kind[:-1]) as progress:
+                for batch in iter_numpy_batches(
+                    feats, cfg.eval.batch_size, log=pass_log, total=union.num_videos, cfg=cfg.data
+                ):
+                    split_writers = {s: w[0 if kind == "texts" else 1] for s, w in writers.items()}
+                    _route(batch, kind, ranges, split_writers)
+                    progress.update(len(batch["video_index"]))
     bad = check_bad_fraction(log, union.num_videos, cfg.data)["bad"]
     for split, uri in uris.items():
         split_uris = {u for u in bad if u in set(_video_uris(videos, ranges[split]))}

@@ -106,8 +106,12 @@ class Plan:
     trial_concurrency: int | None = None  # Tune: trials at a time
 
     def asks(self) -> dict[str, Ask]:
-        """Every ask of the plan by ``what`` (the last phase wins on a repeated name)."""
-        return {a.what: a for p in self.phases for a in p.asks}
+        """Every ask of the plan by ``what`` (the first phase wins on a repeated name)."""
+        out: dict[str, Ask] = {}
+        for p in self.phases:
+            for a in p.asks:
+                out.setdefault(a.what, a)
+        return out
 
 
 # ------------------------------------------------------------------------------------------- formatting
@@ -152,7 +156,10 @@ def _unit_knobs(ask: Ask, nodes: Sequence[Node]) -> list[str]:
 
 
 def _all_knobs(asks: Iterable[Ask]) -> list[str]:
-    return list(dict.fromkeys(k for a in asks for ks in a.knobs.values() for k in ks))
+    """The knobs of every resource the asks use (not of those they could use, e.g. GPUs off)."""
+    return list(
+        dict.fromkeys(k for a in asks for r, ks in a.knobs.items() if a.per_unit.get(r, 0.0) > 0 for k in ks)
+    )
 
 
 # ------------------------------------------------------------------------------------------- checking

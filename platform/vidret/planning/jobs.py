@@ -33,9 +33,13 @@ def _bad_video_logs(count: int) -> Ask:
     return Ask("bad-video logs", count, {"CPU": 0.0}, off_head=True)
 
 
+ENCODER_CPUS = 0.5  # per feature-encoder actor (the cache's text and video passes)
+
+
 def stage1_phases(cfg: Config, per_pool: int) -> list[Phase]:
     """Stage 1: the Train workers, a decode pool per worker, the validation decode actor (0 CPU: it runs
-    while the training pools hold theirs) and one bad-video log per pipeline."""
+    while the training pools hold theirs) and one bad-video log per pipeline; then the feature cache of
+    the selected weights."""
     world = cfg.train.num_workers
     asks = (
         _workers(cfg),
@@ -43,10 +47,7 @@ def stage1_phases(cfg: Config, per_pool: int) -> list[Phase]:
         Ask("validation decode actors", 1, {"CPU": 0.0}, off_head=True),
         _bad_video_logs(world + 1),
     )
-    return [Phase("stage 1", asks)]
-
-
-ENCODER_CPUS = 0.5  # per feature-encoder actor (the cache's text and video passes)
+    return [Phase("stage 1", asks), *cache_phases(cfg, per_pool)]
 
 
 def cache_phases(cfg: Config, per_pool: int) -> list[Phase]:

@@ -25,10 +25,11 @@ class PathUse:
     uri: str
 
 
-def job_paths(cfg: Config) -> list[PathUse]:
+def job_paths(cfg: Config, keys: Sequence[str] | None = None) -> list[PathUse]:
     """The paths of ``cfg`` that every node must reach: ``run.out``, ``train.storage_path``, the manifest,
-    the weights and checkpoints (empty values skipped)."""
-    keys = (
+    the weights and checkpoints (empty values skipped); only ``keys`` of them when given (a job that does
+    not use ``train.storage_path`` need not set it)."""
+    values = (
         ("run.out", cfg.run.out),
         ("train.storage_path", cfg.train.storage_path),
         ("data.manifest", cfg.data.manifest),
@@ -36,21 +37,26 @@ def job_paths(cfg: Config) -> list[PathUse]:
         ("eval.checkpoint", cfg.eval.checkpoint),
         ("model.weights", cfg.model.weights),
     )
-    return [PathUse(k, v) for k, v in keys if v]
+    return [PathUse(k, v) for k, v in values if v and (keys is None or k in keys)]
 
 
 def check_shared_paths(
-    cfg: Config, num_nodes: int, video_uris: Iterable[str] = (), extra: Sequence[PathUse] = ()
+    cfg: Config,
+    num_nodes: int,
+    video_uris: Iterable[str] = (),
+    extra: Sequence[PathUse] = (),
+    keys: Sequence[str] | None = None,
 ) -> None:
     """Refuse local paths on a cluster of more than one node unless ``storage.shared_filesystem``.
 
     A local path written on one node (a checkpoint by rank 0, the feature cache by the driver) is not on the
     others; a node that goes away takes it along. ``video_uris`` are the manifest's ``video_uri`` values
-    (the first local one is named). Raises ``ValueError`` naming the keys and the fix.
+    (the first local one is named; they are not read on one node). ``keys`` limits the config keys checked
+    (:func:`job_paths`). Raises ``ValueError`` naming the keys and the fix.
     """
     if num_nodes <= 1 or cfg.storage.shared_filesystem:
         return
-    local = [p for p in (*job_paths(cfg), *extra) if is_local(p.uri)]
+    local = [p for p in (*job_paths(cfg, keys), *extra) if is_local(p.uri)]
     video = next((u for u in video_uris if is_local(u)), None)
     if video is not None:
         local.append(PathUse("video_uri (manifest)", video))

@@ -26,13 +26,18 @@ from PIL import Image
 
 from vidret.config import Config, dump_yaml, to_dict
 from vidret.data.pipeline import build_dataset, check_bad_fraction, iter_numpy_batches
-from vidret.runtime import ensure_ray
+from vidret.planning import PathUse
 from vidret.search import ann, layout
 from vidret.search.inputs import read_videos, split_rows_of
 from vidret.search.model_io import checkpoint_identity, encode_videos, load_model
+from vidret.startup import planned, start_job
 from vidret.storage import Storage, join
+from vidret.watchdog import watching
 
 Progress = Callable[[int, int], None]
+# The encoder pool, and the plan's ask for it: fractional CPUs, so the decode actors and read tasks keep
+# theirs (see the pipeline).
+ENCODER_ACTORS, ENCODER_CPUS = 1, 0.5
 
 
 def thumbnail_jpeg(frames_FSS3: np.ndarray, mask_F: np.ndarray, size: int) -> bytes:
@@ -151,20 +156,38 @@ def _encode_new(
         fn_constructor_kwargs={"cfg": cfg, "checkpoint_uri": checkpoint_uri},
         batch_size=cfg.eval.batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=0.5,  # fractional: the decode actors and read tasks keep their CPUs (see the pipeline)
+        compute=ray.data.ActorPoolStrategy(size=ENCODER_ACTORS),
+        num_cpus=ENCODER_CPUS,
     )
     buffer = PartBuffer(new)
-    for batch in iter_numpy_batches(
-        encoded, cfg.eval.batch_size, log=log, total=rows.num_videos, cfg=cfg.data
-    ):
-        buffer.add(batch)
-        while buffer.rows >= cfg.search.part_size:
-            commit(buffer.take(cfg.search.part_size))
+    with watching(cfg.run):  # a decode or encoder actor the cluster cannot place ends the job
+        for batch in iter_numpy_batches(
+            encoded, cfg.eval.batch_size, log=log, total=rows.num_videos, cfg=cfg.data
+        ):
+            buffer.add(batch)
+            while buffer.rows >= cfg.search.part_size:
+                commit(buffer.take(cfg.search.part_size))
     if buffer.rows:
         commit(buffer.take(buffer.rows))
     bad: dict[str, str] = check_bad_fraction(log, rows.num_videos, cfg.data)["bad"]
     return bad
+
+
+def _planned(
+    cfg: Config, manifest_uri: str, out: str, checkpoint_uri: str, new: list[dict[str, Any]]
+) -> Config:
+    """Start the index job on Ray (``vidret.startup.start_job``: it fails fast when the decode and encoder
+    pools cannot fit, or when a path is local on a multi-node cluster); ``cfg`` as planned."""
+    used = [PathUse("manifest", manifest_uri), PathUse("index", out), PathUse("checkpoint", checkpoint_uri)]
+    plan, _ = start_job(
+        "index",
+        cfg,
+        (v["video_uri"] for v in new),
+        paths=used,
+        encoder_actors=ENCODER_ACTORS,
+        encoder_cpus=ENCODER_CPUS,
+    )
+    return planned(cfg, plan)
 
 
 def build_ann_entry(storage: Storage, out: str, index: dict[str, Any], cfg: Config) -> dict[str, Any]:
@@ -225,8 +248,7 @@ def run_index(
 
     bad: dict[str, str] = {}
     if new:
-        ensure_ray(cfg.run)
-        bad = _encode_new(cfg, checkpoint_uri, new, commit)
+        bad = _encode_new(_planned(cfg, manifest_uri, out, checkpoint_uri, new), checkpoint_uri, new, commit)
     state["bad_videos"] = bad
     if not state["parts"]:
         raise ValueError(f"{manifest_uri}: no video could be indexed ({len(bad)} failed to decode)")

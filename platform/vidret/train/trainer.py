@@ -27,15 +27,16 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from vidret.config import Config, dump_yaml, replace, with_absolute_paths
 from vidret.console.logs import train_log_level
 from vidret.data.pipeline import SplitRows, build_dataset, check_bad_fractions, load_split
-from vidret.features.build import build_feature_cache
+from vidret.features.build import build_feature_cache, eval_splits
 from vidret.features.store import read_index
 from vidret.layout import check_placeholders, checkpoint_exists, stage_uri
 from vidret.model.build import encoder_key
 from vidret.model.checkpoint import load_checkpoint, load_state, save_state
-from vidret.runtime import ensure_ray
+from vidret.startup import manifest_video_uris, planned, start_job
 from vidret.storage import Storage, is_remote, join
 from vidret.train.loop import train_loop_per_worker
 from vidret.train.plan import make_plan
+from vidret.watchdog import watching
 
 
 def _storage_path(cfg: Config, storage: Storage) -> tuple[str, Any]:
@@ -85,7 +86,8 @@ def _fit(
         dataset_config=DataConfig(datasets_to_split=[]),
         run_config=_run_config(cfg, storage, _run_name(cfg, stage)),
     )
-    result = trainer.fit()
+    with watching(cfg.run):  # workers or decode actors the cluster cannot place end the job
+        result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"training ({stage}) failed: {result.error}") from result.error
     if result.checkpoint is None:
@@ -125,7 +127,9 @@ def run_training(cfg: Config) -> dict[str, Any]:
     cfg = with_absolute_paths(cfg)
     check_placeholders(cfg)
     storage = Storage(cfg.storage)
-    ensure_ray(cfg.run)
+    job = "stage 1" if cfg.train.stage == "discrimination" else "stage 2"
+    plan, _ = start_job(job, cfg, manifest_video_uris(cfg, eval_splits(cfg)))  # fails fast when it cannot fit
+    cfg = planned(cfg, plan)
     t0 = time.perf_counter()
     summary = _run_stage1(cfg, storage) if cfg.train.stage == "discrimination" else _run_stage2(cfg, storage)
     summary["wall_s"] = round(time.perf_counter() - t0, 1)

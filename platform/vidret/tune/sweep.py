@@ -35,7 +35,6 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import ray
 import torch
 import yaml
 from ray import tune
@@ -52,7 +51,8 @@ from vidret.features.types import FeatureSet
 from vidret.layout import cache_root, check_placeholders, stage_uri
 from vidret.model.build import model_from_state
 from vidret.model.checkpoint import load_state
-from vidret.runtime import ensure_ray
+from vidret.planning import Plan
+from vidret.startup import manifest_video_uris, planned, start_job
 from vidret.storage import Storage, is_remote, join, parse_uri
 from vidret.tracking import Tracker, mlflow_tune_callbacks
 from vidret.tune.space import (
@@ -74,6 +74,7 @@ from vidret.tune.space import (
     training_trial_config,
     trial_name,
 )
+from vidret.watchdog import watching
 
 TrainFn = Callable[[Config], dict[str, Any]]
 """The training entry point a training trial runs (``vidret.train.trainer.run_training``): a config in, a
@@ -158,9 +159,10 @@ def run_tune(
     check_placeholders(cfg)
     storage = Storage(cfg.storage)
     uri, exported = _exported(cfg, storage, checkpoint_uri)
-    ensure_ray(cfg.run)
-    t0 = time.perf_counter()
     splits = [data.val_split] if kind == "inference" else [data.train_split, data.val_split]
+    plan, _ = start_job("tune", cfg, manifest_video_uris(cfg, splits))
+    cfg = planned(cfg, plan)
+    t0 = time.perf_counter()
     cache = build_feature_cache(cfg, storage, uri, exported["key"], splits=splits)
     trial_cfg = detach_init_weights(cfg, storage)
     if kind == "inference":
@@ -174,7 +176,7 @@ def run_tune(
         for p in points:
             _seed_trial_cache(storage, cache, training_trial_config(trial_cfg, p, init), exported["key"])
         fn = tune.with_parameters(_training_trial, cfg=trial_cfg, init_uri=init, train=train)
-        concurrency = _training_concurrency(cfg)
+        concurrency = _training_concurrency(cfg, plan)
     rows = _fit(cfg, fn, points, concurrency)
     summary = _write_outputs(cfg, storage, rows, points, metric_mode(cfg.tune.metric))
     summary.update(checkpoint=uri, split=data.val_split, wall_s=round(time.perf_counter() - t0, 1))
@@ -230,24 +232,18 @@ def _exported(cfg: Config, storage: Storage, uri: str | None) -> tuple[str, dict
     return uri, exported
 
 
-def _training_concurrency(cfg: Config) -> int:
-    """Concurrent training trials that fit: a trial holds 1 CPU while its trainer's workers need their own, so
-    more trials than fit would hold every CPU with trainers that never start."""
-    need = 1 + cfg.train.num_workers * cfg.train.cpus_per_worker
-    cpus = float(ray.cluster_resources().get("CPU", 0.0))
-    fit = int(cpus // need)
-    if fit < 1:
-        raise ValueError(
-            f"tune (training): a trial needs {need:g} CPUs (1 + train.num_workers x "
-            f"train.cpus_per_worker) but the Ray cluster has {cpus:g}"
-        )
+def _training_concurrency(cfg: Config, plan: Plan) -> int:
+    """Concurrent training trials as planned (``vidret.planning``): a trial holds 1 CPU while its trainer's
+    workers need their own, so more trials than fit would hold every CPU with trainers that never start."""
+    fit = plan.trial_concurrency or cfg.tune.max_concurrent
     if fit < cfg.tune.max_concurrent:
+        need = 1 + cfg.train.num_workers * cfg.train.cpus_per_worker
         warnings.warn(
             f"tune.max_concurrent {cfg.tune.max_concurrent} lowered to {fit}: each training trial "
-            f"needs {need:g} of the cluster's {cpus:g} CPUs",
+            f"needs {need:g} CPUs (1 + train.num_workers x train.cpus_per_worker)",
             stacklevel=2,
         )
-    return min(fit, cfg.tune.max_concurrent)
+    return fit
 
 
 def _seed_trial_cache(storage: Storage, cache: Mapping[str, str], trial_cfg: Config, key: str) -> None:
@@ -284,7 +280,8 @@ def _fit(cfg: Config, fn: Any, points: list[dict[str, Any]], concurrency: int) -
             ),
         )
         _log(f"[tune] {kind}: {len(points)} trial(s), {concurrency} at a time, Tune folders under {path}")
-        grid = tuner.fit()
+        with watching(cfg.run):  # trials or trainers the cluster cannot place end the sweep
+            grid = tuner.fit()
         failed = [(r.config.get("params"), r.error) for r in grid if r.error is not None]
         if failed:
             raise RuntimeError(

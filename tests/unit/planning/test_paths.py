@@ -48,6 +48,14 @@ def test_extra_paths_are_checked_and_empty_values_skipped() -> None:
         check_shared_paths(cfg, num_nodes=2, extra=[PathUse("tensorboard", "/tb")])
 
 
+def test_a_job_checks_only_the_keys_it_uses() -> None:
+    cfg = load_config(None, ["run.out=s3://bkt/run", "data.manifest=s3://bkt/m"])  # storage_path local
+    assert [p.key for p in job_paths(cfg, keys=("run.out", "data.manifest"))] == ["run.out", "data.manifest"]
+    check_shared_paths(cfg, num_nodes=2, keys=("run.out", "data.manifest"))
+    with pytest.raises(ValueError, match=r"train.storage_path=runs/ray-results"):
+        check_shared_paths(cfg, num_nodes=2)
+
+
 def test_new_config_fields_are_validated() -> None:
     with pytest.raises(ValueError, match=r"data\.decode_actors"):
         load_config(None, ["data.decode_actors=some"])

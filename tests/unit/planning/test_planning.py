@@ -79,6 +79,31 @@ def test_stage1_fixed_pools_do_not_shrink() -> None:
         plan_job("stage 1", c, two_nodes())
 
 
+def test_stage1_then_builds_the_feature_cache() -> None:
+    # stage 1: 1 x 0.25 + 2 x 0.375 = 1 fits node_a; its cache's video pass: 2 x 0.375 + 0.5 = 1.25 does not
+    one = Cluster((HEAD, Node("node_a", {"CPU": 1.0})))
+    c = cfg("train.cpus_per_worker=0.25", "data.decode_cpus=0.375")
+    with pytest.raises(PlanError) as e:
+        plan_job("stage 1", c, one)
+    assert str(e.value).startswith(
+        "feature cache (videos) needs 1.25 CPUs (2 decode actors x 0.375 + 1 encoder actors x 0.5), "
+        "the cluster has 1: lower data.decode_cpus"
+    )
+    plan = plan_job("stage 1", c, two_nodes())
+    assert [p.name for p in plan.phases] == ["stage 1", "feature cache (texts)", "feature cache (videos)"]
+    assert plan.asks()["decode actors"].count == 2  # the training pools' ask (first phase) wins
+
+
+def test_planned_applies_the_decode_pool_size() -> None:
+    from vidret.startup import planned
+
+    c = cfg("train.num_workers=2", "train.cpus_per_worker=0.5", "data.decode_actors=auto")
+    plan = plan_job("stage 1", c, two_nodes())
+    assert planned(c, plan).data.decode_concurrency == 1
+    fixed = cfg()
+    assert planned(fixed, plan_job("stage 1", fixed, two_nodes())) is fixed
+
+
 def test_stage1_one_worker_fits_a_one_node_local_cluster() -> None:
     # a local instance: the head is the only node and does the work; 1 + 2 x 0.5 = 2
     local = Cluster((Node("local", {"CPU": 2.0}, is_head=True),))
@@ -105,8 +130,12 @@ def test_units_that_fit_the_total_but_do_not_pack_onto_the_nodes() -> None:
         "data.decode_cpus=0.05",
         "data.decode_concurrency=1",
     )
-    with pytest.raises(PlanError, match=r"^stage 1 fits the cluster's totals but not node by node"):
+    with pytest.raises(PlanError) as e:
         plan_job("stage 1", c, two_nodes())
+    assert str(e.value) == (
+        "stage 1 fits the cluster's totals but not node by node (CPUs per node: node_a 1, node_b 1): "
+        "lower train.cpus_per_worker or data.decode_cpus, or add nodes"
+    )
 
 
 def test_gpu_workers_name_the_gpu_shortfall() -> None:
