@@ -115,4 +115,4 @@ def planned(cfg: Config, plan: Plan) -> Config:
     if plan.decode_actors < 1 or plan.decode_actors == cfg.data.decode_concurrency:
         return cfg
     data = replace(cfg.data, decode_concurrency=plan.decode_actors)
-    return replace(cfg, data=data)  # type: ignore[no-any-return]
+    return replace(cfg, data=data)

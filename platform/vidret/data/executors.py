@@ -8,6 +8,7 @@ reuse the input blocks of :mod:`vidret.data.pipeline` and the failure accounting
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -218,8 +219,7 @@ def _run_prepare_tasks(
 ) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """Transcode every row of ``plan`` in one-CPU Ray tasks; returns the status counts and the failures."""
     ds = input_blocks(plan, 1).map_batches(
-        _prepare_batch,
-        fn_kwargs={"settings": settings, "storage": storage},
+        functools.partial(_prepare_batch, settings=settings, storage=storage),
         batch_size=1,
         batch_format="numpy",
         num_cpus=1,

@@ -232,7 +232,10 @@ def build_dataset(
     off_head = off_head_options()
     # off the head, a node that goes away takes the log along: it restarts elsewhere, and the rows decoded
     # again after Ray Train resumes record their failures again (distinct by URI)
-    log = BadVideoLog.options(max_restarts=-1, max_task_retries=-1, **off_head).remote()
+    # the typing of ray.remote does not expose .options on the decorated class
+    log = BadVideoLog.options(  # type: ignore[attr-defined]
+        max_restarts=-1, max_task_retries=-1, **off_head
+    ).remote()
     stage_kwargs = {
         "cfg": cfg,
         "storage": storage,
@@ -369,7 +372,7 @@ def check_pool_fits(cfg: DataConfig) -> None:
     Ray Data starts a fixed pool of ``data.decode_concurrency`` actors at ``data.decode_cpus`` each; a pool
     that cannot be placed leaves its actors pending and the pipeline waits forever without an error.
     """
-    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]  # Ray: untyped
     need = cfg.decode_concurrency * cfg.decode_cpus
     if need > cpus:
         raise ValueError(

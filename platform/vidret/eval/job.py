@@ -10,10 +10,13 @@ every split (``eval/run_report.py``).
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections import Counter
 from typing import Any
+
+from torch import Tensor
 
 from vidret.config import Config, dump_yaml, to_dict, with_absolute_paths
 from vidret.eval.fusion_select import cache_splits, choose_on_validation
@@ -120,10 +123,17 @@ def _evaluate_splits(
             fs,
             cfg.eval,
             rerank=rerank,
-            rerank_fn=lambda sim, fs=fs: rerank_distributed(model, state, cfg, sim, fs, cfg.eval.num_workers),
+            rerank_fn=functools.partial(_rerank, model, state, cfg, fs),
         )
         out[split] = (fs, res)
     return out
+
+
+def _rerank(
+    model: RetrievalModel, state: dict[str, Any], cfg: Config, fs: FeatureSet, sim_TV: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Both directions re-ranked, query blocks spread over ``eval.num_workers`` Ray tasks."""
+    return rerank_distributed(model, state, cfg, sim_TV, fs, cfg.eval.num_workers)
 
 
 def _bad_videos(storage: Storage, split_uri: str) -> dict[str, Any]:

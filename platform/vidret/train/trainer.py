@@ -28,7 +28,7 @@ from vidret.config import Config, dump_yaml, replace, with_absolute_paths
 from vidret.console.logs import train_log_level
 from vidret.data.pipeline import SplitRows, build_dataset, check_bad_fractions, load_split
 from vidret.features.build import build_feature_cache, eval_splits
-from vidret.features.store import read_index
+from vidret.features.store import require_index
 from vidret.layout import check_placeholders, checkpoint_exists, stage_uri
 from vidret.model.build import encoder_key
 from vidret.model.checkpoint import load_checkpoint, load_state, save_state
@@ -97,7 +97,10 @@ def _fit(
 
 def _export(result: ray.train.Result, cfg: Config, storage: Storage, stage: str) -> tuple[str, str]:
     """Copy the final checkpoint's selected weights to ``stage_uri``; returns (uri, checkpoint key)."""
-    with result.checkpoint.as_directory() as d:
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        raise RuntimeError(f"training ({stage}) reported no checkpoint")
+    with checkpoint.as_directory() as d:
         state = load_checkpoint(d)
     if "selected" not in state:
         raise RuntimeError("the last checkpoint has no selected weights (the run did not finish)")
@@ -195,7 +198,7 @@ def _run_stage2(cfg: Config, storage: Storage) -> dict[str, Any]:
         raise ValueError(f"train.init_checkpoint: no stage-1 weights at {init} (run stage 1 first)")
     key = load_state(init, storage)["key"]
     cache = build_feature_cache(cfg, storage, init, key)
-    train_index = read_index(storage, cache[cfg.data.train_split])
+    train_index = require_index(storage, cache[cfg.data.train_split])
     num_rows = sum(s["rows"] for s in train_index["texts"])
     if cfg.diffusion.num > cfg.train.batch_size - 1:
         raise ValueError(

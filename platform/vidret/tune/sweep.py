@@ -282,16 +282,21 @@ def _fit(cfg: Config, fn: Any, points: list[dict[str, Any]], concurrency: int) -
         _log(f"[tune] {kind}: {len(points)} trial(s), {concurrency} at a time, Tune folders under {path}")
         with watching(cfg.run):  # trials or trainers the cluster cannot place end the sweep
             grid = tuner.fit()
-        failed = [(r.config.get("params"), r.error) for r in grid if r.error is not None]
+        results = [grid[i] for i in range(len(grid))]  # ResultGrid has no __iter__ in its typing
+        failed = [((r.config or {}).get("params"), r.error) for r in results if r.error is not None]
         if failed:
             raise RuntimeError(
                 f"tune ({kind}): {len(failed)} of {len(grid)} trials failed; first "
                 f"{failed[0][0]}: {failed[0][1]}"
             )
         keep = (*METRICS, *BASELINE, *EXTRAS)
-        return [
-            {"params": r.config["params"], **{k: r.metrics[k] for k in keep if k in r.metrics}} for r in grid
-        ]
+        rows = []
+        for r in results:
+            metrics = r.metrics or {}
+            rows.append(
+                {"params": (r.config or {})["params"], **{k: metrics[k] for k in keep if k in metrics}}
+            )
+        return rows
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
