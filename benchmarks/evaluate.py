@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import threading
 import time
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from child import run_in_child
 from vidret.config import Config, DiffusionConfig, EvalConfig, ModelConfig
 from vidret.diffusion.process import seeded_noise
 
@@ -165,7 +165,9 @@ def _gallery_run(args: argparse.Namespace, n: int, out: Any) -> None:
             "peak_extra_mb_sampled": round(sampler.peak_mb - baseline, 1),
             "rss_samples": sampler.samples,
             "inputs_mb": round(
-                sum(t.numel() * t.element_size() for p in (fs.text, fs.video) for t in p.values()) / 2**20, 1
+                sum(t.numel() * t.element_size() for p in (fs.text, fs.video) for t in p.as_model().values())
+                / 2**20,
+                1,
             ),
             "one_sim_matrix_mb": round(n * n * 4 / 2**20, 1),
             "t2v_R1_stage1_rerank": [round(res.metrics[v]["t2v"]["R1"], 2) for v in ("stage1", "rerank")],
@@ -174,14 +176,7 @@ def _gallery_run(args: argparse.Namespace, n: int, out: Any) -> None:
 
 
 def gallery(args: argparse.Namespace, n: int) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    proc = ctx.Process(target=_gallery_run, args=(args, n, out))
-    proc.start()
-    result = out.get()
-    proc.join()
-    if proc.exitcode != 0:
-        raise RuntimeError(f"gallery run N={n} exited with {proc.exitcode}")
+    result: dict[str, Any] = run_in_child(_gallery_run, (args, n), f"gallery run N={n}")
     return result
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from child import run_in_child
 from vidret.config import DiffusionConfig
 from vidret.diffusion.denoiser import T2VDenoiser
 from vidret.diffusion.process import GaussianDiffusion, seeded_noise
@@ -241,12 +241,9 @@ def _score_gallery(
 def gallery_memory(
     q: int, n: int, length: int, frames: int, dim: int, block: int, threads: int
 ) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    proc = ctx.Process(target=_score_gallery, args=(q, n, length, frames, dim, block, threads, out))
-    proc.start()
-    result = out.get()
-    proc.join()
+    result: dict[str, Any] = run_in_child(
+        _score_gallery, (q, n, length, frames, dim, block, threads), f"gallery memory {q} x {n}"
+    )
     return result
 
 
