@@ -30,7 +30,7 @@ QUICK = {
 # Scripts checked elsewhere or that cannot run from a fresh clone, and modules that are not scripts.
 ELSEWHERE = {
     "gpu.py": "tests/integration/test_gpu_benchmark_smoke.py runs --cpu-smoke and parses its JSON",
-    "search.py": "needs the demo's trained weights (make demo); tests/integration/test_search.py covers the code",
+    "search.py": "needs the demo's trained weights (make demo); tests/integration/test_search.py covers it",
 }
 MODULES = {"child.py", "scale_projection.py"}
 
