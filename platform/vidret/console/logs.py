@@ -73,7 +73,7 @@ RAY_FILE_LOGGERS: dict[str, int] = {
 #   JSON output);
 # * Ray's core worker logs at error level, for every restartable actor whose constructor arguments live in
 #   the object store (every Ray Data actor pool; Ray Train's own actors), an advice that a restart *could*
-#   fail: nothing has failed. vidret's own pools that need no restarts have none (features/build.py).
+#   fail: nothing has failed.
 RAY_DRIVER_SKIP = (
     "worker processes have been started on node",
     "has constructor arguments in the object store and max_restarts > 0",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from typing import Any
 
 import numpy as np
@@ -145,25 +144,20 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
     texts, videos, ranges, infos = _union(cfg, storage, weights_uri, list(uris))
     union = SplitRows(table=pa.concat_tables(videos), num_videos=sum(r[3] - r[2] for r in ranges.values()))
     video_ds, log = build_dataset(union, cfg.data, storage, tokenize=False, drop_bad=False)
-    # one actor per pass at half a CPU: headroom for the train workers. No actor restarts: a failed pass fails
-    # the build, which the caller re-runs (Ray warns about restartable actors whose constructor arguments
-    # live in the object store, which Ray Data's are).
+    # one actor per pass at half a CPU: headroom for the train workers. The actors keep Ray Data's restarts: a
+    # killed encoder is replaced and its batches re-run (tests/faults/test_worker_loss.py).
     kwargs: dict[str, Any] = {
         "compute": ray.data.ActorPoolStrategy(size=1),
         "num_cpus": 0.5,
         "batch_size": cfg.eval.batch_size,
-        "max_restarts": 0,
     }
     encoder = {"cfg": cfg, "weights_uri": weights_uri}
-    with warnings.catch_warnings():
-        # Ray 2.60 names no parameter for max_restarts and calls the generic one deprecated
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=Warning)
-        text_feats = ray.data.from_arrow(pa.concat_tables(texts)).map_batches(
-            _Encoder, fn_constructor_kwargs={**encoder, "what": "texts"}, **kwargs
-        )
-        video_feats = video_ds.map_batches(
-            _Encoder, fn_constructor_kwargs={**encoder, "what": "videos"}, **kwargs
-        )
+    text_feats = ray.data.from_arrow(pa.concat_tables(texts)).map_batches(
+        _Encoder, fn_constructor_kwargs={**encoder, "what": "texts"}, **kwargs
+    )
+    video_feats = video_ds.map_batches(
+        _Encoder, fn_constructor_kwargs={**encoder, "what": "videos"}, **kwargs
+    )
     writers = {
         s: (store.ShardWriter(storage, u, "texts"), store.ShardWriter(storage, u, "videos"))
         for s, u in uris.items()
