@@ -126,7 +126,9 @@ class GenerationStep:
         cols = slice(self.offset, self.offset + self.local_batch)
         rows = self.plan_rows[start_step:, cols].reshape(-1)
         for s in range(len(rows) // self.local_batch):
-            r = torch.from_numpy(rows[s * self.local_batch : (s + 1) * self.local_batch])
+            r = torch.from_numpy(
+                np.require(rows[s * self.local_batch : (s + 1) * self.local_batch], requirements="W")
+            )
             vi = fs.text_to_video_T[r]
             yield {**fs.text.take(r).as_model(), **fs.video.take(vi).as_model(), "video_index": vi}
 
