@@ -103,7 +103,9 @@ def test_synth_writes_activitynet_shaped_videos_and_annotations(corpus: tuple[Pa
 
 def test_manifest_prepare_train_cache_evaluate(corpus: tuple[Path, dict]) -> None:
     from vidret.eval.job import run_evaluation
-    from vidret.train import cache, trainer
+    from vidret.features.store import load_split, read_index
+    from vidret.layout import stage_uri
+    from vidret.train import trainer
 
     root, _ = corpus
     storage = Storage()
@@ -129,19 +131,19 @@ def test_manifest_prepare_train_cache_evaluate(corpus: tuple[Path, dict]) -> Non
     cfg = _config(root, root / "prepared" / "manifest")
     s1 = trainer.run_training(cfg)
     assert s1["steps"] == STEPS
-    index = cache.read_index(storage, s1["cache"]["val"])
+    index = read_index(storage, s1["cache"]["val"])
     assert index is not None
     assert len(index["video_ids"]) == SPLITS["val"]
-    features = cache.load_split(storage, s1["cache"]["train"])
-    assert features.video["video"].shape[:2] == (SPLITS["train"], 64)  # 64 frames per item
-    assert features.text["text"].shape[:2] == (SPLITS["train"], 64)  # 64 words per item
-    frames = features.video["video_mask"].sum(dim=1)
+    features = load_split(storage, s1["cache"]["train"])
+    assert features.video.frames.shape[:2] == (SPLITS["train"], 64)  # 64 frames per item
+    assert features.text.tokens.shape[:2] == (SPLITS["train"], 64)  # 64 words per item
+    frames = features.video.mask.sum(dim=1)
     assert bool(((frames >= 0.85 * SECONDS - 1) & (frames <= 64)).all()), frames  # 1 frame/s of ~a minute
-    assert bool((features.text["text_mask"].sum(dim=1) == 64).any()), "no paragraph filled the 64 words"
+    assert bool((features.text.mask.sum(dim=1) == 64).any()), "no paragraph filled the 64 words"
     s2 = trainer.run_training(_config(root, root / "prepared" / "manifest", "train.stage=generation"))
     assert s2["steps"] == STEPS
     assert s2["key"] == s1["key"]
-    summary = run_evaluation(cfg, trainer.stage_uri(cfg, "generation"))
+    summary = run_evaluation(cfg, stage_uri(cfg, "generation"))
     metrics = summary["splits"]["val"]
     assert set(metrics) == {"stage1", "rerank"}
     assert all(0 <= metrics[v][d]["R1"] <= 100 for v in metrics for d in ("t2v", "v2t")), metrics
