@@ -246,8 +246,8 @@ def streaming_rss(prepared: list[Path], base_rows: int, root: Path) -> dict[str,
 
 # -- feature cache ---------------------------------------------------------------------------------------
 def feature_cache(videos: int, root: Path, dim: int = 512) -> dict[str, Any]:
+    from vidret.features.store import load_split, write_split
     from vidret.storage import Storage
-    from vidret.train import cache
 
     g = np.random.default_rng(0)
     f32 = np.float32
@@ -270,12 +270,12 @@ def feature_cache(videos: int, root: Path, dim: int = 512) -> dict[str, Any]:
     storage, uri = Storage(), str(root / "cache" / "val_1")
     info = {"video_ids": [f"v{i}" for i in range(videos)], "captions": ["p"] * videos}
     t0 = time.perf_counter()
-    index = cache.write_split(storage, uri, [texts], [vids], info)
+    index = write_split(storage, uri, [texts], [vids], info)
     write_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    loaded = cache.load_split(storage, uri)
+    loaded = load_split(storage, uri)
     read_s = time.perf_counter() - t0
-    assert loaded.video["video"].shape == (videos, FRAMES, dim)
+    assert loaded.video.frames.shape == (videos, FRAMES, dim)
     total = sum(s["bytes"] for s in [*index["texts"], *index["videos"]])
     return {
         "videos": videos,
@@ -291,7 +291,7 @@ def feature_cache(videos: int, root: Path, dim: int = 512) -> dict[str, Any]:
 
 # -- evaluation -------------------------------------------------------------------------------------------
 def _features(n: int, model: Any) -> Any:
-    from vidret.eval.retrieval import FeatureSet
+    from vidret.features.types import FeatureSet, TextFeatures, VideoFeatures
 
     g = torch.Generator().manual_seed(n)
     d = model.backbone.embed_dim
@@ -301,13 +301,8 @@ def _features(n: int, model: Any) -> Any:
     with torch.no_grad():
         text_w, video_w = model.wti(text, text_mask, video, video_mask)
     return FeatureSet(
-        text={
-            "text": text,
-            "text_mask": text_mask,
-            "text_weight": text_w,
-            "text_eot": torch.randn(n, d, generator=g),
-        },
-        video={"video": video, "video_mask": video_mask, "video_weight": video_w},
+        text=TextFeatures(text, text_mask, text_w, torch.randn(n, d, generator=g)),
+        video=VideoFeatures(video, video_mask, video_w),
         text_to_video_T=torch.arange(n),
     )
 
@@ -319,7 +314,7 @@ def wti_vs_matmul(fs: Any, queries: int, chunk: int = 16) -> dict[str, Any]:
     from vidret.model.similarity import wti_blocked
 
     t, v = fs.text, fs.video
-    n, d = v["video"].shape[0], v["video"].shape[-1]
+    n, d = v.frames.shape[0], v.frames.shape[-1]
     a, b = torch.randn(1024, d), torch.randn(d, 1024)
     gemm_flop = PAIR_FLOP * 1024 * 1024 * d
     wti_s = mm_s = 0.0
@@ -328,14 +323,7 @@ def wti_vs_matmul(fs: Any, queries: int, chunk: int = 16) -> dict[str, Any]:
         for q0 in range(0, queries, chunk):
             q = slice(q0, min(q0 + chunk, queries))
             t0 = time.perf_counter()
-            wti_blocked(
-                t["text"][q],
-                t["text_mask"][q],
-                v["video"],
-                v["video_mask"],
-                t["text_weight"][q],
-                v["video_weight"],
-            )
+            wti_blocked(t.tokens[q], t.mask[q], v.frames, v.mask, t.weight[q], v.weight)
             wti_s += time.perf_counter() - t0
             flop = PAIR_FLOP * (q.stop - q.start) * n * WORDS * FRAMES * d
             wti_flop += flop
@@ -357,8 +345,8 @@ def wti_vs_matmul(fs: Any, queries: int, chunk: int = 16) -> dict[str, Any]:
 def _gallery_run(n: int, dim_preset: str, threads: int, block: int, out: Any) -> None:
     torch.set_num_threads(threads)
     from vidret.config import Config, DiffusionConfig, EvalConfig, ModelConfig
-    from vidret.eval.job import rerank_distributed
-    from vidret.eval.retrieval import evaluate_features
+    from vidret.eval.retrieval import rerank_distributed
+    from vidret.features.scoring import evaluate_features
     from vidret.model.retrieval import RetrievalModel
 
     cfg = Config(
