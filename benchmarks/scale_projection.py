@@ -164,8 +164,8 @@ def _cost(prep_core_h: float, stage1: Any, cache: Any, ev: Any) -> dict[str, Any
     cost: dict[str, Any] = {
         "prepare_on_c7i.8xlarge": _n(
             prep_billed * p["c7i.8xlarge"],
-            f"max({prep_core_h:.1f} core-h / {CPU_NODE_CORES} cores, {PREPARE_NODES} nodes x {MIN_BILLED_H} h)"
-            f" x ${p['c7i.8xlarge']}/h",
+            f"max({prep_core_h:.1f} core-h / {CPU_NODE_CORES} cores, {PREPARE_NODES} nodes x "
+            f"{MIN_BILLED_H} h) x ${p['c7i.8xlarge']}/h",
         ),
         "val_1_eval_rerank_on_c7i.8xlarge": _n(
             _billed(ev["rerank_on_c7i.8xlarge_h"]["value"]) * p["c7i.8xlarge"],
