@@ -42,11 +42,13 @@ from scale_projection import project
 
 FRAMES = WORDS = 64
 OBJECT_STORE = 1 << 30  # bytes, of each streaming run's local Ray
+# Allocators that keep freed frame buffers make private memory creep up with the number of batches:
 # glibc raises its mmap threshold after each freed large block (up to 32 MiB), after which the ~10 MB frame
-# arrays of every batch come from the heap and freed ones are kept: private memory then creeps up with the
-# number of batches (measured 1.26x at 16x rows). A fixed threshold keeps large arrays in mmap'd chunks that
-# go back to the OS when freed. The same variable belongs in the cluster's runtime_env env_vars.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+# arrays come from the heap and freed ones are kept; Arrow's default pool (jemalloc) keeps freed pages too
+# (measured: the driver's steady state 695 MB with it, 520 MB with the system pool; 1.36x growth at 16x
+# rows with jemalloc). A fixed threshold and the system pool return large buffers to the OS when freed.
+# cluster.yaml starts every raylet (so every Ray worker) with the same variables.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "ARROW_DEFAULT_MEMORY_POOL": "system"}
 PAIR_FLOP = 2  # one multiply-add
 
 
@@ -203,10 +205,11 @@ def _stream_child(manifest: str, out: Any) -> None:
 
 
 def _stream_in_child(manifest: str) -> dict[str, Any]:
-    """``_stream_once`` in a fresh interpreter whose glibc (and its Ray processes') reads ``MALLOC_ENV``."""
+    """``_stream_once`` in a fresh interpreter whose allocators (and its Ray processes') read
+    ``ALLOCATOR_ENV``."""
     ctx = mp.get_context("spawn")
-    saved = {k: os.environ.get(k) for k in MALLOC_ENV}
-    os.environ.update(MALLOC_ENV)
+    saved = {k: os.environ.get(k) for k in ALLOCATOR_ENV}
+    os.environ.update(ALLOCATOR_ENV)
     try:
         q = ctx.Queue()
         proc = ctx.Process(target=_stream_child, args=(manifest, q))
@@ -231,7 +234,7 @@ def streaming_rss(prepared: list[Path], base_rows: int, root: Path) -> dict[str,
     return {
         "runs": runs,
         "object_store_mb": OBJECT_STORE >> 20,
-        "malloc_env": MALLOC_ENV,
+        "allocator_env": ALLOCATOR_ENV,
         "rss_growth_16x": growth("peak_uss_mb", "16x"),
         "rss_growth_4x": growth("peak_uss_mb", "4x"),
         "pss_growth_16x": growth("peak_pss_mb", "16x"),
@@ -241,8 +244,10 @@ def streaming_rss(prepared: list[Path], base_rows: int, root: Path) -> dict[str,
             "PSS adds the shared pages, chiefly the object store's arena: pages it has touched stay "
             "resident after their objects are freed, so that part climbs towards object_store_mb whatever "
             "the live data; it is bounded by that setting, not by the rows. A fresh local Ray (2 CPUs) per "
-            "size; rows of 64 frames at 224 px from prepared ~2-minute videos, 2 decode actors, read in "
-            "batches of 4"
+            "size, its processes started with allocator_env; rows of 64 frames at 224 px from prepared "
+            "~2-minute videos, 2 decode actors, read in batches of 4. 1x is long enough (16 batches) for "
+            "the driver's batch iterator and both actors to reach their steady working set: a shorter base "
+            "ends during warm-up, and the ratio would measure warm-up, not growth with the rows"
         ),
     }
 
@@ -373,9 +378,9 @@ def _gallery_run(n: int, dim_preset: str, threads: int, block: int, out: Any) ->
     mem = TreeMemory(interval_s=0.02)
     before, mem.peak_mb = mem.sample(), 0.0
     with mem:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         evaluate_features(model, fs, cfg.eval, rerank=True, rerank_fn=rerank)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     ratio = wti_vs_matmul(fs, queries=min(n, 128))
     d = model.backbone.embed_dim
     out.put(
@@ -383,6 +388,7 @@ def _gallery_run(n: int, dim_preset: str, threads: int, block: int, out: Any) ->
             "n": n,
             "dim": d,
             "wall_s": round(wall, 1),
+            "cpu_s": round(cpu, 1),
             "similarity_s": round(wall - times["rerank_s"], 1),
             "rerank_both_directions_s": round(times["rerank_s"], 1),
             "peak_extra_mb": round(mem.peak_mb - before, 0),
@@ -420,7 +426,8 @@ def evaluation(
         "rerank_s_per_1000_queries_at": f"D = {probe_run['dim']} ({probe[1]} preset, N = {probe[0]})",
         "what": f"evaluate_features on N texts x N videos, L = F = 64, {preset} preset (and the probe at "
         f"{probe[1]}), {threads} thread(s), eval.block_size {block}, top-32 re-ranking with 50 DDIM steps; "
-        "similarity_s includes the metrics; peak_extra_mb is the process tree's PSS above its start",
+        "similarity_s includes the metrics; cpu_s: the process's CPU seconds (wall_s includes time lost to "
+        "other processes on a shared machine); peak_extra_mb is the process tree's PSS above its start",
     }
 
 
@@ -429,7 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every section")
     p.add_argument("--videos", type=int, default=3, help="long videos decoded and prepared")
     p.add_argument("--seconds", type=float, default=120.0, help="longest video duration")
-    p.add_argument("--rss-rows", type=int, default=16, help="manifest rows of the 1x streaming run")
+    p.add_argument(
+        "--rss-rows",
+        type=int,
+        default=64,
+        help="manifest rows of the 1x streaming run (16 batches: past the pipeline's warm-up)",
+    )
     p.add_argument("--cache-videos", type=int, default=512)
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000], help="evaluation gallery sizes")
     p.add_argument("--preset", default="tiny", help="model preset of the evaluation (tiny: D = 128)")

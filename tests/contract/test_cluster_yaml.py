@@ -304,6 +304,16 @@ def test_token_auth_on_every_node(cfg: dict[str, Any], text: str) -> None:
     assert "RAY_AUTH_MODE=disabled" not in text
 
 
+def test_every_raylet_starts_with_the_allocator_settings(cfg: dict[str, Any]) -> None:
+    """Ray workers inherit their raylet's environment: the allocator settings that keep a streaming job's
+    memory flat (benchmarks/scale.py ALLOCATOR_ENV) must be exported before each ``ray start``."""
+    wanted = ("MALLOC_MMAP_THRESHOLD_=1048576", "ARROW_DEFAULT_MEMORY_POOL=system")
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        (start,) = [c for c in cfg[key] if "ray start" in c]
+        before = start[: start.index("ray start")]
+        assert all(w in before for w in wanted), f"{key}: {start!r} does not set {wanted}"
+
+
 # ----------------------------------------------------------------------------------------- versions
 def test_installs_exactly_the_constrained_versions(cfg: dict[str, Any]) -> None:
     commands = all_commands(cfg)
