@@ -50,7 +50,6 @@ def _config(root: Path, manifest: Path, *overrides: str) -> Config:
             f"data.manifest={manifest}",
             f"data.prepare_out={root / 'prepared'}",
             f"train.storage_path={root / 'ray-results'}",
-            "data.test_split=val",  # test is val_1 too: one cache split, not two equal ones
             "data.size=32",
             "data.decoder=pyav",
             "data.decode_concurrency=1",
@@ -72,7 +71,8 @@ def _config(root: Path, manifest: Path, *overrides: str) -> Config:
             "train.max_failures=0",
             "train.log_every=1000",
             "eval.batch_size=2",
-            "eval.splits=[val]",
+            "eval.threads=1",
+            "eval.num_workers=1",
             "eval.report=false",
             *overrides,
         ],
