@@ -53,29 +53,68 @@ PAIR_FLOP = 2  # one multiply-add
 
 
 # -- memory ---------------------------------------------------------------------------------------------
-class TreeMemory(threading.Thread):
-    """Samples the summed PSS (RSS where PSS is unreadable) of this process and all its descendants."""
+def _status_kb(pid: int, fields: tuple[str, ...]) -> dict[str, int] | None:
+    """``{field: kB}`` from ``/proc/<pid>/status`` (None when the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    out = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name in fields:
+            out[name] = int(value.split()[0])
+    return out
 
-    def __init__(self, interval_s: float = 0.25) -> None:
+
+class TreeMemory(threading.Thread):
+    """Samples the memory of this process and all its descendants, summed over the processes.
+
+    * ``peak_anon_mb``: resident anonymous memory (``RssAnon``): each process's own heap, the memory a
+      streaming pipeline must keep flat. It leaves out file-backed pages (code, libraries) and shared
+      memory, i.e. Ray's object store: a fixed-size shared arena whose pages stay resident once touched.
+    * ``peak_shmem_mb``: the largest resident shared memory (``RssShmem``) of one process: the object store's
+      pages as one process sees them; bounded by the store's size, not by the rows.
+    * ``peak_uss_mb`` / ``peak_mb`` (PSS), with ``detail``: private pages (an object-store page counts as one
+      process's private page until a second process maps it) and the proportional share of everything.
+    """
+
+    def __init__(self, interval_s: float = 0.25, detail: bool = True) -> None:
         super().__init__(daemon=True)
         importlib.import_module("ray")  # psutil is vendored by Ray: importable only after it
         psutil = importlib.import_module("psutil")
-        self.psutil, self.root, self.interval_s = psutil, psutil.Process(), interval_s
-        self.peak_mb, self.peak_uss_mb, self.stop_event = 0.0, 0.0, threading.Event()
+        self.psutil, self.root, self.interval_s, self.detail = psutil, psutil.Process(), interval_s, detail
+        self.peak_mb = self.peak_uss_mb = self.peak_anon_mb = self.peak_shmem_mb = 0.0
+        self.stop_event = threading.Event()
 
     def sample(self) -> float:
-        """Summed PSS now (MiB); tracks the peaks of the summed PSS and USS (private pages only)."""
-        total = private = 0
-        for proc in [self.root, *self.root.children(recursive=True)]:
-            try:
-                info = proc.memory_full_info()
-            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied, self.psutil.ZombieProcess):
+        """Summed resident anonymous memory now (MiB); updates every peak."""
+        anon = pss = uss = 0
+        shmem = 0
+        gone = (self.psutil.NoSuchProcess, self.psutil.AccessDenied, self.psutil.ZombieProcess)
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except gone:
+            procs = [self.root]
+        for proc in procs:
+            status = _status_kb(proc.pid, ("RssAnon", "RssShmem"))
+            if status is None:
                 continue
-            total += getattr(info, "pss", info.rss)
-            private += getattr(info, "uss", info.rss)
-        self.peak_mb = max(self.peak_mb, total / 2**20)
-        self.peak_uss_mb = max(self.peak_uss_mb, private / 2**20)
-        return total / 2**20
+            anon += status.get("RssAnon", 0) << 10
+            shmem = max(shmem, status.get("RssShmem", 0) << 10)
+            if self.detail:
+                try:
+                    info = proc.memory_full_info()
+                except gone:
+                    continue
+                pss += getattr(info, "pss", info.rss)
+                uss += getattr(info, "uss", info.rss)
+        self.peak_anon_mb = max(self.peak_anon_mb, anon / 2**20)
+        self.peak_shmem_mb = max(self.peak_shmem_mb, shmem / 2**20)
+        self.peak_mb = max(self.peak_mb, pss / 2**20)
+        self.peak_uss_mb = max(self.peak_uss_mb, uss / 2**20)
+        return anon / 2**20
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -195,8 +234,10 @@ def _stream_once(manifest: str) -> dict[str, Any]:
     return {
         "rows": seen,
         "wall_s": round(wall, 1),
+        "peak_anon_mb": round(mem.peak_anon_mb, 0),
         "peak_uss_mb": round(mem.peak_uss_mb, 0),
         "peak_pss_mb": round(mem.peak_mb, 0),
+        "peak_store_shmem_mb": round(mem.peak_shmem_mb, 0),
     }
 
 
@@ -235,15 +276,19 @@ def streaming_rss(prepared: list[Path], base_rows: int, root: Path) -> dict[str,
         "runs": runs,
         "object_store_mb": OBJECT_STORE >> 20,
         "allocator_env": ALLOCATOR_ENV,
-        "rss_growth_16x": growth("peak_uss_mb", "16x"),
-        "rss_growth_4x": growth("peak_uss_mb", "4x"),
+        "rss_growth_16x": growth("peak_anon_mb", "16x"),
+        "rss_growth_4x": growth("peak_anon_mb", "4x"),
+        "uss_growth_16x": growth("peak_uss_mb", "16x"),
         "pss_growth_16x": growth("peak_pss_mb", "16x"),
         "what": (
-            "rss_growth: peak of the summed USS (private memory) of the driver and every Ray process "
-            "below it (raylet, workers, decode actors), sampled every 0.25 s, 16x (4x) rows over 1x rows. "
-            "PSS adds the shared pages, chiefly the object store's arena: pages it has touched stay "
-            "resident after their objects are freed, so that part climbs towards object_store_mb whatever "
-            "the live data; it is bounded by that setting, not by the rows. A fresh local Ray (2 CPUs) per "
+            "rss_growth: peak of the summed resident anonymous memory (RssAnon: each process's heap) of the "
+            "driver and every Ray process below it (raylet, workers, decode actors), sampled every 0.25 s, "
+            "16x (4x) rows over 1x rows. USS and PSS also hold the object store's arena: a fixed-size "
+            "shared-memory file whose touched pages stay resident after their objects are freed (USS counts "
+            "such a page as private while one process alone maps it), so that part climbs towards "
+            "object_store_mb the longer a run lasts whatever the live data: bounded by that setting, not by "
+            "the rows (peak_store_shmem_mb: the most of it one process had resident). A fresh local Ray (2 "
+            "CPUs) per "
             "size, its processes started with allocator_env; rows of 64 frames at 224 px from prepared "
             "~2-minute videos, 2 decode actors, read in batches of 4. 1x is long enough (16 batches) for "
             "the driver's batch iterator and both actors to reach their steady working set: a shorter base "
@@ -375,8 +420,8 @@ def _gallery_run(n: int, dim_preset: str, threads: int, block: int, out: Any) ->
         times["rerank_s"] = time.perf_counter() - t0
         return res
 
-    mem = TreeMemory(interval_s=0.02)
-    before, mem.peak_mb = mem.sample(), 0.0
+    mem = TreeMemory(interval_s=0.02, detail=False)  # one process: its heap, read cheaply
+    before, mem.peak_anon_mb = mem.sample(), 0.0
     with mem:
         t0, c0 = time.perf_counter(), time.process_time()
         evaluate_features(model, fs, cfg.eval, rerank=True, rerank_fn=rerank)
@@ -391,7 +436,7 @@ def _gallery_run(n: int, dim_preset: str, threads: int, block: int, out: Any) ->
             "cpu_s": round(cpu, 1),
             "similarity_s": round(wall - times["rerank_s"], 1),
             "rerank_both_directions_s": round(times["rerank_s"], 1),
-            "peak_extra_mb": round(mem.peak_mb - before, 0),
+            "peak_extra_mb": round(mem.peak_anon_mb - before, 0),
             "inputs_mb": round(2 * n * 64 * d * 4 / 2**20, 0),
             "n2_matrix_mb": round(n * n * 4 / 2**20, 1),
             "unblocked_scores_mb": round(n * n * WORDS * FRAMES * 4 / 2**20, 0),
@@ -427,7 +472,8 @@ def evaluation(
         "what": f"evaluate_features on N texts x N videos, L = F = 64, {preset} preset (and the probe at "
         f"{probe[1]}), {threads} thread(s), eval.block_size {block}, top-32 re-ranking with 50 DDIM steps; "
         "similarity_s includes the metrics; cpu_s: the process's CPU seconds (wall_s includes time lost to "
-        "other processes on a shared machine); peak_extra_mb is the process tree's PSS above its start",
+        "other processes on a shared machine); peak_extra_mb is the process's resident heap (RssAnon) above "
+        "its start",
     }
 
 
