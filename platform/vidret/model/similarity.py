@@ -79,7 +79,7 @@ def _prepare(feat_BXD: torch.Tensor, mask_BX: torch.Tensor) -> torch.Tensor:
     One pass over the features: they are multiplied by a (B, X, 1) factor ``mask / max(||x||, eps)`` (the eps
     of ``torch.nn.functional.normalize``) instead of normalising and then masking the (B, X, D) result.
     """
-    norm_BX1 = torch.linalg.vector_norm(feat_BXD, dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    norm_BX1: torch.Tensor = torch.linalg.vector_norm(feat_BXD, dim=-1, keepdim=True).clamp_min(_NORM_EPS)
     return feat_BXD * ((mask_BX != 0).to(feat_BXD.dtype)[..., None] / norm_BX1)
 
 

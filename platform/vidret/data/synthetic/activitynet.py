@@ -189,7 +189,8 @@ def _texture(seed: int, width: int, height: int) -> np.ndarray:
     xx = np.linspace(0, coarse.shape[1] - 1.001, width)
     smooth = coarse[yy.astype(int)][:, xx.astype(int)]
     grain = rng.normal(0.0, 0.3, (height, width)).astype(np.float32)
-    return np.clip((smooth + grain) / 2.5, -1, 1)[..., None]
+    texture_HW: np.ndarray = np.clip((smooth + grain) / 2.5, -1, 1)
+    return texture_HW[..., None]
 
 
 def _backgrounds(plan: LongVideoPlan, width: int, height: int) -> list[np.ndarray]:
@@ -272,7 +273,7 @@ def _encoded(plans: list[LongVideoPlan], cfg: SynthConfig) -> Iterator[tuple[Lon
 
 
 # -- the corpus -------------------------------------------------------------------------------------------
-def annotations(plans: list[LongVideoPlan]) -> dict[str, str]:
+def annotation_files(plans: list[LongVideoPlan]) -> dict[str, str]:
     """``{file name: JSON text}`` of the annotation files, one per split."""
     return {
         name: json.dumps({p.video_id: p.annotation() for p in plans if p.split == split}) + "\n"
@@ -302,7 +303,7 @@ def generate_activitynet(
         total_bytes += len(blob)
         if progress is not None:
             progress(done, len(plans))
-    for name, text in annotations(plans).items():
+    for name, text in annotation_files(plans).items():
         storage.write_text(join(root, "anns", name), text)
     width, height = frame_size(cfg.size)
     sentences = [len(p.events) for p in plans]
