@@ -138,32 +138,24 @@ def _section(name: str, fn: Callable[[], dict[str, Any]], report: dict[str, Any]
 
 # -- stage 1 ---------------------------------------------------------------------------------------------
 def _stage1_step(model: Any, cfg: Config, device: torch.device) -> Callable[[dict[str, Tensor]], float]:
-    from vidret.train import distributed as dist
+    """The training loop's stage-1 step: ``DiscriminationStep.loss`` then ``TrainState.update`` (backward,
+    clipping, optimiser, schedule, logit-scale clamp, EMA), on one process."""
     from vidret.train.ema import EMA
-    from vidret.train.loop import SIM_KEYS
-    from vidret.train.optim import build_optimizer, build_scheduler, clip_gradients
+    from vidret.train.optim import build_optimizer, build_scheduler
+    from vidret.train.state import TrainState
+    from vidret.train.steps import DiscriminationStep
 
     model.set_stage("discrimination")
-    model.train()
     opt = build_optimizer(model, cfg.train)
-    sched = build_scheduler(opt, cfg.train, 10_000)
-    ema = EMA(model, cfg.train.ema_decay)
+    state = TrainState(
+        model, EMA(model, cfg.train.ema_decay), opt, build_scheduler(opt, cfg.train, 10_000), cfg
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16)
+    disc = DiscriminationStep(model, cfg, cfg.train.batch_size, autocast)
 
     def step(batch: dict[str, Tensor]) -> float:
-        with autocast:
-            feats = model(batch)
-            loss = dist.contrastive_loss(
-                {k: feats[k] for k in (*SIM_KEYS, "video_index")},
-                model.similarity,
-                logit_scale=feats["logit_scale"],
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(model, cfg.train.clip_grad_norm)
-        opt.step()
-        sched.step()
-        ema.update(model)
+        loss = disc.loss(model, batch, state.step)
+        state.update(loss)
         return float(loss)
 
     return step
@@ -275,9 +267,8 @@ def stage1_end_to_end(cfg: Config, sz: Sizes, device: torch.device, model: Any, 
 
 
 # -- stage 2 and evaluation --------------------------------------------------------------------------------
-def stage2_cached(cfg: Config, sz: Sizes, device: torch.device, model: Any) -> dict[str, Any]:
-    from vidret.train.optim import build_optimizer, clip_gradients
-
+def _encoded(model: Any, cfg: Config, sz: Sizes, device: torch.device) -> dict[str, Tensor]:
+    """Frozen-encoder features of one in-memory batch (what the stage-2 cache holds), float32."""
     batch = _memory_batch(cfg, sz, device)
     model.eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
@@ -287,30 +278,35 @@ def stage2_cached(cfg: Config, sz: Sizes, device: torch.device, model: Any) -> d
         }
     feats = {k: v.float() if v.is_floating_point() else v for k, v in feats.items()}
     feats["video_index"] = batch["video_index"]
+    return feats
+
+
+def stage2_cached(cfg: Config, sz: Sizes, device: torch.device, model: Any) -> dict[str, Any]:
+    """The stage-2 objective (``GenerationObjective``, both denoisers, ``diffusion.num`` hard negatives) and
+    the training update on encoded features in device memory."""
+    from vidret.train.ema import EMA
+    from vidret.train.objectives import GenerationObjective
+    from vidret.train.optim import build_optimizer, build_scheduler
+    from vidret.train.state import TrainState
+
+    feats = _encoded(model, cfg, sz, device)
     model.set_stage("generation")
     model.train()
     opt = build_optimizer(model, cfg.train)
+    state = TrainState(
+        model, EMA(model, cfg.train.ema_decay), opt, build_scheduler(opt, cfg.train, 10_000), cfg
+    )
+    objective = GenerationObjective(model)
     gen = torch.Generator().manual_seed(0)
     k = cfg.diffusion.num + 1
     pos_BG = feats["video_index"][:, None] == feats["video_index"][None, :]
 
     def step() -> float:
-        t_B = model.diffusion.sample_timesteps(sz.batch, generator=gen, device=device)
+        t_B = model.diffusion.sample_timesteps(sz.batch, generator=gen).to(device)
         noise_2BK = torch.randn(2, sz.batch, k, generator=gen).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
-            out = model.generation_loss(
-                feats,
-                feats,
-                pos_BG,
-                row_offset=0,
-                t_B=t_B,
-                noise_t2v_BK=noise_2BK[0],
-                noise_v2t_BK=noise_2BK[1],
-            )
-        opt.zero_grad(set_to_none=True)
-        out["loss_generation"].backward()
-        clip_gradients(model, cfg.train.clip_grad_norm)
-        opt.step()
+            out = objective(feats, feats, pos_BG, 0, t_B, noise_2BK[0], noise_2BK[1])
+        state.update(out["loss_generation"])
         return float(out["loss_generation"])
 
     secs = _timed_steps(step, sz, device)
@@ -322,25 +318,24 @@ def stage2_cached(cfg: Config, sz: Sizes, device: torch.device, model: Any) -> d
 
 
 def evaluation(cfg: Config, sz: Sizes, device: torch.device, model: Any) -> dict[str, Any]:
-    from vidret.eval.retrieval import FeatureSet, evaluate_features
+    """``evaluate_features`` (blocked WTI, re-ranking of both directions, metrics) on random features of
+    ``eval_n`` texts x ``eval_n`` videos on the device."""
+    from vidret.features.scoring import evaluate_features
+    from vidret.features.types import FeatureSet, TextFeatures, VideoFeatures
 
     n, d = sz.eval_n, model.backbone.embed_dim
     g = torch.Generator().manual_seed(0)
     text_mask = (torch.arange(sz.words) < torch.randint(6, sz.words + 1, (n, 1), generator=g)).long()
     text, video = torch.randn(n, sz.words, d, generator=g), torch.randn(n, sz.frames, d, generator=g)
     video_mask = torch.ones(n, sz.frames, dtype=torch.long)
+    eot = torch.randn(n, d, generator=g)
     model.eval()
     with torch.no_grad():
-        on = {k: v.to(device) for k, v in {"t": text, "tm": text_mask, "v": video, "vm": video_mask}.items()}
-        text_w, video_w = model.wti(on["t"], on["tm"], on["v"], on["vm"])
+        text, text_mask, video, video_mask = (x.to(device) for x in (text, text_mask, video, video_mask))
+        text_w, video_w = model.wti.text_weights(text, text_mask), model.wti.video_weights(video, video_mask)
     fs = FeatureSet(
-        text={
-            "text": on["t"],
-            "text_mask": on["tm"],
-            "text_weight": text_w,
-            "text_eot": torch.randn(n, d).to(device),
-        },
-        video={"video": on["v"], "video_mask": on["vm"], "video_weight": video_w},
+        text=TextFeatures(text, text_mask, text_w, eot.to(device)),
+        video=VideoFeatures(video, video_mask, video_w),
         text_to_video_T=torch.arange(n),
     )
     _sync(device)

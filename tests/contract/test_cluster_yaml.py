@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,8 @@ INSTANCE_SPECS = {
     "p5.48xlarge": (192, 8),
 }
 PINNED_PACKAGES = {"torch", "torchvision", "ray", "open-clip-torch"}
-RAY_EXTRAS = {
-    "default",
-    "data",
-    "train",
-    "tune",
-}  # ray[default] is needed by `ray start` and jobs (docs/stack-notes.md P2)
+RAY_EXTRAS = {"default", "data", "train", "tune", "serve"}  # ray[default]: `ray start` and the job server
+JOB_EXTRAS = ("tracking",)  # optional extras the jobs use on the cluster (tracking.mlflow_uri)
 PUBLIC_CIDRS = {"0.0.0.0/0", "::/0"}
 PIP_VALUE_OPTIONS = {
     "-c",
@@ -307,6 +304,16 @@ def test_token_auth_on_every_node(cfg: dict[str, Any], text: str) -> None:
     assert "RAY_AUTH_MODE=disabled" not in text
 
 
+def test_every_raylet_starts_with_the_allocator_settings(cfg: dict[str, Any]) -> None:
+    """Ray workers inherit their raylet's environment: the allocator settings that keep a streaming job's
+    memory flat (benchmarks/scale.py ALLOCATOR_ENV) must be exported before each ``ray start``."""
+    wanted = ("MALLOC_MMAP_THRESHOLD_=1048576", "ARROW_DEFAULT_MEMORY_POOL=system")
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        (start,) = [c for c in cfg[key] if "ray start" in c]
+        before = start[: start.index("ray start")]
+        assert all(w in before for w in wanted), f"{key}: {start!r} does not set {wanted}"
+
+
 # ----------------------------------------------------------------------------------------- versions
 def test_installs_exactly_the_constrained_versions(cfg: dict[str, Any]) -> None:
     commands = all_commands(cfg)
@@ -314,6 +321,50 @@ def test_installs_exactly_the_constrained_versions(cfg: dict[str, Any]) -> None:
     pins = explicit_pins(commands)
     assert set(pins) >= PINNED_PACKAGES, f"cluster.yaml must pin {sorted(PINNED_PACKAGES - set(pins))}"
     assert pins["ray"].extras >= RAY_EXTRAS
+
+
+def _pyproject_requirements() -> tuple[list[Requirement], list[Requirement]]:
+    """``(project dependencies, requirements of the extras in JOB_EXTRAS)`` from pyproject.toml."""
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = [Requirement(r) for e in JOB_EXTRAS for r in project["optional-dependencies"][e]]
+    return [Requirement(r) for r in project["dependencies"]], extras
+
+
+def missing_installs(commands: list[str]) -> list[str]:
+    """What the jobs need (pyproject's dependencies with their extras, plus ``JOB_EXTRAS``) that the pip
+    installs in ``commands`` leave out. ``-e <repo>`` brings the plain dependencies but not the extras of
+    the package, nor of a dependency pinned by name with fewer extras (ray[serve])."""
+    deps, extras = _pyproject_requirements()
+    pins = explicit_pins(commands)
+    editable = any(
+        opts.get("-e") or opts.get("--editable")
+        for cmd in commands
+        for opts, _ in (parse_pip_args(a) for a in pip_installs(cmd))
+    )
+    missing = []
+    for req in [*deps, *extras]:
+        name = canonicalize_name(req.name)
+        pinned = pins.get(name)
+        if pinned is not None:
+            if not req.extras <= pinned.extras:
+                missing.append(f"{req.name}[{','.join(sorted(req.extras - pinned.extras))}]")
+        elif req in extras or req.extras or not editable:
+            missing.append(req.name)
+    return missing
+
+
+def test_installs_what_the_jobs_need(cfg: dict[str, Any]) -> None:
+    assert missing_installs(all_commands(cfg)) == []
+
+
+def test_missing_installs_detects_a_dropped_package(cfg: dict[str, Any]) -> None:
+    commands = all_commands(cfg)
+    pins = constraint_pins()
+    no_serve = [c.replace("tune,serve]", "tune]") for c in commands]
+    assert "ray[serve]" in missing_installs(no_serve)
+    no_mlflow = [c.replace(f"mlflow-skinny=={pins['mlflow-skinny']}", "") for c in commands]
+    assert "mlflow-skinny" in missing_installs(no_mlflow)
 
 
 def test_version_check_detects_drift(cfg: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 ``activitynet`` reader, prepared, then a few stage-1 steps, the feature cache, stage 2 and the evaluation with
 ``configs/activitynet.yaml``'s item shapes (64 frames at 1 frame/s, 64 words) on the debug-size model.
 
-Six videos of about a minute (4 train, 2 val_1): big enough for a batch of 4 and a re-ranking of 2.
+Five videos of about a minute (3 train, 2 val_1): the fewest that give a training batch with hard negatives
+(3 pairs, 2 negatives each) and a re-ranking of 2 candidates; each costs seconds to generate and prepare.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from vidret.storage import Storage, join
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.ray, pytest.mark.slow]
 
-VIDEOS, SECONDS, FPS, SHORT_SIDE = 6, 60.0, 30, 360
-SPLITS = {"train": 4, "val": 2}  # the reader's "val" is val_1.json
+VIDEOS, SECONDS, FPS, SHORT_SIDE = 5, 60.0, 30, 360
+SPLITS = {"train": 3, "val": 2}  # the reader's "val" is val_1.json
 STEPS = 2
 
 
@@ -49,7 +50,6 @@ def _config(root: Path, manifest: Path, *overrides: str) -> Config:
             f"data.manifest={manifest}",
             f"data.prepare_out={root / 'prepared'}",
             f"train.storage_path={root / 'ray-results'}",
-            "data.test_split=val",  # test is val_1 too: one cache split, not two equal ones
             "data.size=32",
             "data.decoder=pyav",
             "data.decode_concurrency=1",
@@ -59,10 +59,10 @@ def _config(root: Path, manifest: Path, *overrides: str) -> Config:
             "model.weights=null",
             "model.temporal_layers=1",
             "diffusion.steps=10",
-            "diffusion.num=3",
+            "diffusion.num=2",
             "diffusion.t2v_k=2",
             "diffusion.v2t_k=2",
-            "train.batch_size=4",
+            "train.batch_size=3",
             f"train.max_steps={STEPS}",
             "train.checkpoint_every=1",
             "train.num_workers=1",
@@ -71,7 +71,8 @@ def _config(root: Path, manifest: Path, *overrides: str) -> Config:
             "train.max_failures=0",
             "train.log_every=1000",
             "eval.batch_size=2",
-            "eval.splits=[val]",
+            "eval.threads=1",
+            "eval.num_workers=1",
             "eval.report=false",
             *overrides,
         ],
@@ -82,7 +83,7 @@ def test_synth_writes_activitynet_shaped_videos_and_annotations(corpus: tuple[Pa
     root, summary = corpus
     width, height = frame_size(SHORT_SIDE)
     assert (summary["width"], summary["height"]) == (width, height) == (640, 360)
-    assert summary["splits"] == {"train": 4, "val_1": 2}
+    assert summary["splits"] == {"train": 3, "val_1": 2}
     anns = {s: json.loads((root / "corpus" / "anns" / f"{s}.json").read_text()) for s in ("train", "val_1")}
     for split, entries in anns.items():
         assert len(entries) == summary["splits"][split]
@@ -103,7 +104,9 @@ def test_synth_writes_activitynet_shaped_videos_and_annotations(corpus: tuple[Pa
 
 def test_manifest_prepare_train_cache_evaluate(corpus: tuple[Path, dict]) -> None:
     from vidret.eval.job import run_evaluation
-    from vidret.train import cache, trainer
+    from vidret.features.store import load_split, read_index
+    from vidret.layout import stage_uri
+    from vidret.train import trainer
 
     root, _ = corpus
     storage = Storage()
@@ -129,19 +132,19 @@ def test_manifest_prepare_train_cache_evaluate(corpus: tuple[Path, dict]) -> Non
     cfg = _config(root, root / "prepared" / "manifest")
     s1 = trainer.run_training(cfg)
     assert s1["steps"] == STEPS
-    index = cache.read_index(storage, s1["cache"]["val"])
+    index = read_index(storage, s1["cache"]["val"])
     assert index is not None
     assert len(index["video_ids"]) == SPLITS["val"]
-    features = cache.load_split(storage, s1["cache"]["train"])
-    assert features.video["video"].shape[:2] == (SPLITS["train"], 64)  # 64 frames per item
-    assert features.text["text"].shape[:2] == (SPLITS["train"], 64)  # 64 words per item
-    frames = features.video["video_mask"].sum(dim=1)
+    features = load_split(storage, s1["cache"]["train"])
+    assert features.video.frames.shape[:2] == (SPLITS["train"], 64)  # 64 frames per item
+    assert features.text.tokens.shape[:2] == (SPLITS["train"], 64)  # 64 words per item
+    frames = features.video.mask.sum(dim=1)
     assert bool(((frames >= 0.85 * SECONDS - 1) & (frames <= 64)).all()), frames  # 1 frame/s of ~a minute
-    assert bool((features.text["text_mask"].sum(dim=1) == 64).any()), "no paragraph filled the 64 words"
+    assert bool((features.text.mask.sum(dim=1) == 64).any()), "no paragraph filled the 64 words"
     s2 = trainer.run_training(_config(root, root / "prepared" / "manifest", "train.stage=generation"))
     assert s2["steps"] == STEPS
     assert s2["key"] == s1["key"]
-    summary = run_evaluation(cfg, trainer.stage_uri(cfg, "generation"))
+    summary = run_evaluation(cfg, stage_uri(cfg, "generation"))
     metrics = summary["splits"]["val"]
     assert set(metrics) == {"stage1", "rerank"}
     assert all(0 <= metrics[v][d]["R1"] <= 100 for v in metrics for d in ("t2v", "v2t")), metrics

@@ -21,13 +21,13 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as nnf
 from torch import nn
 
 WtiPadding = Literal["zero", "neg_inf"]
 
 # The method fills padded logits with -9e15 before the softmax; any value that underflows exp() works.
 _MASKED_LOGIT = -9e15
+_NORM_EPS = 1e-12  # torch.nn.functional.normalize's default
 
 
 def masked_softmax(logits_BX: torch.Tensor, mask_BX: torch.Tensor) -> torch.Tensor:
@@ -74,8 +74,13 @@ class WTIHead(nn.Module):
 
 
 def _prepare(feat_BXD: torch.Tensor, mask_BX: torch.Tensor) -> torch.Tensor:
-    """L2-normalise along D and zero padded rows (so that padded pairs score exactly 0)."""
-    return nnf.normalize(feat_BXD, dim=-1) * (mask_BX != 0).to(feat_BXD.dtype)[..., None]
+    """L2-normalise along D and zero padded rows (so that padded pairs score exactly 0).
+
+    One pass over the features: they are multiplied by a (B, X, 1) factor ``mask / max(||x||, eps)`` (the eps
+    of ``torch.nn.functional.normalize``) instead of normalising and then masking the (B, X, D) result.
+    """
+    norm_BX1: torch.Tensor = torch.linalg.vector_norm(feat_BXD, dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    return feat_BXD * ((mask_BX != 0).to(feat_BXD.dtype)[..., None] / norm_BX1)
 
 
 def _wti_core(
@@ -86,11 +91,18 @@ def _wti_core(
     text_w_QL: torch.Tensor,
     video_w_NF: torch.Tensor,
     padding: WtiPadding,
+    buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """WTI on already normalised, padding-zeroed features. Materialises Q x N x L x F."""
+    """WTI on already normalised, padding-zeroed features. Materialises Q x N x L x F, in ``buffer`` (a 1-d
+    tensor of at least that many elements, reused from tile to tile; not under autograd) when given."""
     Q, L, D = text_hat_QLD.shape
     N, F, _ = video_hat_NFD.shape
-    s_QLNF = (text_hat_QLD.reshape(Q * L, D) @ video_hat_NFD.reshape(N * F, D).T).view(Q, L, N, F)
+    text_QL_D, video_NF_D = text_hat_QLD.reshape(Q * L, D), video_hat_NFD.reshape(N * F, D)
+    if buffer is None:
+        s_QLNF = (text_QL_D @ video_NF_D.T).view(Q, L, N, F)
+    else:
+        out = buffer[: Q * L * N * F].view(Q * L, N * F)
+        s_QLNF = torch.mm(text_QL_D, video_NF_D.T, out=out).view(Q, L, N, F)
     if padding == "neg_inf":
         real_t_QL = text_mask_QL != 0
         real_v_NF = video_mask_NF != 0
@@ -196,8 +208,9 @@ def wti_blocked(
     Tiles are at most ``block_q x block_n`` pairs and, on CPU, at most ``_TILE_ELEMS`` elements of the
     ``q x L x n x F`` score tensor, so peak extra memory is one such tile (CPU: 4 MiB) plus the normalised
     copies of the inputs and the ``Q x N`` result; ``Q x N x L x F`` is never built. Small CPU tiles also
-    keep the two max-reductions in cache, so the similarity runs near the speed of its matmul. Runs on the
-    device of the inputs. Call under ``torch.no_grad()`` for evaluation.
+    keep the two max-reductions in cache, and without autograd every tile's matmul writes into the same
+    buffer (no allocation and first-touch page faults per tile), so the similarity runs near the speed of
+    its matmul. Runs on the device of the inputs. Call under ``torch.no_grad()`` for evaluation.
     """
     if block_q < 1 or block_n < 1:
         raise ValueError(f"wti_blocked: expected block sizes >= 1, got block_q={block_q}, block_n={block_n}")
@@ -208,6 +221,9 @@ def wti_blocked(
     cpu = text_QLD.device.type == "cpu"
     step_q, step_n = _tile(block_q, block_n, text_QLD.shape[1] * video_NFD.shape[1], cpu)
     sim_QN = text_hat_QLD.new_zeros(Q, N)
+    tracked = torch.is_grad_enabled() and (text_hat_QLD.requires_grad or video_hat_NFD.requires_grad)
+    tile_elems = min(step_q, Q) * text_QLD.shape[1] * min(step_n, N) * video_NFD.shape[1]
+    buffer = None if tracked else text_hat_QLD.new_empty(tile_elems)
     for q0 in range(0, Q, step_q):
         q1 = min(q0 + step_q, Q)
         for n0 in range(0, N, step_n):
@@ -220,5 +236,6 @@ def wti_blocked(
                 text_w_QL[q0:q1],
                 video_w_NF[n0:n1],
                 padding,
+                buffer,
             )
     return sim_QN

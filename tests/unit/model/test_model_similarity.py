@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidret.model.similarity import WTIHead, wti_blocked, wti_similarity
+from vidret.model.similarity import WTIHead, _prepare, wti_blocked, wti_similarity
 
 
 def _random_case(Q: int, N: int, L: int = 5, F: int = 4, D: int = 8, seed: int = 0):
@@ -95,3 +95,20 @@ def test_shapes_and_settings_are_checked():
         wti_similarity(text, t_mask, video, v_mask, t_w, v_w, padding="mean")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="block sizes"):
         wti_blocked(text, t_mask, video, v_mask, t_w, v_w, block_q=0)
+
+
+@pytest.mark.parametrize("padding", ["zero", "neg_inf"])
+def test_blocked_tile_buffer_matches_the_autograd_path(padding: str):
+    """Without autograd the tiles share one score buffer (CPU tiles of a few queries x videos); with it each
+    tile allocates its own: the same scores, and a zero feature vector scores 0, never nan."""
+    text, t_mask, video, v_mask, t_w, v_w = _random_case(Q=9, N=7, L=6, F=5)
+    video[2, 0] = 0.0  # a real frame whose feature is exactly zero: normalised with eps, not 0 / 0
+    with torch.no_grad():
+        shared = wti_blocked(text, t_mask, video, v_mask, t_w, v_w, padding=padding, block_q=4, block_n=3)
+    tracked = text.clone().requires_grad_(True)
+    own = wti_blocked(tracked, t_mask, video, v_mask, t_w, v_w, padding=padding, block_q=4, block_n=3)
+    assert own.requires_grad
+    assert not shared.isnan().any()
+    torch.testing.assert_close(shared, own.detach(), rtol=0, atol=0)
+    expected = torch.nn.functional.normalize(text, dim=-1) * t_mask[..., None]
+    torch.testing.assert_close(_prepare(text, t_mask), expected, rtol=1e-6, atol=1e-7)

@@ -18,7 +18,8 @@ structure of an uploaded video (not the 1 s GOP of ``vidret prepare``'s output),
 from it costs what it costs on the real corpus. x264 runs single-threaded, so the same settings give the
 same bytes.
 
-Splits: ``val_1`` is a third of the videos (at least one), ``train`` the rest, by a seeded permutation.
+Splits: ``val_1`` is a third of the videos, rounded (at least one), ``train`` the rest (at least one), by a
+seeded permutation: ActivityNet's val_1 is about half the size of its train split.
 Frames are rendered and encoded one at a time: a worker's memory does not grow with the video's length.
 """
 
@@ -38,7 +39,7 @@ import numpy as np
 from vidret.config import SynthConfig
 from vidret.storage import Storage, join
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: val_1 is round(videos / 3), was videos // 3
 SPLIT_FILES: dict[str, str] = {"train": "train.json", "val_1": "val_1.json"}
 MIN_EVENTS, MAX_EVENTS = 3, 8
 MIN_SECONDS = 2.0 * MAX_EVENTS  # room for every event to last a couple of seconds
@@ -155,7 +156,7 @@ def plan_activitynet(seed: int, videos: int, seconds: float) -> list[LongVideoPl
             f"synth.seconds: the activitynet layout needs videos of at least {MIN_SECONDS:g} s "
             f"({MAX_EVENTS} events of a couple of seconds), got {seconds:g}"
         )
-    val = max(1, videos // 3)
+    val = min(videos - 1, max(1, round(videos / 3)))
     order = np.random.default_rng([seed, videos, 7]).permutation(videos)
     val_indices = {int(i) for i in order[:val]}
     plans, seen = [], set()
@@ -188,8 +189,8 @@ def _texture(seed: int, width: int, height: int) -> np.ndarray:
     xx = np.linspace(0, coarse.shape[1] - 1.001, width)
     smooth = coarse[yy.astype(int)][:, xx.astype(int)]
     grain = rng.normal(0.0, 0.3, (height, width)).astype(np.float32)
-    texture_HW1: np.ndarray = np.clip((smooth + grain) / 2.5, -1, 1)[..., None]
-    return texture_HW1
+    texture_HW: np.ndarray = np.clip((smooth + grain) / 2.5, -1, 1)
+    return texture_HW[..., None]
 
 
 def _backgrounds(plan: LongVideoPlan, width: int, height: int) -> list[np.ndarray]:
