@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import multiprocessing as mp
 import os
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child import run_in_child
 from scale_projection import project
 
 FRAMES = WORDS = 64
@@ -248,21 +248,16 @@ def _stream_child(manifest: str, out: Any) -> None:
 def _stream_in_child(manifest: str) -> dict[str, Any]:
     """``_stream_once`` in a fresh interpreter whose allocators (and its Ray processes') read
     ``ALLOCATOR_ENV``."""
-    ctx = mp.get_context("spawn")
     saved = {k: os.environ.get(k) for k in ALLOCATOR_ENV}
-    os.environ.update(ALLOCATOR_ENV)
+    os.environ.update(ALLOCATOR_ENV)  # inherited by the child when it starts
     try:
-        q = ctx.Queue()
-        proc = ctx.Process(target=_stream_child, args=(manifest, q))
-        proc.start()
+        result: dict[str, Any] = run_in_child(_stream_child, (manifest,), f"streaming {manifest}")
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    result = q.get()
-    proc.join()
     return result
 
 
@@ -446,12 +441,7 @@ def _gallery_run(n: int, dim_preset: str, threads: int, block: int, out: Any) ->
 
 
 def _gallery_in_child(n: int, preset: str, threads: int, block: int) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    proc = ctx.Process(target=_gallery_run, args=(n, preset, threads, block, q))
-    proc.start()
-    result = q.get()
-    proc.join()
+    result: dict[str, Any] = run_in_child(_gallery_run, (n, preset, threads, block), f"evaluation N={n}")
     return result
 
 
