@@ -191,10 +191,21 @@ def paired_difference(
         )
     est_a, est_b = point_metrics(a, median), point_metrics(b, median)
     boot_a, boot_b = _resampled([a, b], units, spec, median)
+    return _differences(est_a, est_b, boot_a, boot_b, spec.level)
+
+
+def _differences(
+    est_a: dict[str, float],
+    est_b: dict[str, float],
+    boot_a: dict[str, np.ndarray],
+    boot_b: dict[str, np.ndarray],
+    level: float,
+) -> dict[str, dict[str, float]]:
+    """``{metric: {diff, lo, hi, p}}`` of b - a from point estimates and bootstrap replicates."""
     out = {}
     for m in METRICS:
         diffs = boot_b[m] - boot_a[m]
-        lo, hi = _quantiles(diffs, spec.level)
+        lo, hi = _quantiles(diffs, level)
         out[m] = {"diff": est_b[m] - est_a[m], "lo": lo, "hi": hi, "p": p_value(diffs)}
     return out
 
@@ -211,12 +222,7 @@ def unpaired_difference(
     (boot_a,) = _resampled([a], None, spec, median)
     (boot_b,) = _resampled([b], None, BootstrapSpec(spec.resamples, spec.seed + 1, spec.level), median)
     est_a, est_b = point_metrics(a, median), point_metrics(b, median)
-    out = {}
-    for m in METRICS:
-        diffs = boot_b[m] - boot_a[m]
-        lo, hi = _quantiles(diffs, spec.level)
-        out[m] = {"diff": est_b[m] - est_a[m], "lo": lo, "hi": hi, "p": p_value(diffs)}
-    return out
+    return _differences(est_a, est_b, boot_a, boot_b, spec.level)
 
 
 def half_width(interval: Mapping[str, float]) -> float:
