@@ -26,7 +26,14 @@ def _workers(cfg: Config) -> Ask:
 
 
 def _decode_pools(data: DataConfig, pools: int, per_pool: int) -> Ask:
-    return Ask("decode actors", pools * per_pool, {"CPU": data.decode_cpus}, {"CPU": ("data.decode_cpus",)})
+    # a zero-CPU pool is placed off the head by data.pipeline (off_head_options), so it is planned that way
+    return Ask(
+        "decode actors",
+        pools * per_pool,
+        {"CPU": data.decode_cpus},
+        {"CPU": ("data.decode_cpus",)},
+        off_head=data.decode_cpus <= 0,
+    )
 
 
 def _bad_video_logs(count: int) -> Ask:

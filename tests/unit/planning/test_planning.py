@@ -273,3 +273,12 @@ def test_remote_args() -> None:
     assert remote_args(zero, None) == {"num_cpus": 0.0}  # one-node cluster: the head is the only node
     worker = Ask("workers", 2, {"CPU": 0.75, "GPU": 1.0, "node_a": 0.5})
     assert remote_args(worker, "abc123") == {"num_cpus": 0.75, "num_gpus": 1.0, "resources": {"node_a": 0.5}}
+
+
+@pytest.mark.parametrize("job", ["stage 1", "feature cache", "evaluation"])
+def test_zero_cpu_decode_pools_are_planned_off_the_head(job: str) -> None:
+    # data.pipeline places a zero-CPU decode pool off the head; the plan must accept it and say so
+    plan = plan_job(job, cfg("data.decode_cpus=0.0"), two_nodes())
+    decode = [a for p in plan.phases for a in p.asks if a.what == "decode actors"]
+    assert decode, f"{job}: no decode pool planned"
+    assert all(a.off_head and a.is_zero for a in decode)
