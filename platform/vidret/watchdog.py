@@ -142,10 +142,23 @@ def _pending_gcs(job_id: str) -> list[Pending]:
     return out
 
 
+_STATE_API_DOWN: set[str] = set()  # dashboards whose state API failed once (said once per process)
+
+
 def pending_work(job_id: str) -> list[Pending]:
-    """Actors and placement groups of ``job_id`` that Ray has not placed yet."""
+    """Actors and placement groups of ``job_id`` that Ray has not placed yet: from the state API when the
+    cluster has a dashboard, else (or when the state API does not answer) from the GCS tables."""
     address = _dashboard_url()
-    return _pending_state_api(address, job_id) if address else _pending_gcs(job_id)
+    if address:
+        try:
+            return _pending_state_api(address, job_id)
+        except Exception as e:  # a dashboard whose state API is down must not blind the watchdog
+            if address not in _STATE_API_DOWN:
+                _STATE_API_DOWN.add(address)
+                _log(
+                    f"[watchdog] Ray's state API did not answer ({type(e).__name__}); reading the GCS tables"
+                )
+    return _pending_gcs(job_id)
 
 
 # ------------------------------------------------------------------------------------------- the watchdog

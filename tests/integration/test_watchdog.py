@@ -3,6 +3,7 @@ blocking call with the watchdog's error, naming the actor and what it asked for.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,7 +50,13 @@ class Probe:
         return 1
 
 
-def test_an_impossible_actor_ends_the_job_with_the_watchdog_error(local_ray: None) -> None:
+def test_an_impossible_actor_ends_the_job_with_the_watchdog_error(
+    local_ray: None, request: pytest.FixtureRequest
+) -> None:
+    # the watchdog interrupts the main thread like Ctrl-C: a SIGINT handler left behind by an earlier Ray
+    # Train run in this process would swallow it (the product's jobs then exit via hard_exit_after_s)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     impossible = Probe.options(num_cpus=0, resources={"impossible_gpu_sim": 1}).remote()
     # an off-head constraint on a one-node cluster: the same label selector the jobs use, unplaceable here
     node = ray.get_runtime_context().get_node_id()
@@ -84,3 +91,17 @@ def test_the_cluster_description_and_the_bounded_wait(local_ray: None) -> None:
     with pytest.raises(AutoscaleTimeoutError, match=r"the cluster has CPU 1/3 \(have/need\)"):
         wait_for_resources({"CPU": 3.0}, timeout_s=0.2, poll_s=0.1, progress=lines.append)
     assert lines[0].startswith("[cluster] waiting for nodes: CPU 1/3 (have/need)")
+
+
+def test_pending_work_reads_the_gcs_when_the_state_api_does_not_answer(
+    local_ray: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vidret.watchdog as wd
+
+    monkeypatch.setattr(wd, "_dashboard_url", lambda: "http://127.0.0.1:9")  # nothing listens there
+    impossible = Probe.options(num_cpus=0, resources={"impossible_gpu_sim": 1}).remote()
+    job = ray.get_runtime_context().get_job_id()
+    try:
+        assert impossible._actor_id.hex() in {p.id for p in pending_work(job)}
+    finally:
+        ray.kill(impossible)
