@@ -1,4 +1,4 @@
-"""Ray start-up and its logging set-up: the only module that touches Ray internals (``ray._private``).
+"""Ray start-up and its logging set-up, and the connected cluster's description (uses ``ray._private``).
 
 Train, evaluation, tuning and the data executors call :func:`ensure_ray` before their first Ray call; it
 either connects to a configured cluster or starts a local one bound to loopback. Either way the driver and
