@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, get_args
 
 import numpy as np
 
@@ -37,15 +37,7 @@ Reason = Literal[
 #   no_duration            the container gives neither a frame rate nor a duration/frame count to sample by
 #   corrupt                the file is damaged: unreadable header, no frame decodes, too many bad packets
 #   timeout                decoding did not finish within ``data.decode_timeout_s`` (the child was killed)
-REASONS: tuple[str, ...] = (
-    "missing",
-    "no_video_stream",
-    "unsupported_codec",
-    "unsupported_container",
-    "no_duration",
-    "corrupt",
-    "timeout",
-)
+REASONS: tuple[str, ...] = get_args(Reason)
 Source = bytes | bytearray | memoryview | BinaryIO | str | os.PathLike[str]
 Pick = Callable[[int, float], np.ndarray]
 
