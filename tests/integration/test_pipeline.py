@@ -229,3 +229,19 @@ def test_a_pool_larger_than_the_cluster_fails_instead_of_hanging(small_corpus) -
     cfg = DataConfig(**{**CFG.__dict__, "decode_concurrency": 8, "decode_cpus": 1.0})
     with pytest.raises(ValueError, match=r"data\.decode_concurrency=8 x data\.decode_cpus=1"):
         build_dataset(rows, cfg, Storage(), tokenize=False)
+
+
+def test_each_decoded_batch_leaves_the_actor_as_its_own_block(small_corpus) -> None:
+    """Input blocks of 6 rows, one row per batch: without the block-size cap Ray Data coalesces a task's
+    batches into one output block (memory then grows with the frame size), with it every batch is a block."""
+    manifest = small_corpus["manifest"].cast(MANIFEST_SCHEMA)
+    table = pa.concat_tables([manifest] * 4)
+    ids = [f"v{i}" for i in range(table.num_rows)]
+    table = table.set_column(table.schema.get_field_index("video_id"), "video_id", pa.array(ids))
+    rows = split_rows(table, "all", pairs=False)
+    cfg = DataConfig(**{**CFG.__dict__, "rows_per_block": 1, "decode_concurrency": 1})
+    ds, _log = build_dataset(rows, cfg, Storage(), tokenize=False)
+    assert ds.context.target_max_block_size == 4 * 32 * 32 * 3
+    sizes = [m.num_rows for bundle in ds.iter_internal_ref_bundles() for m in bundle.metadata]
+    assert sum(sizes) == table.num_rows == 48
+    assert sizes == [1] * 48

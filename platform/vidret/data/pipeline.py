@@ -84,6 +84,12 @@ def input_block_rows(num_rows: int, rows_per_block: int, concurrency: int) -> in
     return max(rows_per_block, min(_MAX_INPUT_BLOCK_ROWS, num_rows // (_BLOCKS_PER_ACTOR * concurrency)))
 
 
+def decoded_block_bytes(cfg: DataConfig) -> int:
+    """The frames of one decoded batch, ``rows_per_block`` x (F, S, S, 3) uint8: a batch with its other
+    columns is just over it, so every batch leaves the decode actor as its own block."""
+    return cfg.rows_per_block * cfg.max_frames * cfg.size * cfg.size * 3
+
+
 def input_blocks(table: pa.Table, block_rows: int) -> ray.data.Dataset:
     """The input blocks, cut on the driver. No ``repartition``: its CPU task would wait forever for a CPU when
     the decode actors and a Ray Train worker already hold the whole budget."""
@@ -245,9 +251,11 @@ def build_dataset(
         "drop_bad": drop_bad,
         "augment_seed": augment_seed if cfg.augment else None,
     }
-    ds = input_blocks(
-        table, input_block_rows(table.num_rows, cfg.rows_per_block, cfg.decode_concurrency)
-    ).map_batches(
+    blocks = input_blocks(table, input_block_rows(table.num_rows, cfg.rows_per_block, cfg.decode_concurrency))
+    # this dataset's own context (from_arrow copied it): without a cap, Ray Data coalesces a decode actor's
+    # batches into output blocks of up to 128 MiB that the actor holds, and memory grows with the frame size
+    blocks.context.target_max_block_size = decoded_block_bytes(cfg)
+    ds = blocks.map_batches(
         _DecodeStage,
         fn_constructor_kwargs=stage_kwargs,
         batch_size=cfg.rows_per_block,
