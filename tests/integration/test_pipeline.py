@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from vidret.config import DataConfig
+from vidret.data import pipeline
 from vidret.data.annotations.manifest import MANIFEST_SCHEMA
 from vidret.data.batches import MODEL_COLUMNS, SplitRows, split_rows
 from vidret.data.check import TooManyBadVideosError
@@ -231,9 +232,11 @@ def test_a_pool_larger_than_the_cluster_fails_instead_of_hanging(small_corpus) -
         build_dataset(rows, cfg, Storage(), tokenize=False)
 
 
-def test_each_decoded_batch_leaves_the_actor_as_its_own_block(small_corpus) -> None:
+def test_each_decoded_batch_leaves_the_actor_as_its_own_block(small_corpus, monkeypatch) -> None:
     """Input blocks of 6 rows, one row per batch: without the block-size cap Ray Data coalesces a task's
-    batches into one output block (memory then grows with the frame size), with it every batch is a block."""
+    batches into one output block (memory then grows with the frame size), with it every batch is a block.
+    The floor for small frames is lifted, so these 32 px batches behave as long clips' batches do."""
+    monkeypatch.setattr(pipeline, "MIN_DECODED_BLOCK_BYTES", 0)
     manifest = small_corpus["manifest"].cast(MANIFEST_SCHEMA)
     table = pa.concat_tables([manifest] * 4)
     ids = [f"v{i}" for i in range(table.num_rows)]
@@ -245,3 +248,10 @@ def test_each_decoded_batch_leaves_the_actor_as_its_own_block(small_corpus) -> N
     sizes = [m.num_rows for bundle in ds.iter_internal_ref_bundles() for m in bundle.metadata]
     assert sum(sizes) == table.num_rows == 48
     assert sizes == [1] * 48
+
+
+def test_decoded_blocks_hold_one_long_clip_batch_or_the_floor() -> None:
+    long_clips = DataConfig(size=224, max_frames=64, rows_per_block=4)  # configs/activitynet.yaml's shapes
+    assert pipeline.decoded_block_bytes(long_clips) == 4 * 64 * 224 * 224 * 3  # 38.5 MB: one batch
+    short_clips = DataConfig(size=224, max_frames=12, rows_per_block=4)  # 7.2 MB a batch
+    assert pipeline.decoded_block_bytes(short_clips) == pipeline.MIN_DECODED_BLOCK_BYTES == 32 << 20

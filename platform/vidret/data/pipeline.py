@@ -64,6 +64,10 @@ __all__ = [
 
 _MAX_INPUT_BLOCK_ROWS = 1024  # rows per input block at most (one object in the store each)
 _BLOCKS_PER_ACTOR = 8  # input blocks per decode actor at least, so every actor has work
+# Decode output blocks hold at least this much: per-block overhead costs throughput with small frames (12
+# frames at 224 px: 0.81 vs 0.95 of bare decoding per core with one-batch blocks, benchmarks/decode.py) while
+# one-batch blocks keep long clips' memory flat (docs/stack-notes.md, P20).
+MIN_DECODED_BLOCK_BYTES = 32 << 20
 
 
 def absolute_uri(uri: str) -> str:
@@ -85,9 +89,10 @@ def input_block_rows(num_rows: int, rows_per_block: int, concurrency: int) -> in
 
 
 def decoded_block_bytes(cfg: DataConfig) -> int:
-    """The frames of one decoded batch, ``rows_per_block`` x (F, S, S, 3) uint8: a batch with its other
-    columns is just over it, so every batch leaves the decode actor as its own block."""
-    return cfg.rows_per_block * cfg.max_frames * cfg.size * cfg.size * 3
+    """The output block size of the decode actors: one batch of frames, ``rows_per_block`` x (F, S, S, 3)
+    uint8 (a batch with its other columns is just over it, so it leaves the actor as its own block), but at
+    least :data:`MIN_DECODED_BLOCK_BYTES`, below which small batches are worth coalescing."""
+    return max(cfg.rows_per_block * cfg.max_frames * cfg.size * cfg.size * 3, MIN_DECODED_BLOCK_BYTES)
 
 
 def input_blocks(table: pa.Table, block_rows: int) -> ray.data.Dataset:
