@@ -191,10 +191,17 @@ def test_too_many_bad_videos_fails_listing_them(small_corpus, tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_repeated_pipelines_complete_and_leave_no_actor_behind(small_corpus, tmp_path: Path) -> None:
-    """20 passes, every other one failing on its bad-video budget, with every error kept (as a log or a retry
+def test_repeated_pipelines_complete_and_leave_no_actor_behind(
+    small_corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8 passes, every other one failing on its bad-video budget, with every error kept (as a log or a retry
     loop would): each completes, and no decode actor survives to hold CPUs the next pass's actors need."""
     import gc
+    import logging
+
+    # Ray Data logs the failure with exc_info: a record kept by pytest's log capture (reached when an earlier
+    # test has let Ray's loggers propagate) holds the executor's frames and so its actors. Ray's own setting:
+    monkeypatch.setattr(logging.getLogger("ray.data"), "propagate", False)
 
     import ray
 
@@ -205,7 +212,7 @@ def test_repeated_pipelines_complete_and_leave_no_actor_behind(small_corpus, tmp
     good = split_rows(small_corpus["manifest"], "all", pairs=False)
     cfg = DataConfig(**{**CFG.__dict__, "decode_cpus": 0.5})  # 2 actors x 0.5 CPU on a 2-CPU instance
     kept: list[BaseException] = []
-    for i in range(20):
+    for i in range(8):
         if i % 2:
             with pytest.raises(TooManyBadVideosError) as info:
                 _collect(build_dataset(rows, cfg, Storage(), tokenize=False), rows.num_videos, cfg)
@@ -222,7 +229,7 @@ def test_repeated_pipelines_complete_and_leave_no_actor_behind(small_corpus, tmp
         time.sleep(0.5)
     assert decode_actors == []
     assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
-    assert len(kept) == 10
+    assert len(kept) == 4
 
 
 def test_a_pool_larger_than_the_cluster_fails_instead_of_hanging(small_corpus) -> None:

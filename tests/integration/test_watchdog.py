@@ -4,6 +4,7 @@ blocking call with the watchdog's error, naming the actor and what it asked for.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,7 +106,13 @@ def test_pending_work_reads_the_gcs_when_the_state_api_does_not_answer(
     monkeypatch.setattr(wd, "_dashboard_url", lambda: "http://127.0.0.1:9")  # nothing listens there
     impossible = Probe.options(num_cpus=0, resources={"impossible_gpu_sim": 1}).remote()
     job = ray.get_runtime_context().get_job_id()
+    seen: set[str] = set()
     try:
-        assert impossible._actor_id.hex() in {p.id for p in pending_work(job)}
+        for _ in range(60):  # the actor reaches the GCS's table asynchronously: poll (bounded)
+            seen = {p.id for p in pending_work(job)}
+            if impossible._actor_id.hex() in seen:
+                break
+            time.sleep(0.5)
+        assert impossible._actor_id.hex() in seen
     finally:
         ray.kill(impossible)
