@@ -65,8 +65,8 @@ __all__ = [
 _MAX_INPUT_BLOCK_ROWS = 1024  # rows per input block at most (one object in the store each)
 _BLOCKS_PER_ACTOR = 8  # input blocks per decode actor at least, so every actor has work
 # Decode output blocks hold at least this much: per-block overhead costs throughput with small frames (12
-# frames at 224 px: 0.81 vs 0.95 of bare decoding per core with one-batch blocks) while one-batch blocks keep
-# long clips' memory flat (docs/stack-notes.md P20).
+# frames at 224 px: 0.78-0.81 vs 0.94-0.95 of bare decoding per core with one-batch blocks) while
+# one-batch blocks keep long clips' memory flat (docs/stack-notes.md P20).
 MIN_DECODED_BLOCK_BYTES = 32 << 20
 
 
