@@ -23,6 +23,7 @@ training on a shrinking dataset. Memory stays bounded by Ray Data's streaming ba
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -345,21 +346,26 @@ def iter_numpy_batches(
 
 
 def stream_batches(ds: ray.data.Dataset, batch_size: int | None, *, drop_last: bool = False) -> Iterator[Any]:
-    """``ds.iter_batches`` (numpy, one batch prefetched); a failure is re-raised without the executor's
-    frames.
+    """``ds.iter_batches`` (numpy, one batch prefetched) run on a private copy of ``ds``; a failure is
+    re-raised without the executor's frames.
 
-    Why: the traceback of a failed Ray Data pass holds the streaming executor's frames, and through them the
-    handles of its map actors; an exception kept by the caller (a log, ``pytest.raises``, a retry loop) then
-    keeps every decode actor alive, holding its CPUs. A few failed passes on a small cluster leave the next
-    pipeline's actors pending forever. The re-raised error keeps its type, message and cause chain.
+    Why (docs/stack-notes.md P21): after a *failed* pass, Ray Data 2.60's shut-down executor still holds the
+    decode tasks it was waiting on, their callbacks hold the map actors' handles, and the dataset that ran
+    the pass holds the executor. Any kept reference to that dataset (the caller's frame in a kept exception's
+    traceback, a log, ``pytest.raises``, a retry loop) then keeps every decode actor alive, holding its CPUs,
+    and a few failed passes on a small cluster leave the next pipeline's actors pending forever. So the pass
+    runs on a copy (same plan and context) that is dropped here, and the re-raised error (type, message and
+    cause chain kept) carries no frame that could reach it.
     """
+    run = copy.copy(ds)  # a Dataset copies through its pickling state: same plan, no executor
     failure: BaseException | None = None
     try:
-        yield from ds.iter_batches(
+        yield from run.iter_batches(
             batch_size=batch_size, batch_format="numpy", drop_last=drop_last, prefetch_batches=1
         )
     except ray.exceptions.RayError as exc:
         failure = _without_tracebacks(exc)
+    del run
     if failure is not None:
         raise failure
 
