@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-preset", default="ViT-B-32", help="model preset of the probe")
     args = p.parse_args(argv)
     if args.quick:
-        args.videos, args.seconds, args.rss_rows, args.cache_videos, args.sizes = 1, 30.0, 2, 32, [200, 400]
+        args.videos, args.seconds, args.rss_rows, args.cache_videos, args.sizes = 1, 16.0, 2, 32, [200, 400]
         args.probe_n = 64
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ QUICK = {
     "faults.py": ["--path", "tests/faults/test_bad_input.py", "-x", "-q"],
     "rerank.py": ["--quick"],
     "scale.py": ["--quick"],
-    "train.py": ["--videos", "16", "--batch", "4", "--steps", "1", "--ray-steps", "3"],
+    "train.py": ["--videos", "16", "--frames", "4", "--batch", "4", "--steps", "1", "--ray-steps", "2"],
 }
 
 
