@@ -202,8 +202,8 @@ def _kill_decode_actors() -> None:
 
 
 # Without the dataset copy in stream_batches (docs/stack-notes.md P21), Ray Data 2.60 kept decode actors
-# of failed passes alive in 5 of 7 runs of this test on the 2-core machine, once until the next pass waited
-# forever.
+# of failed passes alive: this test failed in 1 of 2 runs on the 2-core machine (earlier variants in 5 of 7,
+# once until the next pass waited forever).
 @pytest.mark.timeout(300)
 @pytest.mark.slow
 def test_repeated_pipelines_complete_and_leave_no_actor_behind(small_corpus, tmp_path: Path) -> None:

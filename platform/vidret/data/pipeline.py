@@ -365,7 +365,7 @@ def stream_batches(ds: ray.data.Dataset, batch_size: int | None, *, drop_last: b
         )
     except ray.exceptions.RayError as exc:
         failure = _without_tracebacks(exc)
-    del run
+    del run  # the raise below puts this frame in the error's traceback
     if failure is not None:
         raise failure
 
