@@ -22,13 +22,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from vidret.storage import Storage, is_remote, join
+from vidret.storage.scratch import make_scratch_dir, scratch_dir
 
 TENSORBOARD_DIR = "tensorboard"
 SUMMARY_FILE = "summary.json"
@@ -107,7 +107,7 @@ class Tracker:
         self.uri = tensorboard_uri(run_out, name)
         self.storage, self.sync_every_s = storage, sync_every_s
         self.remote = is_remote(self.uri)
-        self._tmp = tempfile.mkdtemp(prefix="vidret-tb-") if self.remote else None
+        self._tmp = make_scratch_dir("tb") if self.remote else None
         self.local_dir = self._tmp or self.uri.removeprefix("file://")
         os.makedirs(self.local_dir, exist_ok=True)
         self.writer = SummaryWriter(self.local_dir, flush_secs=10)
@@ -135,7 +135,7 @@ class Tracker:
         if not is_remote(uri):
             self.mlflow.log_artifact(uri.removeprefix("file://"))
             return
-        with tempfile.TemporaryDirectory(prefix="vidret-artifact-") as tmp:
+        with scratch_dir("artifact") as tmp:
             local = Path(tmp) / uri.rstrip("/").rsplit("/", 1)[-1]
             local.write_bytes(self.storage.read_bytes(uri))
             self.mlflow.log_artifact(str(local))

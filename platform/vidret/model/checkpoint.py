@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from vidret.storage import Storage, join
+from vidret.storage.scratch import scratch_dir
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -227,7 +228,7 @@ def upload_checkpoint(local_dir: str | Path, uri: str, storage: Storage) -> str:
 
 def save_state(uri: str, state: dict[str, Any], storage: Storage) -> str:
     """``save_checkpoint`` into a temporary folder, then ``upload_checkpoint`` to ``uri``."""
-    with tempfile.TemporaryDirectory(prefix="vidret-ckpt-") as tmp:
+    with scratch_dir("ckpt") as tmp:
         save_checkpoint(tmp, state)
         return upload_checkpoint(tmp, uri, storage)
 
@@ -238,7 +239,7 @@ def load_state(uri: str, storage: Storage) -> dict[str, Any]:
     ``CheckpointError`` (corrupt, incomplete, or a pickle that would run code) names the files under ``uri``,
     not the temporary download.
     """
-    with tempfile.TemporaryDirectory(prefix="vidret-ckpt-") as tmp:
+    with scratch_dir("ckpt") as tmp:
         for name in (META_FILE, STATE_FILE):
             (Path(tmp) / name).write_bytes(storage.read_bytes(join(uri, name)))
         try:

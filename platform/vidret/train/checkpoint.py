@@ -7,7 +7,6 @@ The checkpoint directory format itself (atomic save, verified load, content keys
 from __future__ import annotations
 
 import random
-import tempfile
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -17,13 +16,14 @@ import ray.train
 import torch
 
 from vidret.model.checkpoint import save_checkpoint
+from vidret.storage.scratch import scratch_dir
 
 
 def report_with_checkpoint(metrics: Mapping[str, float], rank: int, state: Mapping[str, Any]) -> None:
     """Every rank reports (a barrier); rank 0 attaches the checkpoint (verified sha256 in meta.json).
     Entries of ``state`` that are None are left out."""
     kept = {k: v for k, v in state.items() if v is not None}
-    with tempfile.TemporaryDirectory(prefix="vidret-ckpt-") as tmp:
+    with scratch_dir("ckpt") as tmp:
         if rank == 0:
             save_checkpoint(tmp, kept)
             ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -54,6 +53,7 @@ from vidret.model.checkpoint import load_state
 from vidret.planning import Plan
 from vidret.startup import manifest_video_uris, planned, start_job
 from vidret.storage import Storage, is_remote, join, parse_uri
+from vidret.storage.scratch import make_scratch_dir
 from vidret.tracking import Tracker, mlflow_tune_callbacks
 from vidret.tune.space import (
     BASELINE,
@@ -263,7 +263,7 @@ def _seed_trial_cache(storage: Storage, cache: Mapping[str, str], trial_cfg: Con
 def _fit(cfg: Config, fn: Any, points: list[dict[str, Any]], concurrency: int) -> list[dict[str, Any]]:
     """Run the trials; a row per trial: ``params`` and the reported metrics. Any failed trial raises."""
     kind = cfg.tune.kind
-    tmp = tempfile.mkdtemp(prefix="vidret-tune-") if is_remote(cfg.run.out) else None
+    tmp = make_scratch_dir("tune") if is_remote(cfg.run.out) else None
     path = tmp or os.path.abspath(parse_uri(join(cfg.run.out, "tune", "ray")).path)
     try:
         tuner = tune.Tuner(

@@ -24,7 +24,6 @@ import math
 import os
 import posixpath
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -38,6 +37,7 @@ from vidret.data.video.pyav_backend import pyav_first_frame
 from vidret.data.video.transforms import IDENTITY, DisplayTransform, apply_display_transform, displayed_size
 from vidret.data.video.types import DecodeError, Source
 from vidret.storage import Storage, StorageError, join
+from vidret.storage.scratch import scratch_dir
 
 SIDECAR_VERSION = 1
 _EPS = 1e-6  # seconds; guards the frame-time comparisons against float rounding (k / 3 vs 0.3333)
@@ -279,7 +279,7 @@ def prepare_one(source_uri: str, out_uri: str, settings: PrepareSettings, storag
             return {"status": "skipped", **json.loads(text)["output"]}
     try:
         data = storage.read_bytes(source_uri)
-        with tempfile.TemporaryDirectory(prefix="vidret-prepare-") as tmp:
+        with scratch_dir("prepare") as tmp:
             local = os.path.join(tmp, "out.mp4")
             facts = transcode(data, local, settings, uri=source_uri)
             with open(local, "rb") as fh:
