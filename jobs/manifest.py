@@ -8,4 +8,4 @@ import sys
 from vidret.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(["manifest", *sys.argv[1:]]))
+    raise SystemExit(main(["manifest", *sys.argv[1:]], own_process=True))

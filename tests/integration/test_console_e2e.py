@@ -45,6 +45,9 @@ NOISE: dict[str, re.Pattern[str]] = {
         r"\((RayTrainWorker|TrainController|MapWorker|PlacementGroupCleaner)[^)]*pid="
     ),
     "Ray's token-auth notice": re.compile(r"Token authentication is enabled"),
+    "the core worker's actor-restart advice (the driver's own, on fd 2)": re.compile(
+        r"has constructor arguments in the object store"
+    ),
     "the state API lookup of another Ray instance": re.compile(r"Found multiple active Ray instances"),
     "FFmpeg's decoder lines": re.compile(r"^\[\w+ @ 0x[0-9a-f]+\]"),
     "ANSI colour codes": re.compile("\x1b\\["),

@@ -15,7 +15,8 @@ from vidret.cli.commands import COMMAND_HANDLERS
 from vidret.cli.common import EXIT_ERROR, EXIT_USAGE, Handler, Parser, add_common
 from vidret.cli.search import SEARCH_HANDLERS
 from vidret.cli.spec import COMMANDS, FLAGS, OWN_ARGS
-from vidret.console.logs import one_line, setup_console
+from vidret.console.logs import RAY_DRIVER_SKIP, one_line, setup_console, verbose_requested
+from vidret.console.native import filter_native_stderr
 
 
 def _add_output_flags(p: argparse.ArgumentParser, default: Any) -> None:
@@ -60,10 +61,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     return parser, handlers
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
+def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
+    """Run the CLI; returns the exit status. ``own_process``: this is the command's process (the console
+    script, a job entrypoint), so fd 2 may be filtered for Ray's native noise (``console/native.py``)."""
     parser, handlers = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if own_process and not verbose_requested(args.debug or args.verbose):
+        filter_native_stderr(RAY_DRIVER_SKIP)
     # before any handler imports ray (they import it lazily): Ray reads its quiet settings at import
     setup_console(args.debug or args.verbose)
     if args.command is None:
@@ -83,4 +87,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def main_entry() -> None:
     """Console-script entry point."""
-    raise SystemExit(main())
+    raise SystemExit(main(own_process=True))

@@ -73,7 +73,8 @@ RAY_FILE_LOGGERS: dict[str, int] = {
 #   JSON output);
 # * Ray's core worker logs at error level, for every restartable actor whose constructor arguments live in
 #   the object store (every Ray Data actor pool; Ray Train's own actors), an advice that a restart *could*
-#   fail: nothing has failed.
+#   fail: nothing has failed. The driver's own core worker writes it to fd 2 directly: ``native.py`` drops
+#   these lines there (in the ``vidret`` command and the job entrypoints).
 RAY_DRIVER_SKIP = (
     "worker processes have been started on node",
     "has constructor arguments in the object store and max_restarts > 0",
