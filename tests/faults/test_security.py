@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from vidret import cli
-from vidret.config import Config, ModelConfig, RunConfig, StorageConfig, dump_yaml, load_config, to_dict
+from vidret.config import Config, ModelConfig, StorageConfig, dump_yaml, load_config, to_dict
 from vidret.eval.report import write_report
 from vidret.model.checkpoint import (
     META_FILE,
@@ -288,53 +288,69 @@ def test_credentials_never_appear_in_errors_logs_output_configs_or_reports(
 
 
 # -- (c) local Ray binds to loopback -----------------------------------------------------------------------
-def _listening(proc: Any) -> list[str]:
-    import psutil
+# Runs in a fresh Python process: the check needs a Ray that ensure_ray starts, and the pytest worker may
+# already hold the session's Ray. Prints one JSON object: what the assertions below look at.
+_LOOPBACK_PROBE = """
+import ipaddress, json
+import ray  # before psutil, which ray vendors (docs/stack-notes.md P16)
+import psutil
+from ray._private import ray_constants
+from vidret.config import RunConfig
+from vidret.runtime import ensure_ray
 
-    conns = (
-        proc.net_connections(kind="inet") if hasattr(proc, "net_connections") else proc.connections("inet")
-    )
+def listening(proc):
+    get = proc.net_connections if hasattr(proc, "net_connections") else proc.connections
+    conns = get(kind="inet")
     return [c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN]
 
-
-def _is_loopback(ip: str) -> bool:
-    import ipaddress
-
+def loopback(ip):
     addr = ipaddress.ip_address(ip)
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return (mapped or addr).is_loopback
+    return (getattr(addr, "ipv4_mapped", None) or addr).is_loopback
+
+cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+ensure_ray(RunConfig(num_cpus=1))
+try:
+    exposed = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            ips = [ip for ip in listening(proc) if not loopback(ip)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if ips:
+            exposed[f"{proc.name()} ({proc.pid})"] = ips
+    out = {
+        "cluster_mode_kept": cluster_mode == ray_constants.ENABLE_RAY_CLUSTER,
+        "node_ip": ray.util.get_node_ip_address(),
+        "node_addresses": [n["NodeManagerAddress"] for n in ray.nodes()],
+        "gcs_address": ray.get_runtime_context().gcs_address,
+        "task_ip": ray.get(ray.remote(ray.util.get_node_ip_address).remote()),
+        "webui": ray._private.worker.global_worker.node.address_info.get("webui_url") or "",
+        "exposed": exposed,
+    }
+finally:
+    ray.shutdown()
+print(json.dumps(out))
+"""
 
 
 @pytest.mark.ray
-def test_local_ray_and_its_dashboard_bind_to_loopback_only(monkeypatch: pytest.MonkeyPatch, faults) -> None:
-    import ray  # noqa: I001 - before psutil, which ray vendors (docs/stack-notes.md P16)
-    import psutil
-    from ray._private import ray_constants
+def test_local_ray_and_its_dashboard_bind_to_loopback_only(faults) -> None:
+    import subprocess
+    import sys
 
-    from vidret.runtime import ensure_ray
-
-    if ray.is_initialized():
-        pytest.skip("a Ray instance is already running in this process; this test must start its own")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "platform"), env.get("PYTHONPATH", "")])
     faults.inject("security", "local Ray started by ensure_ray reachable from the network")
-    ensure_ray(RunConfig(num_cpus=1))
-    try:
-        assert cluster_mode == ray_constants.ENABLE_RAY_CLUSTER, "ensure_ray left Ray's cluster mode changed"
-        assert ray.util.get_node_ip_address() == "127.0.0.1"
-        assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
-        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
-        assert ray.get(ray.remote(ray.util.get_node_ip_address).remote()) == "127.0.0.1"
-        webui = ray._private.worker.global_worker.node.address_info.get("webui_url") or ""
-        assert webui == "" or webui.startswith(("127.0.0.1:", "http://127.0.0.1:")), webui
-        exposed = {}
-        for proc in psutil.Process().children(recursive=True):
-            try:
-                ips = [ip for ip in _listening(proc) if not _is_loopback(ip)]
-                if ips:
-                    exposed[f"{proc.name()} ({proc.pid})"] = ips
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        assert not exposed, f"Ray processes listen beyond loopback: {exposed}"
-    finally:
-        ray.shutdown()
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOOPBACK_PROBE], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cluster_mode_kept"], "ensure_ray left Ray's cluster mode changed"
+    assert out["node_ip"] == "127.0.0.1"
+    assert out["node_addresses"] == ["127.0.0.1"]
+    assert out["gcs_address"].startswith("127.0.0.1:")
+    assert out["task_ip"] == "127.0.0.1"
+    assert out["webui"] == "" or out["webui"].startswith(("127.0.0.1:", "http://127.0.0.1:")), out["webui"]
+    assert not out["exposed"], f"Ray processes listen beyond loopback: {out['exposed']}"
