@@ -18,20 +18,6 @@ TEST_SECRET_ACCESS_KEY = "vidret-test-SECRET-7f3b9c2e41d8"
 TEST_REGION = "us-east-1"
 
 
-# Tests whose every case is a long, independent subprocess: under `make test` (pytest-xdist, --dist loadgroup)
-# each case is its own scheduling unit, so the two workers share them. Every other test file is one unit (its
-# module fixtures are built once, on one worker).
-SPLIT_BY_CASE = {"test_benchmarks_json.py"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give each test its ``xdist_group``: its file, or itself for :data:`SPLIT_BY_CASE`."""
-    for item in items:
-        path = Path(item.path)
-        group = item.nodeid if path.name in SPLIT_BY_CASE else str(path)
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 at a free port for the whole session; yields its endpoint URL.

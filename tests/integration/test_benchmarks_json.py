@@ -6,63 +6,21 @@ have been started ...") used to land on stdout before the object (see ``vidret.c
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-# The smallest mode of each script (read each one's --help): sizes that run in a minute or two on 2 cores.
-QUICK = {
-    "decode.py": ["--n", "4", "--pool", "2", "--bare", "1"],  # --n 2: too few rows for a steady rate
-    "evaluate.py": ["--quick"],
-    "faults.py": ["--path", "tests/faults/test_bad_input.py", "-x", "-q"],
-    "rerank.py": ["--quick"],
-    "scale.py": ["--quick"],
-    "train.py": ["--videos", "16", "--frames", "4", "--batch", "4", "--steps", "1", "--ray-steps", "2"],
-}
-
-
-# Scripts checked elsewhere or that cannot run from a fresh clone, and modules that are not scripts.
-ELSEWHERE = {
-    "gpu.py": "tests/integration/test_gpu_benchmark_smoke.py runs --cpu-smoke and parses its JSON",
-    "search.py": "needs the demo's trained weights (make demo); tests/integration/test_search.py covers it",
-}
-MODULES = {"child.py", "scale_projection.py"}
+from benchmark_helpers import ELSEWHERE, MODULES, OWN_FILE, QUICK, ROOT, check_quick_mode
 
 
 def test_every_benchmark_has_a_quick_mode_here() -> None:
     scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")} - MODULES
     assert sorted(scripts) == sorted({*QUICK, *ELSEWHERE})
+    here = Path(__file__).parent
+    missing = [s for s in OWN_FILE if not (here / f"test_benchmark_{Path(s).stem}_json.py").is_file()]
+    assert missing == [], f"no test file runs these quick modes: {missing}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", sorted(QUICK))
+@pytest.mark.parametrize("script", sorted(set(QUICK) - set(OWN_FILE)))
 def test_benchmark_stdout_is_one_json_object(script: str) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), os.environ.get("PYTHONPATH", "")]),
-    }
-    env.pop("VIDRET_LOG", None)
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *QUICK[script]],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    try:
-        result = json.loads(proc.stdout)
-    except json.JSONDecodeError as err:
-        pytest.fail(
-            f"{script}: stdout is not one JSON object ({err}), exit status {proc.returncode}; stdout was:\n"
-            f"{proc.stdout[:2000]}\nstderr ended with:\n{proc.stderr[-2000:]}"
-        )
-    assert isinstance(result, dict) and result, f"{script}: empty result"
-    assert "worker processes have been started" not in proc.stdout
+    check_quick_mode(script)
