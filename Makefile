@@ -26,11 +26,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check -q platform tests benchmarks jobs
 	$(VENV)/bin/mypy
 
-# Two pytest-xdist workers, a whole test file on one worker (its module fixtures are built once), files with
-# slow tests first (tests/conftest.py); the long benchmark smoke runs have a file each. See "Development" in
-# README.md for the measured wall time.
+# Two pytest-xdist workers, a whole test file on one worker (its module fixtures are built once); the long
+# benchmark smoke runs have a file each. See "Development" in README.md for the measured wall time.
 test: $(STAMP) lint
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

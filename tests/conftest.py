@@ -18,14 +18,6 @@ TEST_SECRET_ACCESS_KEY = "vidret-test-SECRET-7f3b9c2e41d8"
 TEST_REGION = "us-east-1"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files that hold a slow test run first (the order is kept otherwise): under `make test`'s two
-    pytest-xdist workers (``--dist loadfile --no-loadscope-reorder``) the long files start early and the
-    many short ones fill the end, instead of one worker finishing a long file alone."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
-
-
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 at a free port for the whole session; yields its endpoint URL.

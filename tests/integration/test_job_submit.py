@@ -90,7 +90,7 @@ def synth_job(head: LocalRayHead, out_dir: Path) -> tuple[JobRun, Path]:
     ]
     synth = _entrypoint("jobs/synth.py", f"synth.out={corpus}", f"synth.videos={VIDEOS}", *TINY_SYNTH)
     entry = ["sh", "-c", f"{shlex.join(probe)} && {shlex.join(synth)}"]
-    return _submit(head, "synth", entry, timeout_s=120), corpus
+    return _submit(head, "synth", entry, timeout_s=600), corpus
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_train_job_exports_stage1_weights(head: LocalRayHead, run_dir: Path) -> 
         f"train.storage_path={run / 'ray-results'}",
         *TINY_TRAIN,
     )
-    job = _submit(head, "train", entry, timeout_s=120)
+    job = _submit(head, "train", entry, timeout_s=600)
     assert job.status == "SUCCEEDED", job.describe()
     assert job.cli_returncode == 0, job.describe()
     weights = run / "checkpoints" / "discrimination"
@@ -180,7 +180,7 @@ def test_evaluate_job_writes_results(head: LocalRayHead, run_dir: Path) -> None:
     entry = _entrypoint(
         "jobs/evaluate.py", f"run.out={run}", f"data.manifest={run / 'manifest'}", *TINY_TRAIN
     )
-    job = _submit(head, "evaluate", entry, timeout_s=120)
+    job = _submit(head, "evaluate", entry, timeout_s=600)
     assert job.status == "SUCCEEDED", job.describe()
     assert job.cli_returncode == 0, job.describe()
     assert _files(run) - before, f"the evaluation wrote nothing under {run}\n{job.describe()}"
