@@ -273,6 +273,17 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=8, help="distinct clips generated (cycled to 4N files)")
     parser.add_argument("--bare", type=int, default=0, help="videos in the single-core loops (default N)")
     parser.add_argument("--work", default="", help="working folder (default: a temporary one, removed)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        nargs=2,
+        default=(10.0, 15.0),
+        metavar=("MIN", "MAX"),
+        help="clip length range in seconds (MSR-VTT: 10-30 s)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="interleaved runs of each side at 4N (best kept)"
+    )
     args = parser.parse_args()
     from vidret.console.logs import quiet_environment
 
@@ -294,7 +305,7 @@ def main() -> None:
     for i in range(args.pool):
         path = work / "pool" / f"clip{i}.mp4"
         if not path.exists():
-            make_clip(path, seconds=float(rng.uniform(10, 15)), seed=i)
+            make_clip(path, seconds=float(rng.uniform(*args.seconds)), seed=i)
         pool.append(path)
     raw = []
     for i in range(4 * n):
@@ -330,6 +341,8 @@ def main() -> None:
         "decode_concurrency": data.decode_concurrency,
         "decode_cpus": data.decode_cpus,
         "ray_cpus": 2,
+        "clip_seconds": list(args.seconds),
+        "repeats": max(args.repeats, 1),
     }
 
     result["raw_bare_decord"] = one_core(bare_decord, raw[:bare_n])
@@ -371,7 +384,7 @@ def main() -> None:
     result["raw_pipeline_N"] = run_pipeline(raw[:n], data)
     # Other jobs share this machine: each side gets its best of several runs, interleaved in time.
     bare_runs, pipe_runs = [result["raw_bare_decord"]], []
-    for _ in range(2):
+    for _ in range(max(args.repeats, 1)):
         bare_runs.append(one_core(bare_decord, raw[:bare_n]))
         pipe_runs.append(run_pipeline(raw, data))
     result["raw_bare_decord_runs_vps"] = [r["videos_per_s"] for r in bare_runs]

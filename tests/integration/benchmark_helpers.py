@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The smallest mode of each script (read each one's --help): sizes that run in a minute or two on 2 cores.
 QUICK = {
-    "decode.py": ["--n", "4", "--pool", "2", "--bare", "1"],  # --n 2: too few rows for a steady rate
+    # --n 2: too few rows for a steady rate; 3-4 s clips and one repeat: the same code, less work
+    "decode.py": ["--n", "4", "--pool", "2", "--bare", "1", "--seconds", "3", "4", "--repeats", "1"],
     "evaluate.py": ["--quick"],
     "faults.py": ["--path", "tests/faults/test_bad_input.py", "-x", "-q"],
     "rerank.py": ["--quick"],
