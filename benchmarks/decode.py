@@ -285,6 +285,10 @@ def main() -> None:
         "--repeats", type=int, default=2, help="interleaved runs of each side at 4N (best kept)"
     )
     args = parser.parse_args()
+    if not 0 < args.seconds[0] <= args.seconds[1]:
+        parser.error(f"--seconds: expected 0 < MIN <= MAX, got {args.seconds[0]} {args.seconds[1]}")
+    if args.repeats < 1:
+        parser.error(f"--repeats: expected at least 1, got {args.repeats}")
     from vidret.console.logs import quiet_environment
 
     quiet_environment()  # before Ray is imported (it reads its log settings then): stdout stays pure JSON
@@ -342,7 +346,7 @@ def main() -> None:
         "decode_cpus": data.decode_cpus,
         "ray_cpus": 2,
         "clip_seconds": list(args.seconds),
-        "repeats": max(args.repeats, 1),
+        "repeats": args.repeats,
     }
 
     result["raw_bare_decord"] = one_core(bare_decord, raw[:bare_n])
@@ -384,7 +388,7 @@ def main() -> None:
     result["raw_pipeline_N"] = run_pipeline(raw[:n], data)
     # Other jobs share this machine: each side gets its best of several runs, interleaved in time.
     bare_runs, pipe_runs = [result["raw_bare_decord"]], []
-    for _ in range(max(args.repeats, 1)):
+    for _ in range(args.repeats):
         bare_runs.append(one_core(bare_decord, raw[:bare_n]))
         pipe_runs.append(run_pipeline(raw, data))
     result["raw_bare_decord_runs_vps"] = [r["videos_per_s"] for r in bare_runs]

@@ -165,7 +165,7 @@ class _DecodeStage:
         out = decode_rows(batch, self.cfg, self.storage)
         failures = failures_of(out)
         # awaited even without failures: a call still in flight when the driver reads the log (or lost with
-        # this actor) left "seen" short under load (4 of 15 rows, with three test workers on 2 cores)
+        # this actor) left "seen" short under load (11 of 15 rows, with three test workers on 2 cores)
         bad = ray.get(self.log.add.remote(len(out["ok"]), failures))
         if failures and bad > self.budget:  # fail fast: the final fraction can only be higher
             listed = ray.get(self.log.failures.remote())
