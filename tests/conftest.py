@@ -16,6 +16,9 @@ import pytest
 # machine: two concurrent runs of the stage 1 + cache + stage 2 test used 10 % less CPU and wall time; the
 # whole suite's time did not change measurably.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray Train starts a preemption watcher actor per run (a process: ~2 CPU-s on this machine) that polls the
+# cloud provider for spot-instance notices; no test preempts a node, so the tests' runs go without it.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 from vidret.config import StorageConfig
 

@@ -6,6 +6,7 @@ seed)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ("b", corpus.manifest, ["diffusion.t2v_alpha=0.25", "diffusion.v2t_temp=10.0"]),
         ("c", other, []),
     ):
+        if name == "b":  # the same weights and corpus as "a": its feature cache, not another encoder pass
+            shutil.copytree(root / "a" / "features", root / "b" / "features")
         _evaluate(_config(root / name, manifest, *extra), weights)
         out[name] = root / name
     out["root"] = root

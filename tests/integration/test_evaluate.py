@@ -6,8 +6,8 @@ cache shards -> blocked WTI -> diffusion re-ranking (Ray tasks when eval.num_wor
 and report.html. ``train`` is multi-caption (2-5 captions per video, grouped metrics), ``test`` single.
 
 Determinism is checked on the matrices themselves (``evaluate_features`` is wrapped to keep its result), not
-only on the rounded metrics: a re-run, a run on two workers and a run that rebuilds the cache from the videos
-must all give bit-identical stage-1 and re-ranked matrices.
+only on the rounded metrics: a re-run on two workers and a run that rebuilds the cache from the videos must
+both give the first (one-worker) run's stage-1 and re-ranked matrices bit for bit.
 """
 
 from __future__ import annotations
@@ -199,16 +199,17 @@ def test_metrics_json_and_report_hold_stage1_and_reranked_rows(
 
 
 @pytest.mark.slow
-def test_rerun_on_one_and_two_workers_is_bit_identical(first_run: dict[str, Any], corpus: Path) -> None:
+def test_rerun_on_two_workers_is_bit_identical(first_run: dict[str, Any], corpus: Path) -> None:
+    """A re-run of the first (one-worker) evaluation with its re-ranking split over two Ray tasks: the same
+    matrices bit for bit, so a re-run on one worker is covered too (and by the stage-1 test below)."""
     before = _cache_mtimes(corpus / "run")
-    for workers in (1, 2):
-        cfg = _config(corpus, "run", f"eval.num_workers={workers}")
-        summary, results = _evaluate(cfg, first_run["checkpoint"])
-        for split in EVAL_SPLITS:
-            _assert_same_matrices(results[split], first_run["results"][split])
-        assert summary["splits"] == first_run["summary"]["splits"]
-        saved = json.loads((corpus / "run" / "eval" / "generation" / "metrics.json").read_text())
-        assert saved["splits"] == json.loads(json.dumps(first_run["summary"]["splits"]))
+    cfg = _config(corpus, "run", "eval.num_workers=2")
+    summary, results = _evaluate(cfg, first_run["checkpoint"])
+    for split in EVAL_SPLITS:
+        _assert_same_matrices(results[split], first_run["results"][split])
+    assert summary["splits"] == first_run["summary"]["splits"]
+    saved = json.loads((corpus / "run" / "eval" / "generation" / "metrics.json").read_text())
+    assert saved["splits"] == json.loads(json.dumps(first_run["summary"]["splits"]))
     assert _cache_mtimes(corpus / "run") == before, "the cache was rebuilt instead of reused"
 
 

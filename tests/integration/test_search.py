@@ -63,6 +63,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from vidret.data.annotations.manifest import write_manifest
     from vidret.model.build import encoder_key
     from vidret.model.checkpoint import save_state
+    from vidret.train import trainer
     from vidret.train.trainer import run_training
 
     out = tmp_path_factory.mktemp("search")
@@ -84,7 +85,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         steps=steps,
         batch=16,
     )
-    run_training(cfg)
+    with pytest.MonkeyPatch.context() as mp:  # the service indexes the videos itself: no feature cache
+        mp.setattr(trainer, "build_feature_cache", lambda *args, **kwargs: {})
+        run_training(cfg)
     state = final_checkpoint(cfg, "discrimination")["model"]
     weights = str(out / "weights")
     payload = {"selected": state, "key": encoder_key(state), "stage": "generation", "step": steps, "best": {}}
