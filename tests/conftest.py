@@ -26,6 +26,7 @@ TEST_ACCESS_KEY_ID = "testing-key-id"
 # Distinctive, so a test can assert that it never leaks into logs, errors, repr or pickles.
 TEST_SECRET_ACCESS_KEY = "vidret-test-SECRET-7f3b9c2e41d8"
 TEST_REGION = "us-east-1"
+RAY_OBJECT_STORE_BYTES = 256 << 20
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +62,50 @@ def moto_server() -> Iterator[str]:
         finally:
             server.stop()
             werkzeug_log.setLevel(old_level)
+
+
+# Ray Train's controller checks on its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s), and
+# ray.train.report waits for that check to collect the previous report: the training tests shorten it.
+TRAIN_HEALTH_CHECK_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+
+
+@pytest.fixture(scope="session")
+def ray_session(moto_server: str) -> Iterator[None]:
+    """One local 2-CPU Ray instance per test process, started at its first use and shared by every module that
+    runs Ray in-process (no dashboard, no progress bars, worker logs kept off the driver).
+
+    Started after moto, so Ray's worker processes inherit its test credentials. ``address="local"`` never
+    attaches to a stale cluster (docs/stack-notes.md P15). Modules used to start and stop their own: each
+    start costs the Ray daemons, a pool of workers and Ray Data's own actors again (docs/stack-notes.md P19).
+    """
+    import ray
+
+    if ray.is_initialized():  # started by another fixture or plugin: share it
+        yield
+        return
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=RAY_OBJECT_STORE_BYTES,
+        log_to_driver=False,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_train(ray_session: None) -> Iterator[None]:
+    """The session's Ray, with Ray Train's health check every 0.25 s for this module's runs (the controller
+    reads it from the driver's environment when a run starts), so a killed worker is noticed at once and
+    reports do not wait on the 2 s default."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in TRAIN_HEALTH_CHECK_ENV.items():
+            mp.setenv(name, value)
+        yield
 
 
 @pytest.fixture

@@ -118,15 +118,6 @@ def proxied_bucket(s3_bucket: tuple[StorageConfig, str], fault_proxy: FaultProxy
 
 # -- Ray -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def fault_ray(moto_server: str) -> Iterator[None]:
-    """One local 2-CPU Ray instance for the module (started after moto: workers inherit its credentials)."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    from train_helpers import local_ray
-
-    with local_ray(object_store_memory=256 << 20):
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        yield
+def fault_ray(ray_train: None) -> None:
+    """The session's local 2-CPU Ray (started after moto: workers inherit its credentials), with the fast
+    Ray Train health check (tests/conftest.py)."""

@@ -1,14 +1,11 @@
-"""Integration fixtures: one local Ray instance for the whole session, and a small generated corpus.
+"""Integration fixtures: the session's local Ray instance, and a small generated corpus.
 
 Ray start-up costs 3-7 s and the first Ray Data batch ~10 s on 2 cores (docs/stack-notes.md P19), so every
-integration test shares one instance. ``address="local"`` never attaches to a stale cluster
-(docs/stack-notes.md P15). The moto
-server starts first so Ray's worker processes inherit its test credentials from the environment.
+test of a test process shares one instance (``ray_session`` in tests/conftest.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,30 +14,12 @@ import pytest
 from vidret.config import SynthConfig
 from vidret.storage import Storage
 
-OBJECT_STORE_BYTES = 256 << 20
 SPLITS = ("train", "val", "test", "ood")
 
 
 @pytest.fixture(scope="session")
-def ray_local(moto_server: str) -> Iterator[None]:
-    """A local 2-CPU Ray instance for the session (no dashboard, no progress bars)."""
-    import ray
-
-    if ray.is_initialized():  # started by another fixture or plugin: share it
-        yield
-        return
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=OBJECT_STORE_BYTES,
-        log_to_driver=False,
-    )
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        yield
-    finally:
-        ray.shutdown()
+def ray_local(ray_session: None) -> None:
+    """The session's local 2-CPU Ray instance (``ray_session`` in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@
   after a checkpoint: stage 2 in tests/faults/test_worker_loss.py; stage 1, with its decode actors, by the
   node kill of tests/integration/test_multinode.py, under the same rule.)
 
-One Ray instance (2 logical CPUs) and one corpus for the module; the uninterrupted 1-worker runs of both
-stages
-(``baseline``) are the reference of every comparison. The controller's poll interval is shortened so that
-``ray.train.report`` (which waits for the previous report to be collected) does not dominate the runtime.
+The session's Ray instance (2 logical CPUs) and one corpus for the module; the uninterrupted 1-worker runs of
+both stages (``baseline``) are the reference of every comparison. The controller's poll interval is shortened
+(``ray_train`` in tests/conftest.py) so that ``ray.train.report`` (which waits for the previous report to be
+collected) does not dominate the runtime.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,6 @@ from train_helpers import (
     changed_keys,
     exported,
     final_checkpoint,
-    local_ray,
     make_corpus,
     max_abs_diff,
     read_scalars,
@@ -67,19 +65,12 @@ RESUME_TOL = {"loss_rtol": 0.0, "update_rtol": 0.0, "max_abs": 0.0}
 
 
 @pytest.fixture(scope="module")
-def train_ray() -> Iterator[None]:
-    """This module's local Ray (2 logical CPUs), or the session's when one is already running."""
+def train_ray(ray_train: None) -> None:
+    """The session's Ray (2 logical CPUs) with the fast Train health check (tests/conftest.py)."""
     import ray
 
-    if ray.is_initialized():
-        if ray.cluster_resources().get("CPU", 0) < 2:
-            pytest.skip(
-                "the running Ray instance has fewer than 2 CPUs: 2 workers + decode actors do not fit"
-            )
-        yield
-        return
-    with local_ray():
-        yield
+    if ray.cluster_resources().get("CPU", 0) < 2:
+        pytest.skip("the running Ray instance has fewer than 2 CPUs: 2 workers + decode actors do not fit")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +25,8 @@ NUM_VIDEOS = 8
 
 
 @pytest.fixture(scope="module")
-def tune_ray() -> Iterator[None]:
-    """A local 2-CPU Ray instance for this module (shared when a session fixture already started one)."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+def tune_ray(ray_session: None) -> None:
+    """The session's local 2-CPU Ray instance (tests/conftest.py)."""
 
 
 def _config(tmp_path: Path, *overrides: str) -> Config:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -26,23 +24,8 @@ from vidret.watchdog import (  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A private one-CPU local Ray (its own temp dir, no dashboard); shares one already running."""
-    if ray.is_initialized():
-        yield
-        return
-    temp = Path("/tmp") / f"vr-wd-{tmp_path_factory.getbasetemp().name}"  # short: Ray's socket paths
-    ray.init(
-        address="local",
-        num_cpus=1,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=str(temp),
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
+def local_ray(ray_session: None) -> None:
+    """The session's local 2-CPU Ray instance (tests/conftest.py)."""
 
 
 @ray.remote

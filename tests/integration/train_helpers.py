@@ -2,17 +2,16 @@
 manifests, a small training config, per-step scalars from the TensorBoard event files, exported weights, and
 the Ray Train worker processes of this driver's local Ray instance (to SIGKILL one).
 
-Nothing here starts Ray; the tests' module fixture and the benchmark do.
+Nothing here starts Ray: the tests' session fixture (tests/conftest.py) and the benchmark do.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,24 +217,6 @@ def ray_pids(marker: str) -> list[int]:
 def train_worker_pids() -> list[int]:
     """PIDs of this driver's live Ray Train worker processes."""
     return ray_pids(TRAIN_WORKER_CLASS)
-
-
-@contextlib.contextmanager
-def local_ray(**init_kwargs: Any) -> Iterator[None]:
-    """A local 2-CPU Ray instance (no dashboard, worker logs kept off the driver) with Ray Train's worker
-    health check every 0.25 s, so a killed worker is noticed at once; restores the environment after."""
-    ray = importlib.import_module("ray")
-    old = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.25"  # inherited by the Train controller actor
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, **init_kwargs)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
-        else:
-            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = old
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float, poll_s: float = 0.02) -> bool:
