@@ -7,9 +7,8 @@ every
   the video pass: the feature cache is complete, every video and caption once, equal to an uninterrupted
   run's;
 * (c) a Ray Train worker dies during stage 2 (generation): the run resumes from its last checkpoint and ends
-  with the step count and weights of an uninterrupted run, bit-identical. Stage 1 is killed (a whole worker
-  node: its Ray Train worker and decode actor) by the node-kill test of
-  ``tests/integration/test_multinode.py``, under the same rule.
+  with the step count and weights of an uninterrupted run, bit-identical as in the stage-1 kill test
+  (``tests/integration/test_train.py::test_worker_sigkill_resumes_from_checkpoint``, not repeated here).
 
 The kills of (a) and (b) are placed, not raced: the videos are read from moto S3 through the fault proxy,
 whose policy holds the first GET of one video until the victim is dead. The pass is then provably half done,

@@ -2,10 +2,8 @@
 
 * the two stages produce exported weights, a complete feature cache and per-step metrics;
 * 1 vs 2 workers: same seed and global batch give the same loss curve and weights, within a tolerance;
-* the DRIVER killed with SIGKILL after a stage-2 checkpoint and the job re-run with the same run.out: it
-  resumes from that checkpoint and ends with the weights of the uninterrupted run. (A Ray Train worker killed
-  after a checkpoint: stage 2 in tests/faults/test_worker_loss.py; stage 1, with its decode actors, by the
-  node kill of tests/integration/test_multinode.py, under the same rule.)
+* a Ray Train worker killed with SIGKILL after a checkpoint: the run resumes from it and ends with the weights
+  of the uninterrupted run; the same after the DRIVER is killed and the job is re-run with the same run.out.
 
 The session's Ray instance (2 logical CPUs) and one corpus for the module; the uninterrupted 1-worker runs of
 both stages (``baseline``) are the reference of every comparison. The controller's poll interval is shortened
@@ -293,6 +291,18 @@ def _assert_resumed(cfg: Config, ref: Config, stage: str, at_step: int, total: i
     )
     w_ref, w = exported(ref, stage)["selected"], exported(cfg, stage)["selected"]
     assert all(torch.equal(w_ref[k], w[k]) for k in w_ref), "exported weights differ"
+
+
+def test_worker_sigkill_resumes_from_checkpoint(
+    baseline: Baseline, corpus: Corpus, tmp_path: Path, no_cache: None
+) -> None:
+    cfg = _stage1(tmp_path, corpus, "kill")
+    killer = _Killer(cfg, "discrimination", train_worker_pids)
+    killer.start()
+    trainer.run_training(cfg)  # max_failures=1: the controller restarts the worker group once
+    killer.join(timeout=5)
+    assert killer.killed, "no Ray Train worker was found to kill (did the run register no checkpoint?)"
+    _assert_resumed(cfg, baseline.stage1, "discrimination", killer.at_step, STAGE1_STEPS)
 
 
 def test_job_rerun_after_driver_kill_resumes(baseline: Baseline, corpus: Corpus, tmp_path: Path) -> None:
