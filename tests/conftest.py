@@ -64,11 +64,6 @@ def moto_server() -> Iterator[str]:
             werkzeug_log.setLevel(old_level)
 
 
-# Ray Train's controller checks on its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s), and
-# ray.train.report waits for that check to collect the previous report: the training tests shorten it.
-TRAIN_HEALTH_CHECK_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
-
-
 @pytest.fixture(scope="session")
 def ray_session(moto_server: str) -> Iterator[None]:
     """One local 2-CPU Ray instance per test process, started at its first use and shared by every module that
@@ -103,8 +98,8 @@ def ray_train(ray_session: None) -> Iterator[None]:
     reads it from the driver's environment when a run starts), so a killed worker is noticed at once and
     reports do not wait on the 2 s default."""
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in TRAIN_HEALTH_CHECK_ENV.items():
-            mp.setenv(name, value)
+        # ray.train.report waits for the controller's health check to collect the previous report
+        mp.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
         yield
 
 

@@ -114,10 +114,3 @@ def proxied_bucket(s3_bucket: tuple[StorageConfig, str], fault_proxy: FaultProxy
         endpoint_url=fault_proxy.url, region=direct.region, max_retries=2, retry_backoff_s=0.02
     )
     return ProxiedBucket(storage=via_proxy, direct=direct, root=root, proxy=fault_proxy)
-
-
-# -- Ray -------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def fault_ray(ray_train: None) -> None:
-    """The session's local 2-CPU Ray (started after moto: workers inherit its credentials), with the fast
-    Ray Train health check (tests/conftest.py)."""

@@ -148,7 +148,7 @@ def _config(m: MixedCorpus, out: str, max_bad_fraction: float, *overrides: str) 
 
 # -------------------------------------------------------------------------------------------------- check
 @pytest.fixture(scope="module")
-def checked(fault_ray: None, mixed: MixedCorpus) -> dict:
+def checked(ray_train: None, mixed: MixedCorpus) -> dict:
     """``vidret check`` of the mixed manifest, one bad video over the budget; its summary as written."""
     out = str(mixed.root / "check.json")
     summary = run_check(
@@ -199,7 +199,7 @@ def _cache_uri(cfg: Config, w: Weights) -> str:
 
 
 def test_evaluation_skips_and_lists_bad_videos_in_its_summary(
-    fault_ray: None, mixed: MixedCorpus, weights: Weights, faults
+    ray_train: None, mixed: MixedCorpus, weights: Weights, faults
 ) -> None:
     faults.inject(
         "bad_corpus", f"evaluation over {mixed.total} videos, {len(mixed.bad)} bad, within the budget"
@@ -224,7 +224,7 @@ def test_evaluation_skips_and_lists_bad_videos_in_its_summary(
 
 
 def test_evaluation_above_the_budget_fails_listing_them(
-    fault_ray: None, mixed: MixedCorpus, weights: Weights, faults
+    ray_train: None, mixed: MixedCorpus, weights: Weights, faults
 ) -> None:
     faults.inject(
         "bad_corpus", f"evaluation over {mixed.total} videos, {len(mixed.bad)} bad, one over the budget"

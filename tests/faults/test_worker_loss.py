@@ -158,7 +158,7 @@ def _lost(ids: list[int], expected: int) -> tuple[int, int]:
 # -------------------------------------------------------------------------------------------------- (a)
 @pytest.mark.s3
 def test_decode_actor_sigkill_mid_task_every_video_once(
-    fault_ray: None, corpus: Corpus, proxied_bucket: ProxiedBucket, faults
+    ray_train: None, corpus: Corpus, proxied_bucket: ProxiedBucket, faults
 ) -> None:
     pb, storage = proxied_bucket, Storage(proxied_bucket.storage)
     rows = load_split(_to_s3(pb, corpus), "train", storage, pairs=False)
@@ -208,7 +208,7 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def reference(fault_ray: None, corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Reference:
+def reference(ray_train: None, corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Reference:
     """An uninterrupted evaluation of random stage-1 weights: the features of train and val."""
     root = tmp_path_factory.mktemp("worker-loss-ref")
     cfg = _eval_config(root / "ref", corpus)

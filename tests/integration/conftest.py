@@ -18,11 +18,6 @@ SPLITS = ("train", "val", "test", "ood")
 
 
 @pytest.fixture(scope="session")
-def ray_local(ray_session: None) -> None:
-    """The session's local 2-CPU Ray instance (``ray_session`` in tests/conftest.py)."""
-
-
-@pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """12 generated videos (32x32, 1 s at 8 fps) and one manifest holding all of them as split ``all``.
 

@@ -23,7 +23,7 @@ from vidret.data.executors import run_prepare
 from vidret.data.synthetic.activitynet import frame_size, generate_activitynet
 from vidret.storage import Storage, join
 
-pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.ray, pytest.mark.slow]
 
 VIDEOS, SECONDS, FPS, SHORT_SIDE = 5, 60.0, 30, 360
 SPLITS = {"train": 3, "val": 2}  # the reader's "val" is val_1.json

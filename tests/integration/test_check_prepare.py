@@ -18,7 +18,7 @@ from vidret.data.executors import run_check, run_prepare
 from vidret.data.video import decode_video, probe
 from vidret.storage import Storage, join
 
-pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.ray]
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.ray]
 
 DATA = DataConfig(size=32, max_frames=4, decoder="pyav", rows_per_block=2)
 

@@ -18,7 +18,7 @@ from vidret import cli
 from vidret.config import Config, load_config
 from vidret.storage import Storage
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 
 def _config(out: Path, manifest: Path, *overrides: str) -> Config:

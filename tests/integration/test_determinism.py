@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from train_helpers import make_corpus, small_config
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 
 def _pipeline(out: Path, manifest: Path) -> Path:

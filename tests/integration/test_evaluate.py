@@ -25,7 +25,7 @@ import torch
 from vidret.config import Config, SynthConfig, load_config
 from vidret.storage import Storage, join
 
-pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_local")]
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 
 SPLITS = ("train", "val", "test", "ood")
 EVAL_SPLITS = ("train", "test")  # the first one is the report's

@@ -21,7 +21,7 @@ from vidret.data.tokenizer import ClipTokenizer
 from vidret.data.video import decode_with_config
 from vidret.storage import Storage, join
 
-pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.ray]
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.ray]
 
 CFG = DataConfig(
     size=32,

@@ -41,7 +41,7 @@ from vidret.config import Config, load_config, replace
 from vidret.data.annotations.manifest import read_manifest
 from vidret.storage import Storage
 
-pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 ENSURE_CHROMIUM = Path(__file__).resolve().parents[1] / "tools" / "ensure_chromium.sh"
 SPLITS = ("train", "val", "test", "ood")

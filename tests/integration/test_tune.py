@@ -24,11 +24,6 @@ pytestmark = pytest.mark.ray
 NUM_VIDEOS = 8
 
 
-@pytest.fixture(scope="module")
-def tune_ray(ray_session: None) -> None:
-    """The session's local 2-CPU Ray instance (tests/conftest.py)."""
-
-
 def _config(tmp_path: Path, *overrides: str) -> Config:
     return load_config(
         None,
@@ -127,7 +122,7 @@ def _read_csv(storage: Storage, uri: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(storage.read_text(uri))))
 
 
-def test_inference_sweep_selects_on_validation(tune_ray: None, tmp_path: Path) -> None:
+def test_inference_sweep_selects_on_validation(ray_session: None, tmp_path: Path) -> None:
     from vidret.features.scoring import evaluate_features
     from vidret.features.store import load_split
     from vidret.layout import cache_root
@@ -186,7 +181,7 @@ def test_inference_sweep_selects_on_validation(tune_ray: None, tmp_path: Path) -
     assert sorted(p.name for p in Path(cache_root(cfg, key)).iterdir()) == [cfg.data.val_split]
 
 
-def test_inference_sweep_refuses_stage1_weights_and_val_as_test(tune_ray: None, tmp_path: Path) -> None:
+def test_inference_sweep_refuses_stage1_weights_and_val_as_test(ray_session: None, tmp_path: Path) -> None:
     from vidret.layout import stage_uri
     from vidret.tune.sweep import run_tune
 
@@ -200,7 +195,7 @@ def test_inference_sweep_refuses_stage1_weights_and_val_as_test(tune_ray: None, 
 
 
 @pytest.mark.slow
-def test_training_sweep_runs_stage2_per_learning_rate(tune_ray: None, tmp_path: Path) -> None:
+def test_training_sweep_runs_stage2_per_learning_rate(ray_session: None, tmp_path: Path) -> None:
     from vidret.train.trainer import run_training
     from vidret.tune.space import trial_out
     from vidret.tune.sweep import run_tune

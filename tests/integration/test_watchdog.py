@@ -23,11 +23,6 @@ from vidret.watchdog import (  # noqa: E402
 )
 
 
-@pytest.fixture(scope="module")
-def local_ray(ray_session: None) -> None:
-    """The session's local 2-CPU Ray instance (tests/conftest.py)."""
-
-
 @ray.remote
 class Probe:
     def ping(self) -> int:
@@ -35,7 +30,7 @@ class Probe:
 
 
 def test_an_impossible_actor_ends_the_job_with_the_watchdog_error(
-    local_ray: None, request: pytest.FixtureRequest
+    ray_session: None, request: pytest.FixtureRequest
 ) -> None:
     # the watchdog interrupts the main thread like Ctrl-C: a SIGINT handler left behind by an earlier Ray
     # Train run in this process would swallow it (the product's jobs then exit via hard_exit_after_s)
@@ -61,8 +56,8 @@ def test_an_impossible_actor_ends_the_job_with_the_watchdog_error(
     ray.kill(excluded)
 
 
-def test_the_cluster_description_and_the_bounded_wait(local_ray: None) -> None:
-    # the module's own one-CPU Ray, or the session's (2 CPUs) when another module started it first
+def test_the_cluster_description_and_the_bounded_wait(ray_session: None) -> None:
+    # the session's Ray: 2 CPUs on one node
     have = ray.cluster_resources()["CPU"]
     cluster = describe_cluster(RunConfig(autoscale_max_cpus=4))
     (node,) = cluster.nodes
@@ -82,7 +77,7 @@ def test_the_cluster_description_and_the_bounded_wait(local_ray: None) -> None:
 
 
 def test_pending_work_reads_the_gcs_when_the_state_api_does_not_answer(
-    local_ray: None, monkeypatch: pytest.MonkeyPatch
+    ray_session: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import vidret.watchdog as wd
 
