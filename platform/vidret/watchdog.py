@@ -49,6 +49,9 @@ class PendingTimeoutError(RuntimeError):
     """Ray work stayed pending past the watchdog's limit; the message names it and what it asked for."""
 
 
+_REINTERRUPT_S = 5.0  # after the first interrupt, the main thread is interrupted again this often
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -249,13 +252,19 @@ class PendingWatchdog:
                 return
 
     def _hard_exit_later(self) -> None:
-        if self.hard_exit_after_s is None:
-            return
-        if not self._stop.wait(self.hard_exit_after_s):
-            _log(
-                f"[watchdog] the job did not stop within {self.hard_exit_after_s:g} s; exiting: {self.error}"
-            )
-            os._exit(1)
+        """Interrupt the main thread again every few seconds (one interrupt can land where a library catches
+        it, once seen on a loaded 2-core machine); exit after ``hard_exit_after_s``, last line naming the
+        error as an uncaught exception's traceback would."""
+        deadline = None if self.hard_exit_after_s is None else time.monotonic() + self.hard_exit_after_s
+        while deadline is None or time.monotonic() < deadline:
+            wait = _REINTERRUPT_S if deadline is None else min(_REINTERRUPT_S, deadline - time.monotonic())
+            if self._stop.wait(max(wait, 0.0)):
+                return
+            _thread.interrupt_main()
+        _log(f"[watchdog] the job did not stop within {self.hard_exit_after_s:g} s; exiting")
+        err = self.error
+        _log(f"{type(err).__module__}.{type(err).__name__}: {err}")
+        os._exit(1)
 
 
 def watching(run: RunConfig) -> AbstractContextManager[Any]:
