@@ -4,7 +4,7 @@ Compares, on MSR-VTT-like "raw" clips (320x240, 30 fps, 10-15 s H.264, generated
 same clips after `vidret prepare` (short side 224, 3 fps, 1 s GOP), sampling data.framerate=1 and
 data.max_frames=12 at data.size=224:
 
-  (a) the Ray Data pipeline (vidret.data.pipeline.build_dataset: decode tasks, tokenised captions),
+  (a) the Ray Data pipeline (vidret.data.pipeline.build_dataset: decode actors, tokenised captions),
   (b) a bare sequential decord loop on one core doing the same sampling and resize/crop,
   (c) the upstream's OpenCV loop on one core: seek (CAP_PROP_POS_FRAMES) to the first frame of every
       second, read, PIL bicubic short-side resize + centre crop, then uniform subsampling to 12 frames

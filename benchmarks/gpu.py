@@ -250,7 +250,7 @@ def stage1_end_to_end(cfg: Config, sz: Sizes, device: torch.device, model: Any, 
         for batch in iter_numpy_batches(ds, sz.batch, drop_last=True):
             step({k: torch.from_numpy(np.asarray(batch[k])).to(device, non_blocking=True) for k in keys})
             done += 1
-            if done == sz.warmup:  # the first batches wait for the decode tasks to start
+            if done == sz.warmup:  # the first batches wait for the decode actors to start
                 _sync(device)
                 t0, samples = time.perf_counter(), 0
             elif done > sz.warmup:
@@ -261,7 +261,7 @@ def stage1_end_to_end(cfg: Config, sz: Sizes, device: torch.device, model: Any, 
         "samples_per_s": round(samples / secs, 1) if samples else None,
         "timed_samples": samples,
         "corpus_and_prepare_s": round(setup_s, 1),
-        "decode_tasks_at_a_time": cfg.data.decode_concurrency,
+        "decode_actors": cfg.data.decode_concurrency,
         **util.summary(),
     }
 

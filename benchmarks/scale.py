@@ -277,7 +277,7 @@ def streaming_rss(prepared: list[Path], base_rows: int, root: Path) -> dict[str,
         "pss_growth_16x": growth("peak_pss_mb", "16x"),
         "what": (
             "rss_growth: peak of the summed resident anonymous memory (RssAnon: each process's heap) of the "
-            "driver and every Ray process below it (raylet, workers, decode tasks), sampled every 0.25 s, "
+            "driver and every Ray process below it (raylet, workers, decode actors), sampled every 0.25 s, "
             "16x (4x) rows over 1x rows. USS and PSS also hold the object store's arena: a fixed-size "
             "shared-memory file whose touched pages stay resident after their objects are freed (USS counts "
             "such a page as private while one process alone maps it), so that part climbs towards "
@@ -285,9 +285,8 @@ def streaming_rss(prepared: list[Path], base_rows: int, root: Path) -> dict[str,
             "the rows (peak_store_shmem_mb: the most of it one process had resident). A fresh local Ray (2 "
             "CPUs) per "
             "size, its processes started with allocator_env; rows of 64 frames at 224 px from prepared "
-            "~2-minute videos, 2 decode tasks at a time, read in batches of 4. 1x is long enough (16 "
-            "batches) for the driver's batch iterator and both decode processes to reach their steady "
-            "working set: a shorter base "
+            "~2-minute videos, 2 decode actors, read in batches of 4. 1x is long enough (16 batches) for "
+            "the driver's batch iterator and both actors to reach their steady working set: a shorter base "
             "ends during warm-up, and the ratio would measure warm-up, not growth with the rows"
         ),
     }

@@ -9,7 +9,7 @@ In-process part (no Ray, one thread, the real model / loss / optimizer code of `
 
 * ``stage1``: decode a batch of videos (PyAV, one core), then one stage-1 step (forward, contrastive loss,
   backward, AdamW, EMA). ``samples_per_s`` counts both serially; ``step_only_samples_per_s`` assumes decoding
-  fully overlapped on other cores (what the Ray Data decode tasks aim at).
+  fully overlapped on other cores (what the Ray Data decode actors aim at).
 * ``stage2_cached``: one stage-2 step (hard negatives, both denoisers, backward, AdamW) on features already in
   memory, as the loop does when it reads the feature cache.
 * ``stage2_decoding``: what the upstream does for every stage-2 step: decode the batch, run the frozen
@@ -20,7 +20,7 @@ In-process part (no Ray, one thread, the real model / loss / optimizer code of `
 Ray part (a local Ray with 2 logical CPUs): stage 1 through ``run_training`` with 1 and then 2 workers and the
 same global batch; the time per global step is the median gap between consecutive steps' TensorBoard events
 (no reports or checkpoints in between, first step excluded). ``two_workers_overhead`` = 2-worker / 1-worker
-time per step (< 1: the second worker helps; on 2 shared cores it also competes with the decode tasks).
+time per step (< 1: the second worker helps; on 2 shared cores it also competes with the decode actors).
 Times are wall clock on a possibly shared machine: compare runs made in one invocation only.
 """
 

@@ -5,8 +5,8 @@ tuning, the search index). A job that cannot fit the cluster fails here with one
 and the knobs (:class:`~vidret.planning.PlanError`, a ``ValueError``), before any actor or placement group
 exists; where an autoscaler may add nodes (``run.autoscale_max_cpus``/``_gpus``) it waits for them, bounded
 by ``run.autoscale_wait_s``. :func:`planned` applies the plan to the config (the decode pools' size under
-``data.decode_actors: auto``). Keeping zero-resource actors and tasks off the head is done where they are
-created (:mod:`vidret.data.pipeline`), and pending work is bounded by :func:`vidret.watchdog.watching`.
+``data.decode_actors: auto``). Keeping zero-resource actors off the head is done where they are created
+(:mod:`vidret.data.pipeline`), and pending work is bounded by :func:`vidret.watchdog.watching`.
 """
 
 from __future__ import annotations
@@ -110,9 +110,9 @@ def _summary(plan: Plan, cluster: Cluster) -> str:
 
 
 def planned(cfg: Config, plan: Plan) -> Config:
-    """``cfg`` as the plan runs it: each decode pool of ``plan.decode_tasks`` tasks at a time (smaller than
+    """``cfg`` as the plan runs it: each decode pool of ``plan.decode_actors`` actors (smaller than
     ``data.decode_concurrency`` only under ``data.decode_actors: auto``)."""
-    if plan.decode_tasks < 1 or plan.decode_tasks == cfg.data.decode_concurrency:
+    if plan.decode_actors < 1 or plan.decode_actors == cfg.data.decode_concurrency:
         return cfg
-    data = replace(cfg.data, decode_concurrency=plan.decode_tasks)
+    data = replace(cfg.data, decode_concurrency=plan.decode_actors)
     return replace(cfg, data=data)

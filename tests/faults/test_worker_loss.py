@@ -1,8 +1,8 @@
 """Worker loss on a real local Ray: one process of each Ray stage is SIGKILLed and nothing is lost.
 
-* (a) the Ray worker process running a decode task of the Ray Data pipeline dies inside it: Ray retries
-  the task in another process; every video comes out exactly once, with the frames of an undisturbed
-  decode;
+* (a) the decode actor of the Ray Data pipeline dies inside a task: Ray restarts it and retries the task;
+every
+  video comes out exactly once, with the frames of an undisturbed decode;
 * (b) the encoder actor of the evaluation's feature encoding (Ray Data batch inference) dies half-way through
   the video pass: the feature cache is complete, every video and caption once, equal to an uninterrupted
   run's;
@@ -12,7 +12,7 @@
 
 The kills of (a) and (b) are placed, not raced: the videos are read from moto S3 through the fault proxy,
 whose policy holds the first GET of one video until the victim is dead. The pass is then provably half done,
-and in (a) the decode task is blocked inside its read.
+and in (a) the decode actor is blocked inside its task.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ from vidret.train import trainer
 
 pytestmark = pytest.mark.ray
 
-DECODE_TASK = "MapBatches(_DecodeStage)"  # in the process title of a Ray worker running a decode task
-ENCODER_ACTOR = "MapBatches(_Encoder)"  # ... and of Ray Data's encoder actors
+DECODE_ACTOR = "MapBatches(_DecodeStage)"  # in the process title of Ray Data's map actors
+ENCODER_ACTOR = "MapBatches(_Encoder)"
 HELD = 6  # the video whose first read is held: the 7th of the train split, half-way through the pass
 EVAL_SPLITS = ("train", "val")  # what stage 2 needs (data.test_split=val)
 STAGE2_STEPS = 8
@@ -157,7 +157,7 @@ def _lost(ids: list[int], expected: int) -> tuple[int, int]:
 
 # -------------------------------------------------------------------------------------------------- (a)
 @pytest.mark.s3
-def test_decode_worker_sigkill_mid_task_every_video_once(
+def test_decode_actor_sigkill_mid_task_every_video_once(
     ray_train: None, corpus: Corpus, proxied_bucket: ProxiedBucket, faults
 ) -> None:
     pb, storage = proxied_bucket, Storage(proxied_bucket.storage)
@@ -165,18 +165,18 @@ def test_decode_worker_sigkill_mid_task_every_video_once(
     uris = rows.table.column("video_uri").to_pylist()
     held = uris[HELD].rsplit("/", 1)[-1]
     hold = pb.proxy.policy = _Hold(held)
-    killer = _KillWhileHeld(hold, DECODE_TASK)
+    killer = _KillWhileHeld(hold, DECODE_ACTOR)
     ds, log = build_dataset(rows, DATA, storage, tokenize=False)
-    faults.inject("worker_loss", "SIGKILL the Ray worker running a decode task (its S3 read held)")
+    faults.inject("worker_loss", "SIGKILL the Ray Data decode actor inside a task (its S3 read held)")
     killer.start()
     batches = list(iter_numpy_batches(ds, 2, log=log, total=rows.num_videos, cfg=DATA))
     killer.join(timeout=30)
-    assert killer.killed, "no process running a decode task was found to kill"
+    assert killer.killed, "no decode actor was found to kill"
     got = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     missing, duplicated = _lost(got["video_index"].tolist(), rows.num_videos)
     faults.loss(rows_lost=missing + duplicated)
     assert (missing, duplicated) == (0, 0), got["video_index"].tolist()
-    # the task that was in flight ran again in another process: the held video was read twice
+    # the task that was in flight ran again on the restarted actor: the held video was read twice
     assert pb.proxy.count("GET", held) >= 2
     order = np.argsort(got["video_index"])
     local = read_manifest(str(corpus.manifest / "train.parquet"), Storage()).column("video_uri").to_pylist()

@@ -14,14 +14,12 @@ feature cache and evaluation output all live in one S3 bucket; no job is given a
 * resource planning (``vidret.startup.start_job``): stage 1 at the default sizing fails within seconds with
   one line naming the shortfall and the knobs, before any actor exists; a multi-node job with a local
   ``run.out`` is refused (unless ``storage.shared_filesystem``); the pending watchdog ends a job whose actor
-  cannot be placed; no actor and no decode task of any job runs on the head (the actor and task tables say
-  where each one ran).
+  cannot be placed; no actor of any job runs on the head (the actor table says where each one ran).
 
-Sizing (2 CPUs in all): Train workers at 0.8 CPU and decode tasks at 0.125 CPU, with
-``data.decode_actors=auto`` shrinking each pool from 2 tasks at a time to 1 so that stage 1 fits (and saying
-so). The default (1 CPU per Train worker plus two 0.5-CPU decode tasks per pipeline) needs 4 CPUs: without
-the plan its decode work (actors then) stayed pending forever on two 1-CPU nodes; with it the job fails
-before it starts.
+Sizing (2 CPUs in all): Train workers at 0.8 CPU and decode actors at 0.125 CPU, with
+``data.decode_actors=auto`` shrinking each pool from 2 actors to 1 so that stage 1 fits (and saying so). The
+default (1 CPU per Train worker plus two 0.5-CPU decode actors per pipeline) needs 4 CPUs: without the plan
+its decode actors stayed pending forever on two 1-CPU nodes; with it the job fails before it starts.
 Wall time of the module on the shared 2-core machine: 349 s (stage 1 154 s, stage 2 39 s, evaluation 20 s,
 the node-kill run 107 s, cluster start and teardown the rest); about 3x that when the machine is saturated.
 """
@@ -61,7 +59,6 @@ VIDEOS = 40  # 32 train / 2 val / 4 test / 2 ood
 STEPS = 8
 TRAIN_WORKER = "RayTrainWorker"
 RERANK_TASK = "_rerank_task"
-DECODE_TASK = "MapBatches(_DecodeStage)"  # in the names of Ray Data's tasks running the decode stage
 # The GCS notices a vanished raylet within ~3 s instead of the default ~30 s.
 FAST_NODE_FAILURE = {
     "RAY_health_check_period_ms": "1000",
@@ -75,18 +72,15 @@ SIZING = [
     "data.decode_concurrency=2",
     "data.decode_actors=auto",
 ]
-AUTO_NOTE = (
-    "[plan] data.decode_actors=auto: 1 decode task(s) at a time per pool instead of data.decode_concurrency=2"
-)
+AUTO_NOTE = "[plan] data.decode_actors=auto: 1 decode actor(s) per pool instead of data.decode_concurrency=2"
 DEFAULT_SIZING_ERROR = (
-    "vidret train: error: stage 1 needs 4 CPUs (2 workers x 1 + 4 decode tasks x 0.5), the cluster has 2: "
+    "vidret train: error: stage 1 needs 4 CPUs (2 workers x 1 + 4 decode actors x 0.5), the cluster has 2: "
     "lower train.cpus_per_worker or data.decode_cpus, or add nodes"
 )
-# vidret's own actors: the Ray Train workers, Ray Data's workers running vidret's stages (the encoders)
-# and the bad-video logs; the decoding runs in Ray Data tasks (DECODE_TASK). Ray's own helpers are not
-# vidret's to place: Ray Train V2 pins its controller and the controller's helpers to the driver's node (the
-# head under `ray job submit`), and Ray Data's statistics and autoscaling actors are detached actors of
-# Ray's.
+# vidret's own actors: the Ray Train workers, Ray Data's workers running vidret's stages (decoding, the
+# encoders) and the bad-video logs. Ray's own helpers are not vidret's to place: Ray Train V2 pins its
+# controller and the controller's helpers to the driver's node (the head under `ray job submit`), and Ray
+# Data's statistics and autoscaling actors are detached actors of Ray's.
 VIDRET_ACTORS = (TRAIN_WORKER, "BadVideoLog", "MapWorker(")
 TINY = [
     "run.seed=7",
@@ -227,7 +221,7 @@ def _actors_of(cluster: LocalRayCluster, run: JobRun) -> list[dict[str, Any]]:
 
 
 def _default_sizing(args: list[str]) -> list[str]:
-    """``args`` at the default sizing (1 CPU per Train worker, pools of two 0.5-CPU decode tasks)."""
+    """``args`` at the default sizing (1 CPU per Train worker, pools of two 0.5-CPU decode actors)."""
     return [a for a in args if a not in SIZING]
 
 
@@ -325,9 +319,7 @@ def test_stage1_places_one_train_worker_per_node(cluster: LocalRayCluster, pipel
     assert AUTO_NOTE in run.logs, run.describe()  # the pools were shrunk to fit, and the log says so
 
 
-def test_no_actor_or_decode_task_of_any_job_runs_on_the_head(
-    cluster: LocalRayCluster, pipeline: dict[str, Any]
-) -> None:
+def test_no_actor_of_any_job_runs_on_the_head(cluster: LocalRayCluster, pipeline: dict[str, Any]) -> None:
     head = pipeline["ids"]["head"]
     actors = {name: _actors_of(cluster, pipeline[name]) for name in ("stage1", "stage2", "evaluate")}
     on_head = {
@@ -340,17 +332,10 @@ def test_no_actor_or_decode_task_of_any_job_runs_on_the_head(
     assert ours == [], f"vidret actors placed on the head: {ours}"
     print(f"Ray's own actors on the head: {sorted({c for _, c in on_head})}")
     classes = [str(a.get("class_name")) for a in actors["stage1"]]
-    # not vacuous: the zero-CPU actors (the bad-video logs) are among them
+    # not vacuous: the zero-CPU actors (the bad-video logs, the validation decode actor) are among them
     assert classes.count(TRAIN_WORKER) == 2, classes
     assert classes.count("BadVideoLog") >= 3, classes
-    # the decode tasks ran on the worker nodes only; not vacuous: the validation pass's zero-CPU ones, which
-    # the head (no CPUs) would take without the label selector, are among them
-    job_id = cluster.head.ray_job_id(pipeline["stage1"].submission_id)
-    tasks = cluster.head.state("tasks")
-    decode = [t for t in tasks if t.get("job_id") == job_id and DECODE_TASK in str(t.get("name"))]
-    assert decode, "no decode task of stage 1 in the task table"
-    assert [t for t in decode if t.get("node_id") == head] == [], "decode task(s) ran on the head"
-    assert any(not (t.get("required_resources") or {}).get("CPU") for t in decode), decode[:3]
+    assert any("_DecodeStage" in c for c in classes), classes
 
 
 def test_stage2_and_outputs_on_s3(

@@ -190,9 +190,9 @@ def test_too_many_bad_videos_fails_listing_them(small_corpus, tmp_path: Path) ->
         assert uri in str(info.value)
 
 
-def _kill_map_actors() -> None:
-    """Kill every Ray Data map actor still alive, so that a leaked one (a failure of the test below) cannot
-    starve the session's later tests."""
+def _kill_decode_actors() -> None:
+    """Kill every decode actor still alive, so that a leaked one (a failure of the test below) cannot starve
+    the session's later tests."""
     import ray
     from ray._private import state
 
@@ -201,16 +201,14 @@ def _kill_map_actors() -> None:
             ray._private.worker.global_worker.core_worker.kill_actor(ray.ActorID.from_hex(actor_id), True)
 
 
-# Without the dataset copy in stream_batches (docs/stack-notes.md P21), Ray Data 2.60 kept the map actors
+# Without the dataset copy in stream_batches (docs/stack-notes.md P21), Ray Data 2.60 kept decode actors
 # of failed passes alive: this test failed in 1 of 2 runs on the 2-core machine (earlier variants in 5 of 7,
-# once until the next pass waited forever) while the decode stage was an actor pool. It runs in tasks now;
-# the test stays, since a pass that leaves work holding CPUs would starve the next one all the same.
+# once until the next pass waited forever).
 @pytest.mark.timeout(300)
 @pytest.mark.slow
-def test_repeated_pipelines_complete_and_leave_nothing_behind(small_corpus, tmp_path: Path) -> None:
+def test_repeated_pipelines_complete_and_leave_no_actor_behind(small_corpus, tmp_path: Path) -> None:
     """8 passes, every other one failing on its bad-video budget, with every error kept (as a log or a retry
-    loop would): each completes, and no map actor or decode task survives to hold CPUs the next pass
-    needs."""
+    loop would): each completes, and no decode actor survives to hold CPUs the next pass's actors need."""
     import gc
 
     import ray
@@ -219,11 +217,11 @@ def test_repeated_pipelines_complete_and_leave_nothing_behind(small_corpus, tmp_
 
     table, _bad = _with_bad_rows(small_corpus["manifest"], tmp_path)
     n_good = small_corpus["manifest"].num_rows
-    # bad rows first: the pass fails while the other task still decodes good rows, the case that leaked
+    # bad rows first: the pass fails while the other actor still decodes good rows, the case that leaked
     table = pa.concat_tables([table.slice(n_good), table.slice(0, n_good)])
     rows = split_rows(table, "all", pairs=False)
     good = split_rows(small_corpus["manifest"], "all", pairs=False)
-    cfg = DataConfig(**{**CFG.__dict__, "decode_cpus": 0.5})  # 2 tasks x 0.5 CPU on a 2-CPU instance
+    cfg = DataConfig(**{**CFG.__dict__, "decode_cpus": 0.5})  # 2 actors x 0.5 CPU on a 2-CPU instance
     kept: list[BaseException] = []
     try:
         for i in range(8):
@@ -235,29 +233,29 @@ def test_repeated_pipelines_complete_and_leave_nothing_behind(small_corpus, tmp_
                 got = _collect(build_dataset(good, cfg, Storage(), tokenize=False), good.num_videos, cfg)
                 assert len(got["video_index"]) == good.num_videos
         gc.collect()
-        map_actors: list[dict[str, str]] = []
-        for _ in range(60):  # actor and task exits are asynchronous: poll (bounded), no timing assertion
-            map_actors = [a for a in live_actors() if a["class"].startswith("MapWorker")]
+        decode_actors: list[dict[str, str]] = []
+        for _ in range(60):  # actor exit is asynchronous: poll (bounded), no timing assertion
+            decode_actors = [a for a in live_actors() if a["class"].startswith("MapWorker")]
             free = ray.available_resources().get("CPU", 0)
-            if not map_actors and free == ray.cluster_resources()["CPU"]:
+            if not decode_actors and free == ray.cluster_resources()["CPU"]:
                 break
             time.sleep(0.5)
-        assert map_actors == []
+        assert decode_actors == []
         assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
         assert len(kept) == 4
     finally:
         kept.clear()
-        _kill_map_actors()
+        _kill_decode_actors()
 
 
-def test_a_decode_pool_larger_than_the_cluster_fails_naming_both_knobs(small_corpus) -> None:
+def test_a_pool_larger_than_the_cluster_fails_instead_of_hanging(small_corpus) -> None:
     rows = split_rows(small_corpus["manifest"], "all", pairs=False)
     cfg = DataConfig(**{**CFG.__dict__, "decode_concurrency": 8, "decode_cpus": 1.0})
     with pytest.raises(ValueError, match=r"data\.decode_concurrency=8 x data\.decode_cpus=1"):
         build_dataset(rows, cfg, Storage(), tokenize=False)
 
 
-def test_each_decoded_batch_leaves_the_task_as_its_own_block(small_corpus, monkeypatch) -> None:
+def test_each_decoded_batch_leaves_the_actor_as_its_own_block(small_corpus, monkeypatch) -> None:
     """Input blocks of 6 rows, one row per batch: without the block-size cap Ray Data coalesces a task's
     batches into one output block (memory then grows with the frame size), with it every batch is a block.
     The floor for small frames is lifted, so these 32 px batches behave as long clips' batches do."""

@@ -68,7 +68,7 @@ def train_ray(ray_train: None) -> None:
     import ray
 
     if ray.cluster_resources().get("CPU", 0) < 2:
-        pytest.skip("the running Ray instance has fewer than 2 CPUs: 2 workers + decode tasks do not fit")
+        pytest.skip("the running Ray instance has fewer than 2 CPUs: 2 workers + decode actors do not fit")
 
 
 @pytest.fixture(scope="module")

@@ -59,8 +59,8 @@ def small_config(
     """A debug-model config for a few steps on the 32 px corpus that fits 2 logical CPUs with 2 workers.
 
     Resources (docs/stack-notes.md P8): stage 1 has one dataset per worker plus the validation dataset,
-    each with one decode task at a time at 0.25 CPU, and ``workers`` Train workers at 0.5 CPU: at most 1.75
-    of 2 CPUs.
+    each with one
+    decode actor at 0.25 CPU, and ``workers`` Train workers at 0.5 CPU: at most 1.75 of 2 CPUs.
     """
     return load_config(
         None,

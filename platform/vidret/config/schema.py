@@ -93,10 +93,8 @@ class DataConfig:
     decode_concurrency: int = 2
     decode_cpus: float = 0.5  # per decode task; fractional so read tasks are never starved
     decode_actors: Literal["fixed", "auto"] = "fixed"
-    """The sizing of each decode pool (the key predates decode tasks, which replaced the decode actors; kept
-    so existing configs load). ``fixed``: every pool runs ``decode_concurrency`` tasks at a time, and a job
-    that cannot place them all fails before it starts; ``auto``: pools shrink (to 1 task at a time at least)
-    until the job fits the cluster."""
+    """``fixed``: every decode pool has ``decode_concurrency`` actors, and a job that cannot place them all
+    fails before it starts; ``auto``: pools shrink (to 1 actor at least) until the job fits the cluster."""
     rows_per_block: int = 4
     augment: bool = False  # training-time augmentation (off in the method)
     prepare_out: str = ""  # `vidret prepare` writes <out>/videos/*.mp4 and <out>/manifest/<split>.parquet

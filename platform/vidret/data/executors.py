@@ -45,8 +45,7 @@ Progress = Callable[[int, int], None]
 
 # ------------------------------------------------------------------------------------------------ check
 class _CheckStage:
-    """The check's callable (one instance, pickled into each Ray Data task, as the pipeline's decode stage):
-    decode each row exactly as training would; keep only the verdict."""
+    """Ray Data callable class: decode each row exactly as training would; keep only the verdict."""
 
     def __init__(self, cfg: DataConfig, storage: Storage) -> None:
         self.cfg, self.storage = cfg, storage
@@ -77,20 +76,21 @@ def run_check(
     t0 = time.perf_counter()
     manifest = read_manifest(manifest_uri, storage)
     table = absolute_local_uris(manifest.select(["video_id", "video_uri", "start", "end"]))
-    # every node's decode tasks read the manifest's videos
+    # every node's decode actors read the manifest's videos
     check_paths(cfg, table.column("video_uri").to_pylist(), [PathUse("manifest", manifest_uri)], keys=())
     failures: list[dict[str, Any]] = []
     done = 0
     check_pool_fits(cfg.data)
     ds = input_blocks(table, cfg.data.rows_per_block).map_batches(
-        _CheckStage(cfg.data, storage),
+        _CheckStage,
+        fn_constructor_kwargs={"cfg": cfg.data, "storage": storage},
         batch_size=cfg.data.rows_per_block,
         batch_format="numpy",
-        compute=ray.data.TaskPoolStrategy(size=cfg.data.decode_concurrency),
+        compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_concurrency),
         num_cpus=cfg.data.decode_cpus,
         **(off_head_options() if cfg.data.decode_cpus <= 0 else {}),
     )
-    with watching(cfg.run):  # pending actors end the job (the decode tasks' CPUs: check_pool_fits above)
+    with watching(cfg.run):  # decode actors the cluster cannot place end the job
         for batch in stream_batches(ds, None):
             failures += failures_of(batch)
             done += len(batch["ok"])

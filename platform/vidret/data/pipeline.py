@@ -7,16 +7,14 @@ columns of :data:`vidret.data.batches.MODEL_COLUMNS`::
     video uint8 (B, F, S, S, 3)   video_mask int64 (B, F)
     text_ids / text_mask int64 (B, L)   video_index int64 (B,)
 
-The per-batch work is the pure functions of :mod:`vidret.data.batches`; here they run in one
-``map_batches`` stage of Ray tasks, at most ``data.decode_concurrency`` at a time at ``data.decode_cpus``
-CPUs each. The CPUs are fractional on purpose (work holding every CPU starves the other tasks and the
-pipeline hangs silently); each task's decoding runs in its worker process's decode child process
-(:mod:`vidret.data.video.worker`, for the timeout), so one task keeps one core busy. Tasks, not an actor
-pool: Ray runs them in its pooled worker processes, which keep their imports and their decode child from
-one task and one pipeline to the next, where a pool starts (and imports into) fresh processes for every
-dataset, about 4-5 CPU-seconds each on our machines (docs/stack-notes.md P22). A decode process that dies
-mid-task is replaced and the task retried by Ray. Input rows are split into blocks of
-``data.rows_per_block`` (one Parquet file is one block, decoded by one task otherwise).
+The per-batch work is the pure functions of :mod:`vidret.data.batches`; here they run inside one
+``map_batches`` stage of ``data.decode_concurrency`` actors at ``data.decode_cpus`` CPUs each. The CPUs are
+fractional on purpose (actors holding every CPU starve the other tasks and the pipeline hangs silently);
+each actor's decoding runs in its own decode child process (:mod:`vidret.data.video.worker`, for the
+timeout), so one actor keeps one core busy. An actor pool, not tasks: tasks would reuse Ray's pooled worker
+processes, but Ray Data 2.60 starves them beside Ray Train on small clusters (docs/stack-notes.md P22).
+Input rows are split into blocks of ``data.rows_per_block`` (one Parquet file is one block, decoded by one
+task otherwise).
 
 Bad videos are dropped from the batches (or kept as zeros with ``ok=False``: ``drop_bad=False``) and
 recorded by a :class:`BadVideoLog` actor; the decode stage raises
@@ -68,7 +66,7 @@ __all__ = [
 ]
 
 _MAX_INPUT_BLOCK_ROWS = 1024  # rows per input block at most (one object in the store each)
-_BLOCKS_PER_TASK = 8  # input blocks per concurrent decode task at least, so every slot has work
+_BLOCKS_PER_ACTOR = 8  # input blocks per decode actor at least, so every actor has work
 # Decode output blocks hold at least this much: per-block overhead costs throughput with small frames (12
 # frames at 224 px: 0.78-0.81 vs 0.94-0.95 of bare decoding per core with one-batch blocks) while
 # one-batch blocks keep long clips' memory flat (docs/stack-notes.md P20).
@@ -89,20 +87,20 @@ def absolute_local_uris(table: pa.Table) -> pa.Table:
 
 
 def input_block_rows(num_rows: int, rows_per_block: int, concurrency: int) -> int:
-    """Rows per input block: enough blocks for every decode slot, never fewer rows than a decode batch."""
-    return max(rows_per_block, min(_MAX_INPUT_BLOCK_ROWS, num_rows // (_BLOCKS_PER_TASK * concurrency)))
+    """Rows per input block: enough blocks for every decode actor, never fewer rows than a decode batch."""
+    return max(rows_per_block, min(_MAX_INPUT_BLOCK_ROWS, num_rows // (_BLOCKS_PER_ACTOR * concurrency)))
 
 
 def decoded_block_bytes(cfg: DataConfig) -> int:
-    """The output block size of the decode tasks: one batch of frames, ``rows_per_block`` x (F, S, S, 3)
-    uint8 (a batch with its other columns is just over it, so it leaves the task as its own block), but at
+    """The output block size of the decode actors: one batch of frames, ``rows_per_block`` x (F, S, S, 3)
+    uint8 (a batch with its other columns is just over it, so it leaves the actor as its own block), but at
     least :data:`MIN_DECODED_BLOCK_BYTES`, below which small batches are worth coalescing."""
     return max(cfg.rows_per_block * cfg.max_frames * cfg.size * cfg.size * 3, MIN_DECODED_BLOCK_BYTES)
 
 
 def input_blocks(table: pa.Table, block_rows: int) -> ray.data.Dataset:
     """The input blocks, cut on the driver. No ``repartition``: its CPU task would wait forever for a CPU when
-    the decode tasks and a Ray Train worker already hold the whole budget."""
+    the decode actors and a Ray Train worker already hold the whole budget."""
     chunks = [table.slice(i, block_rows) for i in range(0, max(table.num_rows, 1), block_rows)]
     return ray.data.from_arrow(chunks)
 
@@ -145,8 +143,7 @@ def failures_of(out: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 
 class _DecodeStage:
-    """The decode stage's callable (one instance, pickled into each Ray Data task): decode, count failures,
-    (drop bad rows), augment, select the model's columns.
+    """Ray Data callable class: decode, count failures, (drop bad rows), augment, select the model's columns.
 
     Captions arrive tokenised (``build_dataset`` does it on the driver), so decode workers never import the
     tokenizer's torch/open_clip (~7 s and ~1 GB per process on our machines).
@@ -170,7 +167,7 @@ class _DecodeStage:
         out = decode_rows(batch, self.cfg, self.storage)
         failures = failures_of(out)
         # awaited even without failures: a call still in flight when the driver reads the log (or lost with
-        # this task's process) left "seen" short under load (11 of 15 rows, three test workers on 2 cores)
+        # this actor) left "seen" short under load (11 of 15 rows, with three test workers on 2 cores)
         bad = ray.get(self.log.add.remote(len(out["ok"]), failures))
         if failures and bad > self.budget:  # fail fast: the final fraction can only be higher
             listed = ray.get(self.log.failures.remote())
@@ -229,7 +226,7 @@ def build_dataset(
     """The streaming pipeline over ``rows`` and the :class:`BadVideoLog` actor recording its failures.
 
     Captions are tokenised on the driver, then blocks of ``data.rows_per_block`` rows go through the decode
-    tasks. Batches hold :data:`~vidret.data.batches.MODEL_COLUMNS` (only ``video``, ``video_mask`` and
+    actors. Batches hold :data:`~vidret.data.batches.MODEL_COLUMNS` (only ``video``, ``video_mask`` and
     ``video_index`` without ``tokenize``). ``drop_bad=True`` leaves bad rows out; ``drop_bad=False`` keeps
     every row (zeros, ``video_mask`` 0) and adds ``ok`` (B,) bool, for callers whose row plan is fixed.
     Either way the pipeline fails with ``TooManyBadVideosError`` once the budget is exceeded.
@@ -262,24 +259,25 @@ def build_dataset(
         "augment_seed": augment_seed if cfg.augment else None,
     }
     blocks = input_blocks(table, input_block_rows(table.num_rows, cfg.rows_per_block, cfg.decode_concurrency))
-    # this dataset's own context (from_arrow copied it): without a cap, Ray Data coalesces a decode task's
-    # batches into output blocks of up to 128 MiB that the task holds, and memory grows with the frame size
+    # this dataset's own context (from_arrow copied it): without a cap, Ray Data coalesces a decode actor's
+    # batches into output blocks of up to 128 MiB that the actor holds, and memory grows with the frame size
     blocks.context.target_max_block_size = decoded_block_bytes(cfg)
     ds = blocks.map_batches(
-        _DecodeStage(**stage_kwargs),
+        _DecodeStage,
+        fn_constructor_kwargs=stage_kwargs,
         batch_size=cfg.rows_per_block,
         batch_format="numpy",
-        compute=ray.data.TaskPoolStrategy(size=cfg.decode_concurrency),
+        compute=ray.data.ActorPoolStrategy(size=cfg.decode_concurrency),
         num_cpus=cfg.decode_cpus,
-        **(off_head if cfg.decode_cpus <= 0 else {}),  # a zero-CPU task would fit on the head
+        **(off_head if cfg.decode_cpus <= 0 else {}),  # a zero-CPU pool would fit on the head
     )
     return ds, log
 
 
 def off_head_options() -> dict[str, Any]:
-    """``.options()`` / ``map_batches`` arguments that keep an actor or task asking for no resource off the
-    head node (a label selector excluding it), on a cluster of more than one node; ``{}`` on one node. A head
-    started with ``--num-cpus=0`` is reserved for scheduling, yet Ray places zero-CPU work there."""
+    """``.options()`` / ``map_batches`` arguments that keep an actor asking for no resource off the head
+    node (a label selector excluding it), on a cluster of more than one node; ``{}`` on one node. A head
+    started with ``--num-cpus=0`` is reserved for scheduling, yet Ray places zero-CPU actors there."""
     head = head_node_id()
     return {"label_selector": {NODE_ID_LABEL: f"!{head}"}} if head else {}
 
@@ -353,13 +351,12 @@ def stream_batches(ds: ray.data.Dataset, batch_size: int | None, *, drop_last: b
     re-raised without the executor's frames.
 
     Why (docs/stack-notes.md P21): after a *failed* pass, Ray Data 2.60's shut-down executor still holds the
-    tasks it was waiting on, their callbacks hold the map actors' handles (the feature encoders' pools; the
-    decode stage was an actor pool then too), and the dataset that ran the pass holds the executor. Any kept
-    reference to that dataset (the caller's frame in a kept exception's traceback, a log, ``pytest.raises``,
-    a retry loop) then keeps every map actor alive, holding its CPUs, and a few failed passes on a small
-    cluster leave the next pipeline's actors pending forever. So the pass runs on a copy (same plan and
-    context) that is dropped here, and the re-raised error (type, message and cause chain kept) carries no
-    frame that could reach it.
+    decode tasks it was waiting on, their callbacks hold the map actors' handles, and the dataset that ran
+    the pass holds the executor. Any kept reference to that dataset (the caller's frame in a kept exception's
+    traceback, a log, ``pytest.raises``, a retry loop) then keeps every decode actor alive, holding its CPUs,
+    and a few failed passes on a small cluster leave the next pipeline's actors pending forever. So the pass
+    runs on a copy (same plan and context) that is dropped here, and the re-raised error (type, message and
+    cause chain kept) carries no frame that could reach it.
     """
     run = copy.copy(ds)  # a Dataset copies through its pickling state: same plan, no executor
     failure: BaseException | None = None
@@ -390,12 +387,10 @@ def _without_tracebacks(exc: BaseException) -> BaseException:
 
 
 def check_pool_fits(cfg: DataConfig) -> None:
-    """Raise ``ValueError`` when the decode stage alone, at its concurrency, needs more CPUs than the cluster
-    has.
+    """Raise ``ValueError`` when the decode actors alone need more CPUs than the cluster has.
 
-    ``data.decode_concurrency`` tasks at ``data.decode_cpus`` each is what the jobs plan for beside their
-    other work (:mod:`vidret.planning`): a cluster that cannot run them all at once is a misconfiguration,
-    said here instead of showing later as a starved pipeline.
+    Ray Data starts a fixed pool of ``data.decode_concurrency`` actors at ``data.decode_cpus`` each; a pool
+    that cannot be placed leaves its actors pending and the pipeline waits forever without an error.
     """
     cpus = float(ray.cluster_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]  # Ray: untyped
     need = cfg.decode_concurrency * cfg.decode_cpus
@@ -403,5 +398,5 @@ def check_pool_fits(cfg: DataConfig) -> None:
         raise ValueError(
             f"data.decode_concurrency={cfg.decode_concurrency} x data.decode_cpus={cfg.decode_cpus:g} = "
             f"{need:g} CPUs, but the Ray cluster has {cpus:g}: lower one of them "
-            "(the decode stage could never run at its concurrency)"
+            "(the actors would wait forever)"
         )

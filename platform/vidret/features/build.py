@@ -166,7 +166,7 @@ def _encode_splits(cfg: Config, storage: Storage, weights_uri: str, uris: dict[s
     # TooManyBadVideosError listing them (Ray Data would hand over a wrapped RayTaskError(UserCodeException))
     num_texts = sum(r[1] - r[0] for r in ranges.values())
     passes = (("texts", text_feats, None, num_texts), ("videos", video_feats, log, union.num_videos))
-    with watching(cfg.run):  # an encoder actor the cluster cannot place ends the job
+    with watching(cfg.run):  # an encoder or decode actor the cluster cannot place ends the job
         for kind, feats, pass_log, rows in passes:
             with Progress(f"cache {kind}", rows, unit=kind[:-1]) as progress:
                 for batch in iter_numpy_batches(

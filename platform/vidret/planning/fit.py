@@ -3,14 +3,12 @@ the checks. Pure arithmetic, no Ray import.
 
 Everything in one phase runs at once:
 
-* **gang** asks (Train workers in their placement group, Ray Data actor pools of fixed size, a decode
-  pool's ``data.decode_concurrency`` tasks, Tune trials with their trainer) must all be placed together, or
-  the job waits forever for the rest (a decode task that finds no CPU beside the Train workers starves
-  them): the sum must fit the cluster and the units must pack onto its worker nodes (first-fit
-  decreasing);
+* **gang** asks (Train workers in their placement group, Ray Data actor pools of fixed size, Tune trials
+  with their trainer) must all be placed together, or the job waits forever for the rest: the sum must fit
+  the cluster and the units must pack onto its worker nodes (first-fit decreasing);
 * **queued** asks (Ray tasks) run as resources free up: one unit must fit next to the phase's gang asks.
 
-Nothing runs on the head: an ask for no resource at all (a bookkeeping actor, the validation decode task)
+Nothing runs on the head: an ask for no resource at all (a bookkeeping actor, the validation decode actor)
 carries ``off_head``, and the job places it with :func:`remote_args`, whose label selector excludes the head.
 """
 
@@ -102,7 +100,7 @@ class Plan:
 
     job: str
     phases: tuple[Phase, ...]
-    decode_tasks: int = 0  # at a time per decode pool, after ``data.decode_actors: auto``
+    decode_actors: int = 0  # per decode pool, after ``data.decode_actors: auto``
     notes: tuple[str, ...] = ()
     wait_for: Mapping[str, float] | None = None  # totals the autoscaler must reach before the job starts
     trial_concurrency: int | None = None  # Tune: trials at a time

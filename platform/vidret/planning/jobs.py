@@ -2,9 +2,8 @@
 the search index. Pure; :func:`plan_job` checks a job against a :class:`~vidret.planning.fit.Cluster`.
 
 The asks mirror what the jobs request: Train workers at ``train.cpus_per_worker`` CPUs (plus a GPU with
-``train.use_gpu``); a decode pool of ``data.decode_concurrency`` tasks at a time at ``data.decode_cpus``
-per pipeline; feature-encoder actors at :data:`ENCODER_CPUS`; re-rank tasks at one CPU; Tune trials at one
-CPU.
+``train.use_gpu``); a decode pool of ``data.decode_concurrency`` actors at ``data.decode_cpus`` per
+pipeline; feature-encoder actors at :data:`ENCODER_CPUS`; re-rank tasks at one CPU; Tune trials at one CPU.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ def _workers(cfg: Config) -> Ask:
 def _decode_pools(data: DataConfig, pools: int, per_pool: int) -> Ask:
     # a zero-CPU pool is placed off the head by data.pipeline (off_head_options), so it is planned that way
     return Ask(
-        "decode tasks",
+        "decode actors",
         pools * per_pool,
         {"CPU": data.decode_cpus},
         {"CPU": ("data.decode_cpus",)},
@@ -45,14 +44,14 @@ ENCODER_CPUS = 0.5  # per feature-encoder actor (the cache's text and video pass
 
 
 def stage1_phases(cfg: Config, per_pool: int) -> list[Phase]:
-    """Stage 1: the Train workers, a decode pool per worker, the validation decode task (0 CPU: it runs
+    """Stage 1: the Train workers, a decode pool per worker, the validation decode actor (0 CPU: it runs
     while the training pools hold theirs) and one bad-video log per pipeline; then the feature cache of
     the selected weights."""
     world = cfg.train.num_workers
     asks = (
         _workers(cfg),
         _decode_pools(cfg.data, world, per_pool),
-        Ask("validation decode tasks", 1, {"CPU": 0.0}, off_head=True),
+        Ask("validation decode actors", 1, {"CPU": 0.0}, off_head=True),
         _bad_video_logs(world + 1),
     )
     return [Phase("stage 1", asks), *cache_phases(cfg, per_pool)]
@@ -162,8 +161,7 @@ def _pool_sizes(data: DataConfig) -> list[int]:
 
 
 _AUTO_NOTE = (
-    "data.decode_actors=auto: {size} decode task(s) at a time per pool instead of "
-    "data.decode_concurrency={full}"
+    "data.decode_actors=auto: {size} decode actor(s) per pool instead of data.decode_concurrency={full}"
 )
 _TUNE_NOTE = "tune.max_concurrent {full} lowered to {size}"
 
@@ -181,10 +179,10 @@ def plan_job(job: str, cfg: Config, cluster: Cluster, **extra: Any) -> Plan:
     pools = _pool_sizes(cfg.data)
     if job != "tune":
         plan, size = _first_fit(job, cluster, lambda n: _phases(job, cfg, n, **extra), pools, _AUTO_NOTE)
-        return replace(plan, decode_tasks=size)
+        return replace(plan, decode_actors=size)
     trials = list(range(cfg.tune.max_concurrent, 0, -1))
-    # trials first: with fewer trials at a time a sweep is slower, with fewer decode tasks every trial is
+    # trials first: with fewer trials at a time a sweep is slower, with fewer decode actors every trial is
     _, n_trials = _first_fit(job, cluster, lambda n: tune_phases(cfg, pools[-1], n), trials, _TUNE_NOTE)
     plan, size = _first_fit(job, cluster, lambda n: tune_phases(cfg, n, n_trials), pools, _AUTO_NOTE)
     notes = () if n_trials == trials[0] else (f"tune.max_concurrent {trials[0]} lowered to {n_trials}",)
-    return replace(plan, decode_tasks=size, trial_concurrency=n_trials, notes=(*notes, *plan.notes))
+    return replace(plan, decode_actors=size, trial_concurrency=n_trials, notes=(*notes, *plan.notes))

@@ -2,7 +2,7 @@
 
 Shape legend: B videos in a batch, F frames, S frame side, D width.
 
-manifest -> decode tasks (``vidret.data.pipeline``) -> encoder actor (frame features, WTI weights, pooled
+manifest -> decode actors (``vidret.data.pipeline``) -> encoder actor (frame features, WTI weights, pooled
 embedding, a JPEG thumbnail of the middle frame) -> the driver, which commits a part every
 ``search.part_size`` videos -> the ANN over every part's pooled vectors.
 
@@ -35,7 +35,7 @@ from vidret.storage import Storage, join
 from vidret.watchdog import watching
 
 Progress = Callable[[int, int], None]
-# The encoder pool, and the plan's ask for it: fractional CPUs, so the decode and read tasks keep
+# The encoder pool, and the plan's ask for it: fractional CPUs, so the decode actors and read tasks keep
 # theirs (see the pipeline).
 ENCODER_ACTORS, ENCODER_CPUS = 1, 0.5
 

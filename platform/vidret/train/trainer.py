@@ -86,7 +86,7 @@ def _fit(
         dataset_config=DataConfig(datasets_to_split=[]),
         run_config=_run_config(cfg, storage, _run_name(cfg, stage)),
     )
-    with watching(cfg.run):  # workers or other actors the cluster cannot place end the job
+    with watching(cfg.run):  # workers or decode actors the cluster cannot place end the job
         result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"training ({stage}) failed: {result.error}") from result.error
@@ -159,9 +159,9 @@ def _run_stage1(cfg: Config, storage: Storage) -> dict[str, Any]:
         ds, log = build_dataset(_take(train, plan.worker_rows(r, world)), cfg.data, storage, drop_bad=False)
         datasets[f"train_{r}"] = ds
         logs.append(log)
-    # The val pass runs at epoch ends while the train shards' pipelines are paused, not finished: their decode
-    # tasks may still hold the CPUs the plan gave them. Its decode task (one at a time) reserves no CPU, so it
-    # never waits for one. It is short and runs while training waits for it.
+    # The val pass runs at epoch ends while the train shard's decode actors still hold their CPUs (the train
+    # iterator is paused, not finished): its single decode actor reserves no CPU, or it would wait forever
+    # for one. It is short and runs while training waits for it.
     val_data = replace(cfg.data, decode_cpus=0.0, decode_concurrency=1)
     datasets["val"], _ = build_dataset(val, val_data, storage, drop_bad=False)
     _log(

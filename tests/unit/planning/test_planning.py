@@ -32,26 +32,26 @@ def cfg(*overrides: str) -> Config:
 
 # ---------------------------------------------------------------------------------------------- stage 1
 def test_stage1_default_two_workers_fails_with_the_arithmetic_and_the_knobs() -> None:
-    # 2 workers x 1 CPU + 2 pools x 2 decode tasks x 0.5 CPU = 4 CPUs on a 2-CPU cluster
+    # 2 workers x 1 CPU + 2 pools x 2 decode actors x 0.5 CPU = 4 CPUs on a 2-CPU cluster
     with pytest.raises(PlanError) as e:
         plan_job("stage 1", cfg("train.num_workers=2"), two_nodes())
     assert str(e.value) == (
-        "stage 1 needs 4 CPUs (2 workers x 1 + 4 decode tasks x 0.5), the cluster has 2: "
+        "stage 1 needs 4 CPUs (2 workers x 1 + 4 decode actors x 0.5), the cluster has 2: "
         "lower train.cpus_per_worker or data.decode_cpus, or add nodes"
     )
 
 
 def test_stage1_tight_sizing_fits_exactly() -> None:
-    # 2 x 0.75 + 4 x 0.125 = 2.0: each node takes one worker and two decode tasks
+    # 2 x 0.75 + 4 x 0.125 = 2.0: each node takes one worker and two decode actors
     c = cfg("train.num_workers=2", "train.cpus_per_worker=0.75", "data.decode_cpus=0.125")
     plan = plan_job("stage 1", c, two_nodes())
-    assert plan.decode_tasks == 2
+    assert plan.decode_actors == 2
     assert plan.notes == ()
     assert plan.wait_for is None
     assert plan.phases[0].need() == {"CPU": 2.0}
     asks = plan.asks()
-    assert asks["decode tasks"].count == 4
-    assert asks["validation decode tasks"].off_head
+    assert asks["decode actors"].count == 4
+    assert asks["validation decode actors"].off_head
     assert asks["bad-video logs"].count == 3  # one per training pipeline and the validation one
 
 
@@ -59,17 +59,17 @@ def test_stage1_auto_shrinks_the_decode_pools_and_says_so() -> None:
     # 2 x 0.5 + 4 x 0.5 = 3 > 2; with 1 actor per pool 2 x 0.5 + 2 x 0.5 = 2 fits
     c = cfg("train.num_workers=2", "train.cpus_per_worker=0.5", "data.decode_actors=auto")
     plan = plan_job("stage 1", c, two_nodes())
-    assert plan.decode_tasks == 1
-    assert plan.asks()["decode tasks"].count == 2
+    assert plan.decode_actors == 1
+    assert plan.asks()["decode actors"].count == 2
     (note,) = plan.notes
-    assert note.startswith("data.decode_actors=auto: 1 decode task(s) at a time per pool instead of")
+    assert note.startswith("data.decode_actors=auto: 1 decode actor(s) per pool instead of")
     assert "data.decode_concurrency=2" in note
     assert "stage 1 needs 3 CPUs" in note
 
 
 def test_stage1_auto_that_cannot_shrink_enough_names_the_smallest_pool() -> None:
-    # 2 x 1 + 2 x 0.5 = 3 > 2 even with one decode task per pool
-    with pytest.raises(PlanError, match=r"stage 1 needs 3 CPUs \(2 workers x 1 \+ 2 decode tasks x 0\.5\)"):
+    # 2 x 1 + 2 x 0.5 = 3 > 2 even with one decode actor per pool
+    with pytest.raises(PlanError, match=r"stage 1 needs 3 CPUs \(2 workers x 1 \+ 2 decode actors x 0\.5\)"):
         plan_job("stage 1", cfg("train.num_workers=2", "data.decode_actors=auto"), two_nodes())
 
 
@@ -86,12 +86,12 @@ def test_stage1_then_builds_the_feature_cache() -> None:
     with pytest.raises(PlanError) as e:
         plan_job("stage 1", c, one)
     assert str(e.value).startswith(
-        "feature cache (videos) needs 1.25 CPUs (2 decode tasks x 0.375 + 1 encoder actors x 0.5), "
+        "feature cache (videos) needs 1.25 CPUs (2 decode actors x 0.375 + 1 encoder actors x 0.5), "
         "the cluster has 1: lower data.decode_cpus"
     )
     plan = plan_job("stage 1", c, two_nodes())
     assert [p.name for p in plan.phases] == ["stage 1", "feature cache (texts)", "feature cache (videos)"]
-    assert plan.asks()["decode tasks"].count == 2  # the training pools' ask (first phase) wins
+    assert plan.asks()["decode actors"].count == 2  # the training pools' ask (first phase) wins
 
 
 def test_planned_applies_the_decode_pool_size() -> None:
@@ -162,7 +162,7 @@ def test_a_job_beyond_the_autoscaler_bound_fails_and_names_the_bound() -> None:
 
 # ------------------------------------------------------------------------------------ stage 2, cache
 def test_feature_cache_phases() -> None:
-    # texts: one encoder actor (0.5); videos: 2 decode tasks x 0.5 + 1 encoder actor x 0.5 = 1.5
+    # texts: one encoder actor (0.5); videos: 2 decode actors x 0.5 + 1 encoder actor x 0.5 = 1.5
     plan = plan_job("feature cache", cfg(), two_nodes())
     assert [(p.name, p.need()) for p in plan.phases] == [
         ("feature cache (texts)", {"CPU": 0.5}),
@@ -175,7 +175,7 @@ def test_feature_cache_on_one_small_node_fails_in_the_video_pass() -> None:
     with pytest.raises(PlanError) as e:
         plan_job("feature cache", cfg(), one)
     assert str(e.value) == (
-        "feature cache (videos) needs 1.5 CPUs (2 decode tasks x 0.5 + 1 encoder actors x 0.5), the cluster "
+        "feature cache (videos) needs 1.5 CPUs (2 decode actors x 0.5 + 1 encoder actors x 0.5), the cluster "
         "has 1: lower data.decode_cpus, or add nodes"
     )
 
@@ -237,7 +237,7 @@ def test_tune_inference_trials_queue() -> None:
 
 # ---------------------------------------------------------------------------------------------- index
 def test_index_decode_pool_and_encoders() -> None:
-    # 2 decode tasks x 0.5 + 2 encoder actors x 0.5 = 2
+    # 2 decode actors x 0.5 + 2 encoder actors x 0.5 = 2
     plan = plan_job("index", cfg(), two_nodes(), encoder_actors=2, encoder_cpus=0.5)
     assert plan.phases[0].need() == {"CPU": 2.0}
     with pytest.raises(PlanError, match=r"index needs 2.5 CPUs"):
@@ -279,6 +279,6 @@ def test_remote_args() -> None:
 def test_zero_cpu_decode_pools_are_planned_off_the_head(job: str) -> None:
     # data.pipeline places a zero-CPU decode pool off the head; the plan must accept it and say so
     plan = plan_job(job, cfg("data.decode_cpus=0.0"), two_nodes())
-    decode = [a for p in plan.phases for a in p.asks if a.what == "decode tasks"]
+    decode = [a for p in plan.phases for a in p.asks if a.what == "decode actors"]
     assert decode, f"{job}: no decode pool planned"
     assert all(a.off_head and a.is_zero for a in decode)
