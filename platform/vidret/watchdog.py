@@ -49,7 +49,7 @@ class PendingTimeoutError(RuntimeError):
     """Ray work stayed pending past the watchdog's limit; the message names it and what it asked for."""
 
 
-_REINTERRUPT_S = 5.0  # after the first interrupt, the main thread is interrupted again this often
+_REINTERRUPT_S = 15.0  # after the first interrupt, again this often (leaves a graceful abort time to end)
 
 
 def _log(msg: str) -> None:
@@ -252,14 +252,16 @@ class PendingWatchdog:
                 return
 
     def _hard_exit_later(self) -> None:
-        """Interrupt the main thread again every few seconds (one interrupt can land where a library catches
-        it, once seen on a loaded 2-core machine); exit after ``hard_exit_after_s``, last line naming the
-        error as an uncaught exception's traceback would."""
+        """Interrupt the main thread again every ``_REINTERRUPT_S`` until the block ends (a job that one
+        interrupt did not end was seen once, on a loaded 2-core machine; the cause was not found), and exit
+        after ``hard_exit_after_s``, the last line naming the error as an uncaught exception's would."""
         deadline = None if self.hard_exit_after_s is None else time.monotonic() + self.hard_exit_after_s
-        while deadline is None or time.monotonic() < deadline:
-            wait = _REINTERRUPT_S if deadline is None else min(_REINTERRUPT_S, deadline - time.monotonic())
-            if self._stop.wait(max(wait, 0.0)):
+        while True:
+            left = _REINTERRUPT_S if deadline is None else deadline - time.monotonic()
+            if self._stop.wait(max(min(left, _REINTERRUPT_S), 0.0)):
                 return
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             _thread.interrupt_main()
         _log(f"[watchdog] the job did not stop within {self.hard_exit_after_s:g} s; exiting")
         err = self.error
