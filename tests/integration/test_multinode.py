@@ -225,18 +225,8 @@ def _default_sizing(args: list[str]) -> list[str]:
     return [a for a in args if a not in SIZING]
 
 
-# -- resource planning: refused before anything starts -------------------------------------------------------
-def test_default_sizing_fails_fast_naming_the_shortfall(
-    cluster: LocalRayCluster, bucket: tuple[StorageConfig, str], corpus: str
-) -> None:
-    run = _submit(cluster, "default", "jobs/train.py", _default_sizing(_overrides(bucket, corpus, "default")))
-    assert run.status == "FAILED", run.describe()
-    assert DEFAULT_SIZING_ERROR in run.logs, run.describe()
-    assert _actors_of(cluster, run) == [], "the job started actors before it was refused"
-    print(f"default sizing refused: job round trip {run.wall_s:.1f} s")
-
-
-def test_local_run_out_is_refused_unless_declared_shared(
+# -- resource planning and storage: refused before anything starts ------------------------------------------
+def test_local_run_out_is_refused_and_the_default_sizing_fails_fast(
     cluster: LocalRayCluster, bucket: tuple[StorageConfig, str], corpus: str
 ) -> None:
     local = f"/tmp/vidret-multinode-local-{uuid.uuid4().hex[:8]}"
@@ -249,13 +239,16 @@ def test_local_run_out_is_refused_unless_declared_shared(
     ) in run.logs, run.describe()
     assert _actors_of(cluster, run) == []
     assert not Path(local).exists(), "the refused job wrote to its local run.out"
-    # declared shared, the same path passes the guard and the plan decides (the default sizing cannot fit)
+    # declared shared, the same path passes the guard and the resource plan decides: the default sizing (1 CPU
+    # per Train worker, pools of two 0.5-CPU decode actors) cannot fit two 1-CPU nodes
     shared = _submit(
         cluster, "shared", "jobs/train.py", [*_default_sizing(args), "storage.shared_filesystem=true"]
     )
     assert shared.status == "FAILED", shared.describe()
     assert "paths are local" not in shared.logs
     assert DEFAULT_SIZING_ERROR in shared.logs, shared.describe()
+    assert _actors_of(cluster, shared) == [], "the job started actors before it was refused"
+    print(f"default sizing refused: job round trip {shared.wall_s:.1f} s")
 
 
 PENDING_PROBE = """

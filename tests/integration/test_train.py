@@ -3,7 +3,10 @@
 * the two stages produce exported weights, a complete feature cache and per-step metrics;
 * 1 vs 2 workers: same seed and global batch give the same loss curve and weights, within a tolerance;
 * a Ray Train worker killed with SIGKILL after a checkpoint: the run resumes from it and ends with the weights
-  of the uninterrupted run; the same after the DRIVER is killed and the job is re-run with the same run.out.
+  of the uninterrupted run; the same after the DRIVER is killed and the job is re-run with the same run.out;
+* the same pipeline twice (stage 1 -> feature cache -> stage 2 -> evaluation with fusion chosen on validation,
+  intervals and report) into two folders: the same weights and byte-identical ``metrics.json`` and
+  ``ranks.json`` (wall times live in ``timings.json``; paths under ``run.out`` are written relative to it).
 
 The session's Ray instance (2 logical CPUs) and one corpus for the module; the uninterrupted 1-worker runs of
 both stages (``baseline``) are the reference of every comparison. The controller's poll interval is shortened
@@ -13,6 +16,7 @@ collected) does not dominate the runtime.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -77,12 +81,18 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     return make_corpus(tmp_path_factory.mktemp("train-corpus"), videos=64)
 
 
+# The evaluation of the baseline and of its re-run (test_the_same_pipeline_twice_is_byte_identical). The
+# feature cache of stage 1 covers every split it reads (ood among them), so the evaluation decodes nothing;
+# the long decode timeout keeps a loaded machine from marking a good video bad in one run only.
+EVAL = (
+    "data.extra_eval_splits=[ood]", "data.decode_timeout_s=600", "eval.splits=[test, ood]",
+    "eval.select_fusion=true", "eval.fusion_alphas=[0.5, 1.0]", "eval.fusion_temps=[1.0, 10.0]",
+    "eval.bootstrap_resamples=1000",
+)  # fmt: skip
+
+
 def _stage1(root: Path, corpus: Corpus, name: str, workers: int = 1, *overrides: str) -> Config:
-    # test_split=val: the feature cache then covers train and val only (each split costs ~25 s of actor
-    # starts)
-    return small_config(
-        root / name, corpus.manifest, "data.test_split=val", *overrides, workers=workers, steps=STAGE1_STEPS
-    )
+    return small_config(root / name, corpus.manifest, *EVAL, *overrides, workers=workers, steps=STAGE1_STEPS)
 
 
 def _stage2(cfg: Config, init: str | None = None) -> Config:
@@ -97,17 +107,25 @@ class Baseline:
     stage2: Config
     summary1: dict
     summary2: dict
+    evaluation: Path  # the evaluation's output folder
+
+
+def _pipeline(root: Path, corpus: Corpus, name: str) -> Baseline:
+    """Stage 1 (and its feature cache), stage 2 on the cache, then the evaluation of the stage-2 weights."""
+    from vidret.eval.job import run_evaluation
+
+    cfg1 = _stage1(root, corpus, name)
+    summary1 = trainer.run_training(cfg1)
+    cfg2 = _stage2(cfg1)
+    summary2 = trainer.run_training(cfg2)
+    evaluation = Path(run_evaluation(cfg2, stage_uri(cfg1, "generation"))["out"])
+    return Baseline(cfg1, cfg2, summary1, summary2, evaluation)
 
 
 @pytest.fixture(scope="module")
 def baseline(train_ray: None, corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Baseline:
-    """The uninterrupted 1-worker runs: stage 1 (and its feature cache), then stage 2 on the cache."""
-    root = tmp_path_factory.mktemp("train-runs")
-    cfg1 = _stage1(root, corpus, "base")
-    summary1 = trainer.run_training(cfg1)
-    cfg2 = _stage2(cfg1)
-    summary2 = trainer.run_training(cfg2)
-    return Baseline(cfg1, cfg2, summary1, summary2)
+    """The uninterrupted 1-worker runs of both stages and their evaluation."""
+    return _pipeline(tmp_path_factory.mktemp("train-runs"), corpus, "base")
 
 
 @pytest.fixture
@@ -149,11 +167,11 @@ def test_two_stages_write_weights_cache_and_metrics(baseline: Baseline, corpus: 
     assert any(k.startswith("temporal.") for k in moved1)
     assert any(k.startswith("wti.") for k in moved1)
     assert any(k.startswith("backbone.") for k in moved1)
-    # the feature cache: complete train and val splits, every caption and video once, shared by both stages
-    assert set(s1["cache"]) == {"train", "val"}
+    # the feature cache: every split complete, every caption and video once, shared by both stages
+    assert set(s1["cache"]) == {"train", "val", "test", "ood"}
     assert s1["cache"] == s2["cache"]
     storage = Storage()
-    for split in ("train", "val"):
+    for split in ("train", "val", "test", "ood"):
         index = read_index(storage, s1["cache"][split])
         assert index is not None, f"{split}: cache incomplete"
         assert sum(s["rows"] for s in index["videos"]) == corpus.summary["splits"][split]
@@ -184,6 +202,28 @@ def test_two_stages_write_weights_cache_and_metrics(baseline: Baseline, corpus: 
         assert len(curves) == 1, curves
         assert sorted(curves[0]) == list(range(1, steps + 1)), curves
         assert all(np.isfinite(v) for v in curves[0].values())
+
+
+def test_the_same_pipeline_twice_is_byte_identical(
+    baseline: Baseline, corpus: Corpus, tmp_path: Path
+) -> None:
+    again = _pipeline(tmp_path, corpus, "again")
+    for ref, other, stage in (
+        (baseline.stage1, again.stage1, "discrimination"),
+        (baseline.stage2, again.stage2, "generation"),
+    ):
+        w_ref, w = exported(ref, stage)["selected"], exported(other, stage)["selected"]
+        assert all(torch.equal(w_ref[k], w[k]) for k in w_ref), f"{stage}: exported weights differ"
+    a, b = baseline.evaluation, again.evaluation
+    for name in ("metrics.json", "ranks.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs between two runs"
+    metrics = json.loads((a / "metrics.json").read_text())
+    assert "wall_s" not in metrics
+    assert set(metrics["intervals"]) == {"test", "ood"}
+    assert metrics["fusion"]["chosen_on"] == "val"
+    assert metrics["checkpoint"] == "checkpoints/generation"  # relative to run.out
+    assert "wall_s" in json.loads((a / "timings.json").read_text())
+    assert (a / "report.html").is_file()
 
 
 # -------------------------------------------------------------------------------------------------- (b)
