@@ -11,7 +11,9 @@ planning (``vidret.planning``; ``vidret.startup.start_job`` puts them together).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +41,7 @@ __all__ = [
     "head_node_id",
     "live_actors",
     "setup_worker",
+    "start_with_retries",
     "wait_for_resources",
 ]
 
@@ -69,7 +72,62 @@ def ensure_ray(run: RunConfig) -> None:
     quiet_data_context(ray.data.DataContext.get_current(), verbose)
 
 
+LOCAL_START_ATTEMPTS = 3
+# Ray's own error when the raylet has not registered with the GCS within a fixed 30 s (not configurable). On
+# a saturated machine a healthy start can take longer (docs/stack-notes.md P23).
+_START_TIMED_OUT = "timed out during startup"
+
+
+def start_with_retries(start: Callable[[], None], attempts: int = LOCAL_START_ATTEMPTS) -> None:
+    """Call ``start`` (a local Ray start) until it does not fail with Ray's start-up timeout, at most
+    ``attempts`` times. The processes a failed attempt left running (its GCS, raylet and agents: descendants
+    of this process) are killed before the next one; any other error, or the last timeout, is raised."""
+    for attempt in range(1, attempts + 1):
+        before = _descendants()
+        try:
+            start()
+            return
+        except Exception as exc:
+            if _START_TIMED_OUT not in str(exc) or attempt == attempts:
+                raise
+            for pid in _descendants() - before:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            print(
+                f"[ray] the local Ray instance did not start within Ray's 30 s (a busy machine?); "
+                f"starting it again ({attempt + 1}/{attempts})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _descendants() -> set[int]:
+    """The pids of this process's descendants, from ``/proc`` (an empty set where there is none)."""
+    parent: dict[int, int] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:  # exited meanwhile
+                continue
+            parent[int(entry)] = int(stat[stat.rfind(")") + 2 :].split()[1])
+    found: set[int] = set()
+    frontier = {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier and pid not in found}
+        found |= frontier
+    return found
+
+
 def _init_local_ray(num_cpus: int | None, kwargs: dict[str, Any]) -> None:
+    """:func:`_init_local_ray_once`, again if Ray's start-up timed out (:func:`start_with_retries`)."""
+    start_with_retries(lambda: _init_local_ray_once(num_cpus, kwargs))
+
+
+def _init_local_ray_once(num_cpus: int | None, kwargs: dict[str, Any]) -> None:
     """``ray.init`` of a local instance bound to loopback, with ``kwargs`` (the console's) added.
 
     On Linux Ray replaces a loopback ``_node_ip_address`` with the machine's routable address, so its GCS,
